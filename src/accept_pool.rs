@@ -1,0 +1,97 @@
+//! The seed's OpenMP parallel region: on a listener event, every thread of a small pool accepts
+//! until the queue is empty (`EAGAIN`), and the main thread gets the accepted sockets back.
+//!
+//! `rayon::ThreadPool::broadcast` runs the loop once on each thread and returns only when all are
+//! done, so the pool is idle whenever the main thread forks.
+
+use socket2::{SockAddr, Socket};
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+pub struct AcceptPool {
+    pool: rayon::ThreadPool,
+}
+
+/// What one burst of accepts produced.
+pub struct Burst {
+    /// Accepted sockets, non-blocking and close-on-exec, with their peers.
+    pub accepted: Vec<(Socket, SocketAddr)>,
+    /// True when the loop stopped at `EAGAIN`: the edge-triggered listener will signal again.
+    /// False when it stopped early (the budget ran out, or an error such as `EMFILE`): the caller
+    /// must come back to this listener itself.
+    pub drained: bool,
+    /// The first error other than `EAGAIN`, `EINTR` or `ECONNABORTED`.
+    pub error: Option<io::Error>,
+}
+
+impl AcceptPool {
+    pub fn new(threads: usize) -> io::Result<AcceptPool> {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads.max(1))
+            .thread_name(|i| format!("portfwd-acc{i}"))
+            // Accepting needs little stack; a small one keeps the main process (which every fork
+            // copies the page tables of) small.
+            .stack_size(128 * 1024)
+            .build()
+            .map_err(io::Error::other)?;
+        Ok(AcceptPool { pool })
+    }
+
+    /// Accepts in parallel until `EAGAIN`, an error, or `budget` sockets.
+    pub fn accept_burst(&self, listener: &Socket, budget: usize) -> Burst {
+        let left = AtomicUsize::new(budget);
+        let per_thread = self.pool.broadcast(|_| accept_until_empty(listener, &left));
+        let mut burst = Burst {
+            accepted: Vec::new(),
+            drained: true,
+            error: None,
+        };
+        for (accepted, stop) in per_thread {
+            burst.accepted.extend(accepted);
+            match stop {
+                Stop::Empty => {}
+                Stop::Budget => burst.drained = false,
+                Stop::Error(e) => {
+                    burst.drained = false;
+                    burst.error.get_or_insert(e);
+                }
+            }
+        }
+        burst
+    }
+}
+
+enum Stop {
+    Empty,
+    Budget,
+    Error(io::Error),
+}
+
+fn accept_until_empty(listener: &Socket, left: &AtomicUsize) -> (Vec<(Socket, SocketAddr)>, Stop) {
+    let mut got = Vec::new();
+    loop {
+        if left
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_err()
+        {
+            return (got, Stop::Budget);
+        }
+        match listener.accept4(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC) {
+            Ok((socket, peer)) => got.push((socket, peer_addr(&peer))),
+            Err(e) => {
+                left.fetch_add(1, Ordering::SeqCst);
+                match e.raw_os_error() {
+                    Some(libc::EAGAIN) => return (got, Stop::Empty),
+                    // A client that gave up before we accepted it, or a signal: go on.
+                    Some(libc::ECONNABORTED | libc::EINTR) => {}
+                    _ => return (got, Stop::Error(e)),
+                }
+            }
+        }
+    }
+}
+
+fn peer_addr(addr: &SockAddr) -> SocketAddr {
+    addr.as_socket().unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)))
+}

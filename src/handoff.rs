@@ -1,0 +1,362 @@
+//! Connection hand-off: the seed's `fork()` + `OffloadConnection`.
+//!
+//! The main process calls [`hand_off`] for a socket that became active. It forks a *connection
+//! process*, which connects inward and forks once more; from then on the connection process pumps
+//! client→server and its child pumps server→client (see `pump`). The connection process waits for
+//! its pump child, so its own exit marks the end of the connection and carries the outcome to the
+//! main process in its exit status; it also writes the connection's log line.
+//!
+//! Everything a child needs is prepared before `fork()` ([`Plan`]): the main process has accept
+//! threads, so after the fork a child makes only raw syscalls (`sys`) on that data and leaves with
+//! `_exit`. It never allocates, locks, resolves names or returns into the caller's stack frames.
+
+use crate::log::Line;
+use crate::pump::{self, End};
+use crate::sys;
+use crate::target::Target;
+use nix::errno::Errno;
+use std::fmt::Write as _;
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, Ordering};
+
+/// How a connection ended; the connection process's exit status.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(i32)]
+pub enum Outcome {
+    /// Both directions ended with a FIN.
+    Closed = 0,
+    /// One side aborted (or failed) and both sides were reset.
+    Reset = 1,
+    /// No inward address accepted the connection in time; the client was reset.
+    ConnectFailed = 2,
+    /// A fork failed; the client (and the server, if connected) was reset.
+    ForkFailed = 3,
+}
+
+impl Outcome {
+    pub fn name(self) -> &'static str {
+        match self {
+            Outcome::Closed => "closed",
+            Outcome::Reset => "reset",
+            Outcome::ConnectFailed => "connect-failed",
+            Outcome::ForkFailed => "fork-failed",
+        }
+    }
+
+    /// The outcome a connection process reported through its wait status.
+    pub fn from_wait_status(status: libc::c_int) -> Outcome {
+        match libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status)) {
+            Some(0) => Outcome::Closed,
+            Some(2) => Outcome::ConnectFailed,
+            Some(3) => Outcome::ForkFailed,
+            _ => Outcome::Reset,
+        }
+    }
+}
+
+/// What a connection process needs, prepared by the main process before it forks.
+pub struct Plan<'a> {
+    /// The accepted client socket (blocking). Owned by the caller, who closes it after the fork.
+    pub client: RawFd,
+    /// Inward addresses, tried in order.
+    pub targets: &'a [Target],
+    pub connect_timeout_ms: u64,
+    /// `ts=... portfwd[PID]: client=... listen=...`: the start of the connection's log line.
+    pub line: Line,
+    /// `CLOCK_MONOTONIC` ms when the client was accepted, for the logged duration.
+    pub accepted_ms: u64,
+}
+
+impl<'a> Plan<'a> {
+    pub fn new(
+        client: RawFd,
+        peer: &std::net::SocketAddr,
+        listen_port: u16,
+        targets: &'a [Target],
+        connect_timeout_ms: u64,
+        accepted_ms: u64,
+    ) -> Self {
+        let mut line = Line::new();
+        let _ = write!(line, "client={peer} listen={listen_port}");
+        Plan {
+            client,
+            targets,
+            connect_timeout_ms,
+            line,
+            accepted_ms,
+        }
+    }
+}
+
+/// Forks the connection process for `plan`. In the parent, returns the child's pid; the caller then
+/// closes its copy of the client socket. On a fork failure, returns the error; the caller resets the
+/// client. Signals are blocked across the fork so that no handler of the main process (signal-hook's
+/// self-pipe writer) ever runs in the child.
+pub fn hand_off(plan: &Plan<'_>) -> Result<libc::pid_t, Errno> {
+    let old = block_signals();
+    // SAFETY: the child branch runs `connection_process`, which only makes async-signal-safe calls
+    // on `plan` (prepared above) and leaves through `_exit`.
+    let forked = unsafe { sys::fork() };
+    if let Ok(0) = forked {
+        connection_process(plan);
+    }
+    restore_signals(&old);
+    forked
+}
+
+fn block_signals() -> libc::sigset_t {
+    // SAFETY: both sets are live sigset_t values initialised by sigfillset/pthread_sigmask.
+    unsafe {
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
+        old
+    }
+}
+
+fn restore_signals(old: &libc::sigset_t) {
+    // SAFETY: `old` is the mask saved by `block_signals`.
+    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, old, std::ptr::null_mut()) };
+}
+
+/// Gives a child the signal state of a fresh process: default dispositions (the main process's
+/// handlers write to descriptors the child is about to close), SIGPIPE ignored so that a write to a
+/// closed peer is an `EPIPE` error, and an empty mask.
+fn reset_signals() {
+    for sig in 1..32 {
+        if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+            sys::set_signal(sig, libc::SIG_DFL);
+        }
+    }
+    sys::set_signal(libc::SIGPIPE, libc::SIG_IGN);
+    sys::unblock_all_signals();
+}
+
+/// The client socket's descriptor number in a connection process.
+const CLIENT_FD: RawFd = 3;
+
+/// State the two pumps of one connection share through one `MAP_SHARED` page.
+#[repr(C)]
+struct Shared {
+    /// Set by the server→client pump when it saw an abort and has reset both sockets.
+    aborted: AtomicU32,
+    /// Bytes the server→client pump delivered.
+    s2c: AtomicU64,
+    /// The errno that made the server→client pump abort, for the log line.
+    s2c_error: AtomicI32,
+}
+
+fn connection_process(plan: &Plan<'_>) -> ! {
+    reset_signals();
+    // Its own process group: a terminal's Ctrl-C for the main process does not cut connections,
+    // and `kill -- -PID` ends one connection's two processes.
+    // SAFETY: setpgid on ourselves is async-signal-safe.
+    unsafe { libc::setpgid(0, 0) };
+    sys::set_process_name(b"portfwd-conn\0");
+
+    // Keep only the client socket (moved to fd 3) and stderr (the log). The main process made sure
+    // descriptors 0-2 are open, so the client socket is not among them.
+    if plan.client != CLIENT_FD {
+        let _ = sys::dup2(plan.client, CLIENT_FD);
+    }
+    sys::close_from(CLIENT_FD + 1);
+    sys::close(0);
+    sys::close(1);
+    let client = CLIENT_FD;
+    let _ = sys::setsockopt_int(client, libc::IPPROTO_TCP, libc::TCP_NODELAY, 1);
+
+    let mut line = Line::stamped();
+    line.push(b" ").push(plan.line.as_bytes());
+
+    let (server, target) = match connect_any(plan.targets, plan.connect_timeout_ms) {
+        Ok(found) => found,
+        Err(e) => {
+            sys::set_abortive_close(client);
+            line.key("target")
+                .push(plan.targets.first().map_or("-", |t| t.label.as_str()).as_bytes());
+            finish(&mut line, plan, 0, 0, Outcome::ConnectFailed, Some(e))
+        }
+    };
+    line.key("target").push(target.label.as_bytes());
+    let _ = sys::setsockopt_int(server, libc::IPPROTO_TCP, libc::TCP_NODELAY, 1);
+
+    let page = sys::shared_page();
+    if page.is_null() {
+        sys::set_abortive_close(client);
+        sys::set_abortive_close(server);
+        finish(&mut line, plan, 0, 0, Outcome::ForkFailed, Some(Errno::last()))
+    }
+    // SAFETY: the page is fresh, zero-filled, page-aligned and large enough for `Shared`, whose
+    // fields are atomics (valid when zero). It stays mapped until this process and its child exit.
+    let shared: &Shared = unsafe { &*(page as *const Shared) };
+
+    // The pump child's exit interrupts a blocking call here (no SA_RESTART), so this process looks
+    // at `shared.aborted` at once; see `pump_server_to_client`.
+    sys::set_signal(libc::SIGCHLD, on_sigchld as *const () as libc::sighandler_t);
+
+    // SAFETY: this process has a single thread; the child runs `pump_server_to_client` and exits.
+    match unsafe { sys::fork() } {
+        Ok(0) => pump_server_to_client(client, server, shared),
+        Ok(pid) => pump_client_to_server(client, server, pid, shared, &mut line, plan),
+        Err(e) => {
+            sys::set_abortive_close(client);
+            sys::set_abortive_close(server);
+            finish(&mut line, plan, 0, 0, Outcome::ForkFailed, Some(e))
+        }
+    }
+}
+
+extern "C" fn on_sigchld(_: libc::c_int) {}
+
+/// Tries each address in turn, within `timeout_ms` in all. Returns the blocking socket.
+fn connect_any(targets: &[Target], timeout_ms: u64) -> Result<(RawFd, &Target), Errno> {
+    let deadline = sys::monotonic_ms() + timeout_ms;
+    let mut last = Errno::EHOSTUNREACH;
+    for target in targets {
+        let family = if target.addr.is_ipv4() {
+            libc::AF_INET
+        } else {
+            libc::AF_INET6
+        };
+        let fd = sys::tcp_socket(family)?;
+        match connect_one(fd, target, deadline) {
+            Ok(()) => {
+                sys::set_nonblocking(fd, false)?;
+                return Ok((fd, target));
+            }
+            Err(e) => {
+                sys::close(fd);
+                last = e;
+            }
+        }
+    }
+    Err(last)
+}
+
+fn connect_one(fd: RawFd, target: &Target, deadline: u64) -> Result<(), Errno> {
+    match sys::connect(fd, &target.sockaddr) {
+        Ok(()) => return Ok(()),
+        Err(Errno::EINPROGRESS) => {}
+        Err(e) => return Err(e),
+    }
+    loop {
+        let left = deadline.saturating_sub(sys::monotonic_ms());
+        if left == 0 {
+            return Err(Errno::ETIMEDOUT);
+        }
+        match sys::poll_one(fd, libc::POLLOUT, left.min(i32::MAX as u64) as libc::c_int) {
+            Ok(0) | Err(Errno::EINTR) => continue,
+            Ok(_) => break,
+            Err(e) => return Err(e),
+        }
+    }
+    match sys::take_socket_error(fd)? {
+        0 => Ok(()),
+        e => Err(Errno::from_raw(e)),
+    }
+}
+
+/// The pump child: server→client. On EOF it passes the FIN on; on an error it resets both sockets,
+/// tells its parent through `shared.aborted`, wakes the parent's read of the client with
+/// `shutdown(SHUT_RD)`, and exits (its exit also interrupts the parent with SIGCHLD).
+fn pump_server_to_client(client: RawFd, server: RawFd, shared: &Shared) -> ! {
+    sys::set_process_name(b"portfwd-s2c\0");
+    sys::close(2); // the connection process writes the log line
+    let end = pump::run(server, client, &shared.s2c, &|| false);
+    let error = match end {
+        End::Eof => match sys::shutdown(client, libc::SHUT_WR) {
+            Ok(()) => sys::exit(0),
+            Err(e) => e,
+        },
+        End::ReadFailed(e) | End::WriteFailed(e) => e,
+        End::Stopped => Errno::ECANCELED,
+    };
+    shared.s2c_error.store(error as i32, Ordering::SeqCst);
+    sys::set_abortive_close(client);
+    sys::set_abortive_close(server);
+    shared.aborted.store(1, Ordering::SeqCst);
+    let _ = sys::shutdown(client, libc::SHUT_RD);
+    sys::exit(1)
+}
+
+/// The connection process's own pump: client→server, then waits for the pump child and logs.
+fn pump_client_to_server(
+    client: RawFd,
+    server: RawFd,
+    child: libc::pid_t,
+    shared: &Shared,
+    line: &mut Line,
+    plan: &Plan<'_>,
+) -> ! {
+    sys::set_process_name(b"portfwd-c2s\0");
+    // A write blocked on a server that does not read wakes now and then to see whether the other
+    // direction aborted (a SIGCHLD can slip in just before the write blocks).
+    sys::set_send_timeout(server, 1);
+    let c2s = AtomicU64::new(0);
+    let aborted = || shared.aborted.load(Ordering::SeqCst) != 0;
+    let end = pump::run(client, server, &c2s, &aborted);
+    let mut error = None;
+    let outcome = match end {
+        End::Eof if !aborted() && sys::shutdown(server, libc::SHUT_WR).is_ok() => {
+            // Our direction is done; the other flows until the server ends it (or aborts).
+            let _ = sys::wait_for(child);
+            if aborted() {
+                error = Some(Errno::from_raw(shared.s2c_error.load(Ordering::SeqCst)));
+                Outcome::Reset
+            } else {
+                Outcome::Closed
+            }
+        }
+        End::Eof | End::Stopped => {
+            let _ = sys::wait_for(child);
+            error = Some(Errno::from_raw(shared.s2c_error.load(Ordering::SeqCst)));
+            Outcome::Reset
+        }
+        End::ReadFailed(e) | End::WriteFailed(e) => {
+            // Abort both sides: the last close of each socket sends a RST.
+            error = Some(e);
+            sys::set_abortive_close(client);
+            sys::set_abortive_close(server);
+            sys::kill(child, libc::SIGKILL);
+            let _ = sys::wait_for(child);
+            Outcome::Reset
+        }
+    };
+    let s2c = shared.s2c.load(Ordering::SeqCst);
+    finish(line, plan, c2s.load(Ordering::Relaxed), s2c, outcome, error)
+}
+
+/// Writes the connection's log line and exits with the outcome as status. Exiting closes the
+/// sockets: a FIN already sent, or a RST where an abortive close was armed.
+fn finish(line: &mut Line, plan: &Plan<'_>, c2s: u64, s2c: u64, outcome: Outcome, error: Option<Errno>) -> ! {
+    emit_line(line, plan, c2s, s2c, outcome, error);
+    sys::exit(outcome as i32)
+}
+
+/// Completes and writes a connection's log line:
+/// `... client=ADDR listen=PORT target=ADDR c2s=N s2c=N ms=N outcome=WORD [error=ERRNO]`.
+fn emit_line(line: &mut Line, plan: &Plan<'_>, c2s: u64, s2c: u64, outcome: Outcome, error: Option<Errno>) {
+    line.key("c2s").num(c2s).key("s2c").num(s2c);
+    line.key("ms").num(sys::monotonic_ms().saturating_sub(plan.accepted_ms));
+    line.key("outcome").push(outcome.name().as_bytes());
+    if let Some(e) = error {
+        // Errno's Debug is its symbolic name; formatting into the fixed buffer does not allocate.
+        let _ = write!(line.key("error"), "{e:?}");
+    }
+    line.emit();
+}
+
+/// Logs, from the main process, a connection whose fork failed (the caller resets the client).
+pub fn log_fork_failed(plan: &Plan<'_>, error: Errno) {
+    let mut line = Line::stamped();
+    line.push(b" ").push(plan.line.as_bytes());
+    line.key("target")
+        .push(plan.targets.first().map_or("-", |t| t.label.as_str()).as_bytes());
+    emit_line(&mut line, plan, 0, 0, Outcome::ForkFailed, Some(error));
+}
+
+/// Resets a client the main process could not hand off: its copy is the only one.
+pub fn reset(client: &impl AsRawFd) {
+    sys::set_abortive_close(client.as_raw_fd());
+}

@@ -1,0 +1,27 @@
+use clap::Parser;
+use portfwd::app;
+use portfwd::cli::{self, Cli};
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    app::ensure_std_fds();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => {
+            // --help and --version
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("{}", cli::one_line_error(&e));
+            return ExitCode::from(2);
+        }
+    };
+    match app::run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(app::StartError(msg)) => {
+            eprintln!("portfwd: {msg}");
+            ExitCode::from(2)
+        }
+    }
+}

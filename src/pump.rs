@@ -1,0 +1,148 @@
+//! One direction of a connection: bytes from one socket to the other, in a process of its own.
+//!
+//! The data moves with `splice(2)` through a pipe, so it never enters user space; where the kernel
+//! refuses splice for these descriptors (`EINVAL`), a small stack buffer and read/write take over.
+//! The pipe is made only when the first byte is ready, so an idle connection costs no pipe.
+//!
+//! A pump never decides alone how a connection ends; it reports [`End`] and the caller (see
+//! `handoff`) passes a FIN on as a FIN and an error as a reset.
+
+use crate::sys::{self, SysResult};
+use nix::errno::Errno;
+use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Capacity asked for each pump's pipe: how much one pair of splice calls can move.
+pub const PIPE_SIZE: libc::c_int = 1 << 20;
+/// Fallback copy buffer, on the stack: pumps keep no heap.
+const COPY_BUF: usize = 16 * 1024;
+
+/// How a pump's direction ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum End {
+    /// The source sent a FIN and every byte before it was delivered.
+    Eof,
+    /// Reading the source failed (a reset, usually).
+    ReadFailed(Errno),
+    /// Writing the destination failed (the far side reset or closed).
+    WriteFailed(Errno),
+    /// The other pump asked this one to stop (it saw an abort).
+    Stopped,
+}
+
+/// Copies `src` to `dst` until EOF, an error, or `stop()` turns true when a blocking call is
+/// interrupted (`EINTR`, or `EAGAIN` from a send timeout). Adds each delivered chunk to `moved`.
+pub fn run(src: RawFd, dst: RawFd, moved: &AtomicU64, stop: &dyn Fn() -> bool) -> End {
+    // Wait for the first byte (or EOF) before paying for a pipe.
+    let mut probe = [0u8; 1];
+    loop {
+        // SAFETY: `probe` is a live one-byte buffer; MSG_PEEK leaves the byte in the socket.
+        let n = unsafe { libc::recv(src, probe.as_mut_ptr().cast(), 1, libc::MSG_PEEK) };
+        match n {
+            0 => return if stop() { End::Stopped } else { End::Eof },
+            n if n > 0 => break,
+            _ => match Errno::last() {
+                Errno::EINTR if stop() => return End::Stopped,
+                Errno::EINTR => {}
+                e => return End::ReadFailed(e),
+            },
+        }
+    }
+    match sys::pipe(PIPE_SIZE) {
+        Ok((r, w)) => {
+            let end = splice_loop(src, dst, r, w, moved, stop);
+            sys::close(r);
+            sys::close(w);
+            match end {
+                Some(end) => end,
+                None => copy_loop(src, dst, moved, stop),
+            }
+        }
+        // Out of descriptors for a pipe: copying through the stack still works.
+        Err(_) => copy_loop(src, dst, moved, stop),
+    }
+}
+
+/// Returns `None` when the kernel refuses to splice these descriptors before any byte moved.
+fn splice_loop(
+    src: RawFd,
+    dst: RawFd,
+    pr: RawFd,
+    pw: RawFd,
+    moved: &AtomicU64,
+    stop: &dyn Fn() -> bool,
+) -> Option<End> {
+    let mut first = true;
+    loop {
+        match sys::splice(src, pw, PIPE_SIZE as usize, libc::SPLICE_F_MOVE) {
+            Ok(0) => return Some(if stop() { End::Stopped } else { End::Eof }),
+            Ok(n) => {
+                first = false;
+                if let Err(end) = drain(pr, dst, n, moved, stop) {
+                    return Some(end);
+                }
+            }
+            Err(Errno::EINVAL) if first => return None,
+            Err(Errno::EINTR | Errno::EAGAIN) => {
+                if stop() {
+                    return Some(End::Stopped);
+                }
+            }
+            Err(e) => return Some(End::ReadFailed(e)),
+        }
+    }
+}
+
+/// Moves exactly `len` bytes from the pipe to `dst`, through partial writes and interruptions.
+fn drain(pr: RawFd, dst: RawFd, mut len: usize, moved: &AtomicU64, stop: &dyn Fn() -> bool) -> Result<(), End> {
+    while len > 0 {
+        match sys::splice(pr, dst, len, libc::SPLICE_F_MOVE) {
+            Ok(n) => {
+                len -= n;
+                moved.fetch_add(n as u64, Ordering::Relaxed);
+            }
+            Err(Errno::EINTR | Errno::EAGAIN) => {
+                if stop() {
+                    return Err(End::Stopped);
+                }
+            }
+            Err(e) => return Err(End::WriteFailed(e)),
+        }
+    }
+    Ok(())
+}
+
+fn copy_loop(src: RawFd, dst: RawFd, moved: &AtomicU64, stop: &dyn Fn() -> bool) -> End {
+    let mut buf = [0u8; COPY_BUF];
+    loop {
+        let n = match sys::read(src, &mut buf) {
+            Ok(0) => return if stop() { End::Stopped } else { End::Eof },
+            Ok(n) => n,
+            Err(Errno::EINTR | Errno::EAGAIN) if stop() => return End::Stopped,
+            Err(Errno::EINTR | Errno::EAGAIN) => continue,
+            Err(e) => return End::ReadFailed(e),
+        };
+        if let Err(end) = write_all(dst, &buf[..n], moved, stop) {
+            return end;
+        }
+    }
+}
+
+fn write_all(dst: RawFd, mut data: &[u8], moved: &AtomicU64, stop: &dyn Fn() -> bool) -> Result<(), End> {
+    while !data.is_empty() {
+        let r: SysResult<usize> = sys::write(dst, data);
+        match r {
+            Ok(n) => {
+                data = &data[n..];
+                moved.fetch_add(n as u64, Ordering::Relaxed);
+            }
+            Err(Errno::EINTR | Errno::EAGAIN) => {
+                if stop() {
+                    return Err(End::Stopped);
+                }
+            }
+            Err(e) => return Err(End::WriteFailed(e)),
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,70 @@
+//! Signals, the self-pipe way: signal-hook's handlers only set a flag and write a byte to a socket
+//! pair whose read end sits in the main epoll set, so the event loop handles every signal (reaping
+//! children included) in ordinary code, between two `epoll_wait` calls.
+
+use signal_hook::consts::{SIGCHLD, SIGHUP, SIGINT, SIGTERM, SIGUSR1};
+use std::io::{self, Read};
+use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::net::UnixStream;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// The signals the main process acts on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Signal {
+    /// A child exited: reap.
+    Child,
+    /// SIGTERM or SIGINT: stop.
+    Terminate,
+    /// SIGHUP: reload the configuration.
+    Reload,
+    /// SIGUSR1: log statistics.
+    Stats,
+}
+
+const HANDLED: [(libc::c_int, Signal); 5] = [
+    (SIGCHLD, Signal::Child),
+    (SIGTERM, Signal::Terminate),
+    (SIGINT, Signal::Terminate),
+    (SIGHUP, Signal::Reload),
+    (SIGUSR1, Signal::Stats),
+];
+
+pub struct Signals {
+    wake: UnixStream,
+    flags: Vec<(Arc<AtomicBool>, Signal)>,
+}
+
+impl Signals {
+    /// Installs the handlers. Must run before any child is forked.
+    pub fn install() -> io::Result<Signals> {
+        let (wake, write) = UnixStream::pair()?;
+        wake.set_nonblocking(true)?;
+        let mut flags = Vec::new();
+        for (sig, what) in HANDLED {
+            let flag = Arc::new(AtomicBool::new(false));
+            signal_hook::flag::register(sig, Arc::clone(&flag))?;
+            signal_hook::low_level::pipe::register(sig, write.try_clone()?)?;
+            flags.push((flag, what));
+        }
+        Ok(Signals { wake, flags })
+    }
+
+    /// The descriptor to watch for readability.
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.wake.as_fd()
+    }
+
+    /// Empties the wake-up socket and returns each signal seen since the last call, once.
+    pub fn pending(&mut self) -> Vec<Signal> {
+        let mut buf = [0u8; 64];
+        while matches!((&self.wake).read(&mut buf), Ok(n) if n > 0) {}
+        let mut seen = Vec::new();
+        for (flag, what) in &self.flags {
+            if flag.swap(false, Ordering::SeqCst) && !seen.contains(what) {
+                seen.push(*what);
+            }
+        }
+        seen
+    }
+}

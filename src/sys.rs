@@ -1,0 +1,308 @@
+//! Thin wrappers over the raw syscalls the forwarder makes after `fork()`.
+//!
+//! Everything here is callable in a forked child of a multi-threaded process: each function is a
+//! single syscall (or a fixed, short sequence of them) on data prepared by the caller, with no
+//! allocation, no locks and no formatting. Errors come back as [`Errno`] values read from the
+//! thread's `errno`, which is itself async-signal-safe.
+
+use nix::errno::Errno;
+use std::os::fd::RawFd;
+
+/// Result of a raw syscall: the non-negative return value or the errno it set.
+pub type SysResult<T> = Result<T, Errno>;
+
+fn check(ret: libc::c_int) -> SysResult<libc::c_int> {
+    if ret < 0 { Err(Errno::last()) } else { Ok(ret) }
+}
+
+fn check_size(ret: libc::ssize_t) -> SysResult<usize> {
+    if ret < 0 { Err(Errno::last()) } else { Ok(ret as usize) }
+}
+
+/// `close(2)`. Errors are ignored: on Linux the descriptor is released even when close reports one.
+pub fn close(fd: RawFd) {
+    // SAFETY: closing a descriptor number has no memory-safety preconditions; callers own `fd`.
+    unsafe { libc::close(fd) };
+}
+
+/// `dup2(2)`.
+pub fn dup2(from: RawFd, to: RawFd) -> SysResult<RawFd> {
+    // SAFETY: plain syscall on integers.
+    check(unsafe { libc::dup2(from, to) })
+}
+
+/// Closes every descriptor numbered `first` or above. Uses `close_range(2)` (Linux 5.9+) and falls
+/// back to closing one by one up to the soft `RLIMIT_NOFILE` on older kernels.
+pub fn close_from(first: RawFd) {
+    // SAFETY: close_range takes integers only; it cannot fault.
+    let ret = unsafe { libc::syscall(libc::SYS_close_range, first as libc::c_uint, libc::c_uint::MAX, 0) };
+    if ret == 0 {
+        return;
+    }
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `lim` is a valid, writable rlimit.
+    let max = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 {
+        lim.rlim_cur.min(1 << 20) as RawFd
+    } else {
+        1024
+    };
+    for fd in first..max {
+        close(fd);
+    }
+}
+
+/// `write(2)` of the whole buffer, retrying on short writes and `EINTR`.
+pub fn write_all(fd: RawFd, mut buf: &[u8]) -> SysResult<()> {
+    while !buf.is_empty() {
+        // SAFETY: `buf` is a live slice; the kernel reads at most `buf.len()` bytes from it.
+        match check_size(unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) }) {
+            Ok(n) => buf = &buf[n..],
+            Err(Errno::EINTR) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// `read(2)` once.
+pub fn read(fd: RawFd, buf: &mut [u8]) -> SysResult<usize> {
+    // SAFETY: `buf` is a live, writable slice of `buf.len()` bytes.
+    check_size(unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) })
+}
+
+/// `write(2)` once.
+pub fn write(fd: RawFd, buf: &[u8]) -> SysResult<usize> {
+    // SAFETY: `buf` is a live slice; the kernel reads at most `buf.len()` bytes.
+    check_size(unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) })
+}
+
+/// `splice(2)` between two descriptors, no offsets (both are sockets or pipes).
+pub fn splice(from: RawFd, to: RawFd, len: usize, flags: libc::c_uint) -> SysResult<usize> {
+    // SAFETY: null offsets are allowed for pipes and sockets; no user memory is touched.
+    check_size(unsafe { libc::splice(from, std::ptr::null_mut(), to, std::ptr::null_mut(), len, flags) })
+}
+
+/// `pipe2(O_CLOEXEC)`, then asks for `size` bytes of capacity; a refused resize (the per-user pipe
+/// quota, `fs.pipe-max-size`) keeps the default size, which is still correct, only slower.
+pub fn pipe(size: libc::c_int) -> SysResult<(RawFd, RawFd)> {
+    let mut fds = [0 as libc::c_int; 2];
+    // SAFETY: `fds` is a valid array of two ints for the kernel to fill.
+    check(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) })?;
+    // SAFETY: fcntl on a descriptor we just created.
+    unsafe { libc::fcntl(fds[1], libc::F_SETPIPE_SZ, size) };
+    Ok((fds[0], fds[1]))
+}
+
+/// `shutdown(2)`.
+pub fn shutdown(fd: RawFd, how: libc::c_int) -> SysResult<()> {
+    // SAFETY: plain syscall on integers.
+    check(unsafe { libc::shutdown(fd, how) }).map(drop)
+}
+
+/// Sets an integer-valued socket option.
+pub fn setsockopt_int(fd: RawFd, level: libc::c_int, name: libc::c_int, value: libc::c_int) -> SysResult<()> {
+    // SAFETY: the option value points at a live c_int and its exact size is passed.
+    check(unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    })
+    .map(drop)
+}
+
+/// Reads `SO_ERROR`, clearing the socket's pending error.
+pub fn take_socket_error(fd: RawFd) -> SysResult<libc::c_int> {
+    let mut value: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `value` and `len` are live and sized for an int option.
+    check(unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_ERROR,
+            (&mut value as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    })?;
+    Ok(value)
+}
+
+/// Arranges for the next `close` of the last reference to `fd` to send a TCP RST instead of a FIN:
+/// `SO_LINGER` with a zero timeout. This is how an abort is passed on.
+pub fn set_abortive_close(fd: RawFd) {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: `linger` is live and its exact size is passed.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+}
+
+/// Sets a send timeout, so a blocked write wakes up now and then to look at shared state.
+pub fn set_send_timeout(fd: RawFd, secs: libc::time_t) {
+    let tv = libc::timeval {
+        tv_sec: secs,
+        tv_usec: 0,
+    };
+    // SAFETY: `tv` is live and its exact size is passed.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_SNDTIMEO,
+            (&tv as *const libc::timeval).cast(),
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
+}
+
+/// Switches `O_NONBLOCK` on or off.
+pub fn set_nonblocking(fd: RawFd, on: bool) -> SysResult<()> {
+    // SAFETY: fcntl F_GETFL/F_SETFL on an integer descriptor.
+    let flags = check(unsafe { libc::fcntl(fd, libc::F_GETFL) })?;
+    let flags = if on {
+        flags | libc::O_NONBLOCK
+    } else {
+        flags & !libc::O_NONBLOCK
+    };
+    // SAFETY: as above.
+    check(unsafe { libc::fcntl(fd, libc::F_SETFL, flags) }).map(drop)
+}
+
+/// `socket(2)` with `SOCK_CLOEXEC | SOCK_NONBLOCK`.
+pub fn tcp_socket(family: libc::c_int) -> SysResult<RawFd> {
+    // SAFETY: plain syscall on integers.
+    check(unsafe { libc::socket(family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK, 0) })
+}
+
+/// `connect(2)` to an address prepared before the fork.
+pub fn connect(fd: RawFd, addr: &socket2::SockAddr) -> SysResult<()> {
+    // SAFETY: `addr` is a live, initialised socket address of `addr.len()` bytes.
+    check(unsafe { libc::connect(fd, addr.as_ptr().cast(), addr.len()) }).map(drop)
+}
+
+/// `poll(2)` on one descriptor; returns the revents, or 0 on timeout.
+pub fn poll_one(fd: RawFd, events: libc::c_short, timeout_ms: libc::c_int) -> SysResult<libc::c_short> {
+    let mut pfd = libc::pollfd { fd, events, revents: 0 };
+    // SAFETY: `pfd` is one live pollfd.
+    let n = check(unsafe { libc::poll(&mut pfd, 1, timeout_ms) })?;
+    Ok(if n == 0 { 0 } else { pfd.revents })
+}
+
+/// `CLOCK_MONOTONIC` in milliseconds.
+pub fn monotonic_ms() -> u64 {
+    clock_ms(libc::CLOCK_MONOTONIC)
+}
+
+/// `CLOCK_REALTIME` in milliseconds since the epoch.
+pub fn realtime_ms() -> u64 {
+    clock_ms(libc::CLOCK_REALTIME)
+}
+
+fn clock_ms(clock: libc::clockid_t) -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a live timespec; clock_gettime is async-signal-safe.
+    unsafe { libc::clock_gettime(clock, &mut ts) };
+    ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000
+}
+
+/// Sets a signal's disposition to a plain handler, `SIG_DFL` or `SIG_IGN`, with an empty mask and
+/// no `SA_RESTART`, so that a blocking syscall interrupted by it returns `EINTR`.
+pub fn set_signal(sig: libc::c_int, handler: libc::sighandler_t) {
+    // SAFETY: a zeroed sigaction is a valid value; we fill the handler and an empty mask, and pass
+    // live pointers. sigaction is async-signal-safe.
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = handler;
+        libc::sigemptyset(&mut sa.sa_mask);
+        libc::sigaction(sig, &sa, std::ptr::null_mut());
+    }
+}
+
+/// Empties the signal mask of the calling thread.
+pub fn unblock_all_signals() {
+    // SAFETY: `set` is a live sigset_t initialised by sigemptyset before use.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+    }
+}
+
+/// `fork(2)` through libc. Returns 0 in the child and the child's pid in the parent.
+///
+/// # Safety
+/// When the calling process has other threads, the child may only make async-signal-safe calls
+/// (this module's functions) until it leaves through [`exit`].
+pub unsafe fn fork() -> SysResult<libc::pid_t> {
+    // SAFETY: delegated to the caller, see above.
+    check(unsafe { libc::fork() })
+}
+
+/// `_exit(2)`: leaves without running destructors or atexit handlers, as a forked child must.
+pub fn exit(code: libc::c_int) -> ! {
+    // SAFETY: _exit is async-signal-safe and never returns.
+    unsafe { libc::_exit(code) }
+}
+
+/// `waitpid(2)` on one child, retrying on `EINTR`; returns the raw wait status.
+pub fn wait_for(pid: libc::pid_t) -> SysResult<libc::c_int> {
+    let mut status = 0;
+    loop {
+        // SAFETY: `status` is a live int for the kernel to fill.
+        match check(unsafe { libc::waitpid(pid, &mut status, 0) }) {
+            Ok(_) => return Ok(status),
+            Err(Errno::EINTR) => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// `kill(2)`.
+pub fn kill(pid: libc::pid_t, sig: libc::c_int) {
+    // SAFETY: plain syscall on integers.
+    unsafe { libc::kill(pid, sig) };
+}
+
+/// Names the calling thread (and so the process, for `ps`), truncated by the kernel to 15 bytes.
+/// `name` must end with a NUL byte.
+pub fn set_process_name(name: &[u8]) {
+    debug_assert_eq!(name.last(), Some(&0));
+    // SAFETY: `name` is a NUL-terminated buffer that outlives the call.
+    unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr() as libc::c_ulong, 0, 0, 0) };
+}
+
+/// Maps one anonymous page shared with every child forked afterwards. Returns null on failure.
+pub fn shared_page() -> *mut u8 {
+    // SAFETY: an anonymous shared mapping of one page; no existing memory is affected.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            4096,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        std::ptr::null_mut()
+    } else {
+        p.cast()
+    }
+}

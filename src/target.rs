@@ -1,0 +1,94 @@
+//! Addresses: parsing ports and hosts, and resolving the inward target once, before any fork.
+//!
+//! A forked child may not call the resolver (it allocates and may lock), so every address a child
+//! will connect to is resolved here at start-up and kept as a ready `sockaddr` with its log label.
+
+use socket2::SockAddr;
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+
+/// One resolved inward address, ready for `connect(2)` in a child.
+#[derive(Clone)]
+pub struct Target {
+    pub addr: SocketAddr,
+    pub sockaddr: SockAddr,
+    /// `127.0.0.1:8005` or `[::1]:8005`, as written in log lines.
+    pub label: String,
+}
+
+impl Target {
+    pub fn new(addr: SocketAddr) -> Self {
+        Target {
+            addr,
+            sockaddr: SockAddr::from(addr),
+            label: addr.to_string(),
+        }
+    }
+}
+
+/// Parses a TCP port: a decimal number from 1 to 65535.
+pub fn parse_port(text: &str) -> Result<u16, String> {
+    match text.parse::<u32>() {
+        Ok(n) if (1..=65535).contains(&n) => Ok(n as u16),
+        Ok(_) => Err(format!("invalid port '{text}': must be from 1 to 65535")),
+        Err(_) => Err(format!("invalid port '{text}': not a number")),
+    }
+}
+
+/// Strips the brackets of an `[::1]`-style IPv6 literal; other text is returned as it is.
+pub fn unbracket(host: &str) -> &str {
+    host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host)
+}
+
+/// Resolves `host` (a name, an IPv4 literal or an IPv6 literal with or without brackets) with
+/// `port` to every address it has, in the resolver's order, without duplicates.
+pub fn resolve(host: &str, port: u16) -> Result<Vec<SocketAddr>, String> {
+    let bare = unbracket(host);
+    if bare.is_empty() {
+        return Err("empty host name".to_string());
+    }
+    if let Ok(ip) = bare.parse::<IpAddr>() {
+        return Ok(vec![SocketAddr::new(ip, port)]);
+    }
+    let found = (bare, port)
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve host '{host}': {e}"))?;
+    let mut addrs: Vec<SocketAddr> = Vec::new();
+    for a in found {
+        if !addrs.contains(&a) {
+            addrs.push(a);
+        }
+    }
+    if addrs.is_empty() {
+        return Err(format!("cannot resolve host '{host}': no addresses"));
+    }
+    Ok(addrs)
+}
+
+/// Resolves an inward target to the ready-to-connect list a child tries in turn.
+pub fn resolve_targets(host: &str, port: u16) -> Result<Vec<Target>, String> {
+    Ok(resolve(host, port)?.into_iter().map(Target::new).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ports() {
+        assert_eq!(parse_port("1"), Ok(1));
+        assert_eq!(parse_port("65535"), Ok(65535));
+        assert!(parse_port("0").unwrap_err().contains("1 to 65535"));
+        assert!(parse_port("65536").unwrap_err().contains("1 to 65535"));
+        assert!(parse_port("http").unwrap_err().contains("not a number"));
+        assert!(parse_port("-1").is_err());
+    }
+
+    #[test]
+    fn literals_resolve_without_the_resolver() {
+        assert_eq!(resolve("[::1]", 80).unwrap(), vec!["[::1]:80".parse().unwrap()]);
+        assert_eq!(resolve("::1", 80).unwrap(), vec!["[::1]:80".parse().unwrap()]);
+        assert_eq!(resolve("127.0.0.1", 8).unwrap(), vec!["127.0.0.1:8".parse().unwrap()]);
+        assert!(resolve("", 8).is_err());
+        assert!(resolve("no-such-host.invalid", 8).is_err());
+    }
+}

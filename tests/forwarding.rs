@@ -1,0 +1,354 @@
+//! The forwarding engine, end to end: the real binary, real sockets, real processes, loopback only.
+
+mod common;
+
+use common::*;
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+const MIB: usize = 1 << 20;
+
+#[test]
+fn sixty_four_mib_each_way_at_once_arrive_intact() {
+    let len = 64 * MIB;
+    let (tx, rx) = mpsc::channel();
+    let backend = Backend::start(move |s| {
+        let mut w = s.try_clone().unwrap();
+        let sender = thread::spawn(move || {
+            let h = send_pattern(&mut w, 2, len).unwrap();
+            w.shutdown(Shutdown::Write).unwrap();
+            h
+        });
+        let got = read_hash(&mut &s).unwrap();
+        tx.send((got, sender.join().unwrap())).unwrap();
+    });
+    let fwd = Forwarder::start(&[], "127.0.0.1", backend.port);
+    let client = fwd.connect();
+    let mut w = client.try_clone().unwrap();
+    let sender = thread::spawn(move || {
+        let h = send_pattern(&mut w, 1, len).unwrap();
+        w.shutdown(Shutdown::Write).unwrap();
+        h
+    });
+    let (client_got, client_hash) = read_hash(&mut &client).unwrap();
+    let client_sent = sender.join().unwrap();
+    let ((backend_got, backend_hash), backend_sent) = rx.recv_timeout(Duration::from_secs(60)).unwrap();
+    assert_eq!(client_got, len);
+    assert_eq!(backend_got, len);
+    assert_eq!(client_hash, backend_sent, "server→client bytes differ");
+    assert_eq!(backend_hash, client_sent, "client→server bytes differ");
+    assert_eq!(client_sent, pattern_hash(1, len));
+    assert!(
+        fwd.wait_log_count(&format!("c2s={len} s2c={len}"), 1, Duration::from_secs(5)),
+        "{}",
+        fwd.log_text()
+    );
+    assert!(fwd.log_text().contains("outcome=closed"));
+}
+
+#[test]
+fn two_hundred_concurrent_clients_one_mib_each_way() {
+    let backend = Backend::start(echo);
+    let fwd = Forwarder::start(&[], "127.0.0.1", backend.port);
+    let clients: Vec<_> = (0..200u64)
+        .map(|i| {
+            let s = fwd.connect();
+            thread::Builder::new()
+                .stack_size(256 * 1024)
+                .spawn(move || {
+                    let mut w = s.try_clone().unwrap();
+                    let sender = thread::spawn(move || {
+                        let h = send_pattern(&mut w, 100 + i, MIB).unwrap();
+                        w.shutdown(Shutdown::Write).unwrap();
+                        h
+                    });
+                    let got = read_hash(&mut &s).unwrap();
+                    (got, sender.join().unwrap())
+                })
+                .unwrap()
+        })
+        .collect();
+    for c in clients {
+        let ((n, got), sent) = c.join().unwrap();
+        assert_eq!(n, MIB);
+        assert_eq!(got, sent);
+    }
+    assert!(fwd.wait_log_count("outcome=closed", 200, Duration::from_secs(10)));
+}
+
+#[test]
+fn client_half_close_still_gets_the_whole_response() {
+    // The backend answers only after it has seen the client's FIN.
+    let backend = Backend::start(|mut s| {
+        let (req, _) = read_to_end_or_err(&mut s);
+        let resp: Vec<u8> = req.iter().rev().copied().cycle().take(3 * MIB).collect();
+        s.write_all(&resp).unwrap();
+    });
+    let fwd = Forwarder::start(&[], "127.0.0.1", backend.port);
+    let mut c = fwd.connect();
+    c.write_all(b"request-body").unwrap();
+    c.shutdown(Shutdown::Write).unwrap();
+    let (resp, end) = read_to_end_or_err(&mut c);
+    end.unwrap();
+    let expect: Vec<u8> = b"request-body".iter().rev().copied().cycle().take(3 * MIB).collect();
+    assert_eq!(resp.len(), expect.len());
+    assert!(resp == expect);
+}
+
+#[test]
+fn server_closing_first_reaches_the_client_within_a_second() {
+    let (tx, rx) = mpsc::channel();
+    let backend = Backend::start(move |mut s| {
+        let mut buf = [0u8; 5];
+        s.read_exact(&mut buf).unwrap();
+        s.write_all(b"bye").unwrap();
+        s.shutdown(Shutdown::Write).unwrap();
+        // Keep reading: the client's direction stays open after the server's FIN.
+        let (rest, _) = read_to_end_or_err(&mut s);
+        tx.send(rest).unwrap();
+    });
+    let fwd = Forwarder::start(&[], "127.0.0.1", backend.port);
+    let mut c = fwd.connect();
+    c.write_all(b"hello").unwrap();
+    let start = Instant::now();
+    let (got, end) = read_to_end_or_err(&mut c);
+    end.unwrap();
+    assert_eq!(got, b"bye");
+    assert!(
+        start.elapsed() < Duration::from_secs(1),
+        "EOF took {:?}",
+        start.elapsed()
+    );
+    // Our write side is still open and still delivered.
+    c.write_all(b"after-fin").unwrap();
+    c.shutdown(Shutdown::Write).unwrap();
+    assert_eq!(rx.recv_timeout(Duration::from_secs(5)).unwrap(), b"after-fin");
+}
+
+#[test]
+fn refused_backend_resets_the_client_quickly_and_the_forwarder_goes_on() {
+    // A port with nothing on it (taken from the kernel, then released).
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    drop(listener);
+    let mut fwd = Forwarder::start(&[], "127.0.0.1", port);
+    for _ in 0..3 {
+        let mut c = fwd.connect();
+        c.write_all(b"x").unwrap();
+        let start = Instant::now();
+        let (got, end) = read_to_end_or_err(&mut c);
+        assert!(got.is_empty());
+        if let Err(e) = end {
+            assert_eq!(e.kind(), ErrorKind::ConnectionReset, "{e}");
+        }
+        assert!(start.elapsed() < Duration::from_secs(1), "took {:?}", start.elapsed());
+    }
+    assert!(
+        fwd.wait_log_count("outcome=connect-failed error=ECONNREFUSED", 3, Duration::from_secs(5)),
+        "{}",
+        fwd.log_text()
+    );
+    assert!(fwd.alive());
+    // Once the backend is up, the same forwarder serves.
+    let backend = Backend::from_listener(TcpListener::bind(("127.0.0.1", port)).unwrap(), echo);
+    let mut c = fwd.connect();
+    c.write_all(b"ping").unwrap();
+    c.shutdown(Shutdown::Write).unwrap();
+    assert_eq!(read_to_end_or_err(&mut c).0, b"ping");
+    drop(backend);
+}
+
+#[test]
+fn backend_reset_mid_stream_resets_the_client() {
+    let backend = Backend::start(|mut s| {
+        let mut buf = [0u8; 4];
+        s.read_exact(&mut buf).unwrap();
+        s.write_all(&[7u8; 100_000]).unwrap();
+        thread::sleep(Duration::from_millis(100));
+        abort(s);
+    });
+    let fwd = Forwarder::start(&[], "127.0.0.1", backend.port);
+    let mut c = fwd.connect();
+    c.write_all(b"go!!").unwrap();
+    thread::sleep(Duration::from_millis(400));
+    let (got, end) = read_to_end_or_err(&mut c);
+    assert!(got.len() <= 100_000);
+    let e = end.expect_err("the client must see a reset, not a clean EOF");
+    assert_eq!(e.kind(), ErrorKind::ConnectionReset);
+    assert!(
+        fwd.wait_log_count("outcome=reset", 1, Duration::from_secs(5)),
+        "{}",
+        fwd.log_text()
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || fwd.descendants().is_empty()),
+        "processes outlived the connection"
+    );
+}
+
+#[test]
+fn client_vanishing_mid_transfer_ends_both_pumps_and_resets_the_backend() {
+    let (tx, rx) = mpsc::channel();
+    let backend = Backend::start(move |mut s| {
+        // Keep sending until the connection breaks.
+        let chunk = [1u8; 65536];
+        let end = loop {
+            if let Err(e) = s.write_all(&chunk) {
+                break e.kind();
+            }
+        };
+        tx.send(end).unwrap();
+    });
+    let fwd = Forwarder::start(&[], "127.0.0.1", backend.port);
+    let mut c = fwd.connect();
+    c.write_all(b"start").unwrap();
+    let mut buf = [0u8; 1000];
+    c.read_exact(&mut buf).unwrap();
+    assert!(wait_until(Duration::from_secs(5), || fwd.descendants().len() == 2));
+    abort(c);
+    let kind = rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("backend never saw the client go");
+    assert!(
+        matches!(kind, ErrorKind::ConnectionReset | ErrorKind::BrokenPipe),
+        "{kind:?}"
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || fwd.descendants().is_empty()),
+        "pumps outlived the client"
+    );
+}
+
+#[test]
+fn five_hundred_short_connections_leave_no_zombie_child_or_descriptor() {
+    let backend = Backend::start(echo);
+    let fwd = Forwarder::start(&[], "127.0.0.1", backend.port);
+    let baseline = fd_targets(fwd.pid()).len();
+    for i in 0..500 {
+        let mut c = fwd.connect();
+        let msg = format!("hello {i}");
+        c.write_all(msg.as_bytes()).unwrap();
+        c.shutdown(Shutdown::Write).unwrap();
+        assert_eq!(read_to_end_or_err(&mut c).0, msg.as_bytes());
+    }
+    assert!(fwd.wait_log_count("outcome=closed", 500, Duration::from_secs(20)));
+    assert!(
+        wait_until(Duration::from_secs(10), || fwd.descendants().is_empty()),
+        "left over: {:?}",
+        fwd.descendants().iter().map(|p| stat(*p)).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        fd_targets(fwd.pid()).len(),
+        baseline,
+        "main process descriptors: {:?}",
+        fd_targets(fwd.pid())
+    );
+    let (_, state, _) = stat(fwd.pid()).unwrap();
+    assert_ne!(state, 'Z');
+}
+
+#[test]
+fn a_pump_holds_only_its_two_sockets_and_its_pipe() {
+    let backend = Backend::start(echo);
+    let fwd = Forwarder::start(&[], "127.0.0.1", backend.port);
+    let mut c = fwd.connect();
+    c.write_all(b"both ways").unwrap();
+    let mut buf = [0u8; 9];
+    c.read_exact(&mut buf).unwrap();
+    assert!(wait_until(Duration::from_secs(5), || fwd.descendants().len() == 2));
+    let main_stderr = fd_targets(fwd.pid()).into_iter().find(|(n, _)| *n == 2).unwrap().1;
+    let mut seen = Vec::new();
+    for pid in fwd.descendants() {
+        let (_, _, comm) = stat(pid).unwrap();
+        let mut fds = fd_targets(pid);
+        if comm == "portfwd-c2s" {
+            // The connection process also writes the log line, on the main process's stderr.
+            let log = fds.iter().position(|fd| *fd == (2, main_stderr.clone()));
+            fds.remove(log.unwrap_or_else(|| panic!("{comm} has no log descriptor: {fds:?}")));
+        }
+        let sockets = fds.iter().filter(|(_, t)| t.starts_with("socket:")).count();
+        let pipes: Vec<_> = fds.iter().filter(|(_, t)| t.starts_with("pipe:")).collect();
+        assert_eq!(sockets, 2, "{comm}: {fds:?}");
+        assert_eq!(pipes.len(), 2, "{comm}: {fds:?}");
+        assert_eq!(pipes[0].1, pipes[1].1, "the two ends of one pipe: {fds:?}");
+        assert_eq!(fds.len(), 4, "{comm}: {fds:?}");
+        assert!(
+            comm == "portfwd-c2s" || comm == "portfwd-s2c",
+            "unexpected process {comm}"
+        );
+        seen.push(comm);
+    }
+    seen.sort();
+    assert_eq!(seen, ["portfwd-c2s", "portfwd-s2c"]);
+}
+
+fn server_first(mut s: TcpStream) {
+    s.write_all(b"220 hello from the server\r\n").unwrap();
+    let mut buf = [0u8; 64];
+    let n = s.read(&mut buf).unwrap_or(0);
+    let _ = s.write_all(&buf[..n]);
+}
+
+#[test]
+fn server_speaks_first_works_with_dispatch_accept() {
+    let backend = Backend::start(server_first);
+    let fwd = Forwarder::start(&["--dispatch", "accept"], "127.0.0.1", backend.port);
+    let mut c = fwd.connect();
+    c.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let mut banner = [0u8; 27];
+    c.read_exact(&mut banner)
+        .expect("banner must arrive without the client sending");
+    assert_eq!(&banner, b"220 hello from the server\r\n");
+}
+
+#[test]
+fn server_speaks_first_waits_for_the_client_with_dispatch_data() {
+    let backend = Backend::start(server_first);
+    let fwd = Forwarder::start(&[], "127.0.0.1", backend.port);
+    let mut c = fwd.connect();
+    // The seed's behaviour: nothing is connected inward until the client sends.
+    c.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+    let mut buf = [0u8; 64];
+    let err = c.read(&mut buf).expect_err("no banner before the client sends");
+    assert!(matches!(err.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut));
+    assert!(fwd.descendants().is_empty());
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    c.write_all(b"x").unwrap();
+    let mut banner = [0u8; 27];
+    c.read_exact(&mut banner).unwrap();
+    assert_eq!(&banner, b"220 hello from the server\r\n");
+}
+
+#[test]
+fn a_client_that_leaves_before_sending_costs_no_process() {
+    let backend = Backend::start(echo);
+    let fwd = Forwarder::start(&["-v"], "127.0.0.1", backend.port);
+    for _ in 0..20 {
+        abort(fwd.connect());
+    }
+    assert!(
+        fwd.wait_log_count("closed before sending", 20, Duration::from_secs(5)),
+        "{}",
+        fwd.log_text()
+    );
+    assert!(fwd.descendants().is_empty());
+    assert!(!fwd.log_text().contains("outcome="));
+}
+
+#[test]
+fn ipv6_client_and_ipv6_target() {
+    let Ok(l) = TcpListener::bind("[::1]:0") else {
+        eprintln!("skipped: no IPv6 loopback on this machine");
+        return;
+    };
+    let backend = Backend::from_listener(l, echo);
+    let fwd = Forwarder::start(&["--bind", "[::1]"], "[::1]", backend.port);
+    let mut c = TcpStream::connect(("::1", fwd.port)).unwrap();
+    c.write_all(b"six").unwrap();
+    c.shutdown(Shutdown::Write).unwrap();
+    assert_eq!(read_to_end_or_err(&mut c).0, b"six");
+    assert!(fwd.wait_log_count("target=[::1]:", 1, Duration::from_secs(5)));
+}
