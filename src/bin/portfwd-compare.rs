@@ -317,9 +317,7 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 }
 
 fn http_response(name: &str) -> Vec<u8> {
-    let body = format!(
-        "<html><body><h1>backend {name}</h1><p>served through the forwarder</p></body></html>\n"
-    );
+    let body = format!("<html><body><h1>backend {name}</h1><p>served through the forwarder</p></body></html>\n");
     format!(
         "HTTP/1.1 200 OK\r\nServer: portfwd-compare\r\nContent-Type: text/html\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
@@ -350,12 +348,7 @@ enum Ev {
 /// HTTP backend. `fin_after`: None = keep the connection until the client
 /// closes; Some(d) = the seed's Figure 4: d after the response, shutdown(write)
 /// (the server's FIN), then wait (bounded) for the client's FIN.
-fn http_handler(
-    name: &'static str,
-    fin_after: Option<Duration>,
-    wait: Duration,
-    tx: Sender<Ev>,
-) -> Handler {
+fn http_handler(name: &'static str, fin_after: Option<Duration>, wait: Duration, tx: Sender<Ev>) -> Handler {
     Arc::new(move |mut s: TcpStream| {
         let (req, _) = read_http_message(&mut s, BACKEND_IDLE);
         let _ = tx.send(Ev::Request(req));
@@ -370,8 +363,7 @@ fn http_handler(
                 thread::sleep(d);
                 let _ = s.shutdown(Shutdown::Write);
                 let _ = tx.send(Ev::FinSent(Instant::now()));
-                let (_, end) =
-                    read_to_end_within(&mut s, usize::MAX, wait * 2 + Duration::from_secs(1));
+                let (_, end) = read_to_end_within(&mut s, usize::MAX, wait * 2 + Duration::from_secs(1));
                 let _ = match end {
                     End::Eof(_) => tx.send(Ev::PeerEof(Instant::now())),
                     e => tx.send(Ev::NoPeerEof(e.describe())),
@@ -450,16 +442,8 @@ fn sc_seed_case2(cx: &Ctx) -> Obs {
     let fwd_ip = Ipv4Addr::new(127, 0, 0, 41);
     let client_ip = Ipv4Addr::new(127, 0, 0, 44);
     let map = [
-        (
-            "A",
-            8005u16,
-            SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 52), 8008),
-        ),
-        (
-            "B",
-            8006u16,
-            SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 53), 8009),
-        ),
+        ("A", 8005u16, SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 52), 8008)),
+        ("B", 8006u16, SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 53), 8009)),
     ];
     let (tx, rx) = channel();
     let mut keep = Vec::new();
@@ -486,11 +470,8 @@ fn sc_seed_case2(cx: &Ctx) -> Obs {
     let mut fin_to_backend = true;
     let mut parts = Vec::new();
     for (name, port, _) in map {
-        let mut c = match fwdkit::connect_from(
-            Some(client_ip),
-            SocketAddrV4::new(fwd_ip, port),
-            Duration::from_secs(5),
-        ) {
+        let mut c = match fwdkit::connect_from(Some(client_ip), SocketAddrV4::new(fwd_ip, port), Duration::from_secs(5))
+        {
             Ok(c) => c,
             Err(e) => return Obs::err(format!("connect from {client_ip} to {fwd_ip}:{port}: {e}")),
         };
@@ -539,14 +520,11 @@ fn sc_seed_case2(cx: &Ctx) -> Obs {
             }
         ));
     }
-    Obs::new(
-        bytes_ok && eof_to_client && fin_to_backend,
-        parts.join(" | "),
-    )
-    .field("digest", format!("{digest:016x}"))
-    .field("bytes_ok", bytes_ok)
-    .field("client_eof", eof_to_client)
-    .field("backend_eof", fin_to_backend)
+    Obs::new(bytes_ok && eof_to_client && fin_to_backend, parts.join(" | "))
+        .field("digest", format!("{digest:016x}"))
+        .field("bytes_ok", bytes_ok)
+        .field("client_eof", eof_to_client)
+        .field("backend_eof", fin_to_backend)
 }
 
 fn sc_echo_1mib(cx: &Ctx) -> Obs {
@@ -580,8 +558,7 @@ fn sc_echo_1mib(cx: &Ctx) -> Obs {
         format!(
             "{} of {N} B back, {}",
             got.len(),
-            end.map(|e| e.describe())
-                .unwrap_or_else(|| "DIFFERENT bytes".into())
+            end.map(|e| e.describe()).unwrap_or_else(|| "DIFFERENT bytes".into())
         )
     };
     Obs::new(ok, text)
@@ -628,8 +605,7 @@ fn sc_echo_100(cx: &Ctx) -> Obs {
                         return (
                             good,
                             h,
-                            end.map(|e| e.describe())
-                                .unwrap_or_else(|| "different bytes".into()),
+                            end.map(|e| e.describe()).unwrap_or_else(|| "different bytes".into()),
                         );
                     }
                     good += 1;
@@ -747,19 +723,13 @@ fn sc_server_closes_first(cx: &Ctx) -> Obs {
     let _ = c.write_all(b"hello\n");
     let (reply, short) = read_exact_within(&mut c, 4, Duration::from_secs(5));
     if let Some(e) = short {
-        return Obs::new(
-            false,
-            format!("reply {} of 4 B, {}", reply.len(), e.describe()),
-        );
+        return Obs::new(false, format!("reply {} of 4 B, {}", reply.len(), e.describe()));
     }
     let (extra, end) = read_to_end_within(&mut c, usize::MAX, cx.wait);
     let ok = reply == b"bye\n" && extra.is_empty() && end.is_eof();
-    Obs::new(
-        ok,
-        format!("reply 4 B; then client sees {}", end.describe()),
-    )
-    .field("client_eof", end.is_eof())
-    .field("digest", format!("{:016x}", fnv64(0, &reply)))
+    Obs::new(ok, format!("reply 4 B; then client sees {}", end.describe()))
+        .field("client_eof", end.is_eof())
+        .field("digest", format!("{:016x}", fnv64(0, &reply)))
 }
 
 fn sc_backend_down(cx: &Ctx) -> Obs {
@@ -774,10 +744,7 @@ fn sc_backend_down(cx: &Ctx) -> Obs {
     let mut c = match connect(f.port) {
         Ok(c) => c,
         Err(e) => {
-            return Obs::new(
-                false,
-                format!("connect refused by the forwarder itself: {e}"),
-            );
+            return Obs::new(false, format!("connect refused by the forwarder itself: {e}"));
         }
     };
     let _ = c.write_all(b"hello\n");
@@ -876,14 +843,8 @@ fn sc_short_200(cx: &Ctx) -> Obs {
     let me = std::process::id() as i32;
     let measure = || {
         let procs = f.procs();
-        let zombies = procs
-            .iter()
-            .filter(|p| p.state == 'Z' && p.ppid != me)
-            .count();
-        let live = procs
-            .iter()
-            .filter(|p| p.state != 'Z' && p.pid != f.pid())
-            .count();
+        let zombies = procs.iter().filter(|p| p.state == 'Z' && p.ppid != me).count();
+        let live = procs.iter().filter(|p| p.state != 'Z' && p.pid != f.pid()).count();
         let fds = f.fd_count().unwrap_or(0) as i64 - base_fds as i64;
         (zombies, live, fds, b.open.load(Ordering::Relaxed))
     };
@@ -1068,11 +1029,7 @@ fn main() {
     }
     for s in &specs {
         if !s.path.is_file() {
-            eprintln!(
-                "portfwd-compare: {} binary not found: {}",
-                s.label,
-                s.path.display()
-            );
+            eprintln!("portfwd-compare: {} binary not found: {}", s.label, s.path.display());
             std::process::exit(2);
         }
     }
@@ -1122,11 +1079,7 @@ fn main() {
     if !args.no_portfwd {
         println!(
             "\nportfwd {} as documented",
-            if portfwd_ok {
-                "behaves"
-            } else {
-                "DOES NOT behave"
-            }
+            if portfwd_ok { "behaves" } else { "DOES NOT behave" }
         );
     }
     std::process::exit(if portfwd_ok { 0 } else { 1 });
@@ -1153,9 +1106,7 @@ fn print_table(specs: &[Spec], rows: &[(&Scenario, Vec<Obs>)]) {
         }
         println!("{line}");
     }
-    println!(
-        "\n✓ = portfwd did what it is documented to do. Documented portfwd behaviour per scenario:"
-    );
+    println!("\n✓ = portfwd did what it is documented to do. Documented portfwd behaviour per scenario:");
     for (sc, _) in rows {
         println!("- `{}`: {}", sc.id, sc.expect);
     }

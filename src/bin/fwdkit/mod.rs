@@ -7,12 +7,14 @@
 //! only what it needs.
 #![allow(dead_code)]
 
+use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::io::{self, Read};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -45,10 +47,7 @@ pub fn build_reference(root: &Path, out: &Path) -> Result<PathBuf, String> {
         .status()
         .map_err(|e| format!("cannot run cc: {e}"))?;
     if !status.success() {
-        return Err(format!(
-            "cc -fopenmp failed on {} ({status})",
-            src.display()
-        ));
+        return Err(format!("cc -fopenmp failed on {} ({status})", src.display()));
     }
     fs::rename(&tmp, out).map_err(|e| format!("cannot rename to {}: {e}", out.display()))?;
     Ok(out.to_path_buf())
@@ -163,12 +162,7 @@ pub fn scan_procs() -> Vec<ProcInfo> {
         let state = f.next().and_then(|s| s.chars().next()).unwrap_or('?');
         let ppid = f.next().and_then(|s| s.parse().ok()).unwrap_or(0);
         let pgrp = f.next().and_then(|s| s.parse().ok()).unwrap_or(0);
-        out.push(ProcInfo {
-            pid,
-            ppid,
-            pgrp,
-            state,
-        });
+        out.push(ProcInfo { pid, ppid, pgrp, state });
     }
     out
 }
@@ -270,10 +264,8 @@ impl Launch<'_> {
 
     fn start_on(&self, port: u16) -> Result<Fwd, String> {
         let n = LOG_SEQ.fetch_add(1, Ordering::Relaxed);
-        let log_path =
-            std::env::temp_dir().join(format!("portfwd-compare-{}-{n}.log", std::process::id()));
-        let log = fs::File::create(&log_path)
-            .map_err(|e| format!("cannot create {}: {e}", log_path.display()))?;
+        let log_path = std::env::temp_dir().join(format!("portfwd-compare-{}-{n}.log", std::process::id()));
+        let log = fs::File::create(&log_path).map_err(|e| format!("cannot create {}: {e}", log_path.display()))?;
         let child = Command::new(&self.spec.path)
             .args(self.args(port))
             .stdin(Stdio::null())
@@ -283,6 +275,9 @@ impl Launch<'_> {
             .spawn()
             .map_err(|e| format!("cannot start {}: {e}", self.spec.path.display()))?;
         let pgid = child.id() as i32;
+        if let Ok(mut m) = MAINS.lock() {
+            m.push(pgid);
+        }
         let mut fwd = Fwd {
             child,
             pgid,
@@ -298,21 +293,35 @@ impl Launch<'_> {
             }
             if let Ok(Some(status)) = fwd.child.try_wait() {
                 let log = fwd.log();
-                return Err(format!(
-                    "{} exited at start ({status}): {}",
-                    fwd.label,
-                    log.trim()
-                ));
+                return Err(format!("{} exited at start ({status}): {}", fwd.label, log.trim()));
             }
             if Instant::now() > deadline {
-                return Err(format!(
-                    "{} did not listen on port {port} within 5 s",
-                    fwd.label
-                ));
+                return Err(format!("{} did not listen on port {port} within 5 s", fwd.label));
             }
             std::thread::sleep(Duration::from_millis(5));
         }
     }
+}
+
+/// Main pids of the forwarders this process is running (so stopping one
+/// never touches another).
+static MAINS: Mutex<Vec<i32>> = Mutex::new(Vec::new());
+
+/// `root` and all its descendants by parent links, from one /proc scan.
+pub fn descendants(root: i32, procs: &[ProcInfo]) -> Vec<ProcInfo> {
+    let mut kids: HashMap<i32, Vec<usize>> = HashMap::new();
+    for (i, p) in procs.iter().enumerate() {
+        kids.entry(p.ppid).or_default().push(i);
+    }
+    let mut out: Vec<ProcInfo> = procs.iter().filter(|p| p.pid == root).copied().collect();
+    let mut i = 0;
+    while i < out.len() {
+        if let Some(k) = kids.get(&out[i].pid) {
+            out.extend(k.iter().map(|&j| procs[j]));
+        }
+        i += 1;
+    }
+    out
 }
 
 impl Fwd {
@@ -320,19 +329,25 @@ impl Fwd {
         self.pgid
     }
 
-    /// Processes of this forwarder's process group (main included).
+    /// The forwarder's processes: the main process, its descendants (found
+    /// through parent links, whatever process group they moved to) and any
+    /// other member of its process group. Orphans re-parented to us are not
+    /// included (a real init would reap them).
     pub fn procs(&self) -> Vec<ProcInfo> {
-        scan_procs()
-            .into_iter()
-            .filter(|p| p.pgrp == self.pgid)
-            .collect()
+        let all = scan_procs();
+        let mut set = descendants(self.pgid, &all);
+        let seen: HashSet<i32> = set.iter().map(|p| p.pid).collect();
+        set.extend(
+            all.iter()
+                .filter(|p| p.pgrp == self.pgid && !seen.contains(&p.pid))
+                .copied(),
+        );
+        set
     }
 
     /// Open descriptors of the main process.
     pub fn fd_count(&self) -> Option<usize> {
-        fs::read_dir(format!("/proc/{}/fd", self.pgid))
-            .ok()
-            .map(|d| d.count())
+        fs::read_dir(format!("/proc/{}/fd", self.pgid)).ok().map(|d| d.count())
     }
 
     pub fn alive(&mut self) -> bool {
@@ -343,41 +358,52 @@ impl Fwd {
         fs::read_to_string(&self.log_path).unwrap_or_default()
     }
 
-    /// Kill the whole process group and reap what we can (the main process,
-    /// and any descendants orphaned to us as subreaper). Bounded.
+    /// Kill the main process, its descendants, its process group and any
+    /// orphan re-parented to us, and reap what we can. Bounded (10 s).
     pub fn stop(&mut self) {
         if self.stopped {
             return;
         }
         self.stopped = true;
-        // SAFETY: signalling our own child's process group.
-        unsafe {
-            libc::kill(-self.pgid, libc::SIGKILL);
-        }
-        let _ = self.child.wait();
         let me = std::process::id() as i32;
-        let deadline = Instant::now() + Duration::from_secs(5);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut groups: HashSet<i32> = HashSet::from([self.pgid]);
         loop {
-            let left: Vec<ProcInfo> = self.procs();
-            if left.is_empty() || Instant::now() > deadline {
+            let others: Vec<i32> = MAINS
+                .lock()
+                .map(|m| m.iter().copied().filter(|&p| p != self.pgid).collect())
+                .unwrap_or_default();
+            let all = scan_procs();
+            let mut set = descendants(self.pgid, &all);
+            for p in &set {
+                groups.insert(p.pgrp);
+            }
+            groups.retain(|&g| g > 1 && g != me && !others.contains(&g));
+            set.extend(
+                all.iter()
+                    .filter(|p| groups.contains(&p.pgrp) || (p.ppid == me && !others.contains(&p.pid))),
+            );
+            set.retain(|p| p.pid != me && !others.contains(&p.pid));
+            if set.is_empty() || Instant::now() > deadline {
                 break;
             }
-            for p in &left {
-                if p.ppid == me {
-                    let mut st = 0;
-                    // SAFETY: reaping a child of ours that was in the group.
-                    unsafe {
-                        libc::waitpid(p.pid, &mut st, libc::WNOHANG);
+            for p in &set {
+                if p.state == 'Z' {
+                    if p.ppid == me {
+                        let mut st = 0;
+                        // SAFETY: reaping a zombie child of ours.
+                        unsafe { libc::waitpid(p.pid, &mut st, libc::WNOHANG) };
                     }
-                }
-                if p.state != 'Z' {
-                    // SAFETY: a process of the group we started.
-                    unsafe {
-                        libc::kill(p.pid, libc::SIGKILL);
-                    }
+                } else {
+                    // SAFETY: a process descending from a forwarder we started.
+                    unsafe { libc::kill(p.pid, libc::SIGKILL) };
                 }
             }
             std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = self.child.try_wait();
+        if let Ok(mut m) = MAINS.lock() {
+            m.retain(|&p| p != self.pgid);
         }
         let _ = fs::remove_file(&self.log_path);
     }
@@ -486,9 +512,7 @@ pub fn read_to_end_within(s: &mut TcpStream, limit: usize, wait: Duration) -> (V
                     return (buf, End::Timeout);
                 }
             }
-            Err(e)
-                if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::TimedOut =>
-            {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::TimedOut => {
                 return (buf, End::Timeout);
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -521,9 +545,7 @@ pub fn read_exact_within(s: &mut TcpStream, n: usize, wait: Duration) -> (Vec<u8
             }
             Ok(k) => got += k,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e)
-                if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::TimedOut =>
-            {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::TimedOut => {
                 buf.truncate(got);
                 return (buf, Some(End::Timeout));
             }
@@ -541,11 +563,7 @@ pub fn read_exact_within(s: &mut TcpStream, n: usize, wait: Duration) -> (Vec<u8
 }
 
 /// Connect to `dst`, from `src` (port chosen by the kernel) if given.
-pub fn connect_from(
-    src: Option<Ipv4Addr>,
-    dst: SocketAddrV4,
-    timeout: Duration,
-) -> io::Result<TcpStream> {
+pub fn connect_from(src: Option<Ipv4Addr>, dst: SocketAddrV4, timeout: Duration) -> io::Result<TcpStream> {
     let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
     if let Some(ip) = src {
         sock.bind(&SocketAddr::V4(SocketAddrV4::new(ip, 0)).into())?;
