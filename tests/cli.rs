@@ -1,0 +1,127 @@
+//! The command line as a user meets it: help, version, and one clear line with exit status 2 for
+//! each kind of bad input, with nothing left listening.
+
+mod common;
+
+use common::*;
+use std::net::TcpListener;
+use std::process::{Command, Output};
+
+fn run(args: &[&str]) -> Output {
+    Command::new(BIN).args(args).output().expect("run portfwd")
+}
+
+/// Asserts exit status 2 and exactly one line on stderr that contains `needle`.
+fn fails_with(args: &[&str], needle: &str) {
+    let out = run(args);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+    assert_eq!(err.lines().count(), 1, "{args:?} printed more than one line: {err}");
+    assert!(err.starts_with("portfwd: "), "{err}");
+    assert!(err.contains(needle), "{args:?}: expected '{needle}' in: {err}");
+    assert!(out.stdout.is_empty());
+}
+
+#[test]
+fn help_and_version() {
+    let out = run(&["--help"]);
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for word in [
+        "PORT",
+        "HOSTNAME",
+        "HOST_PORT",
+        "--bind",
+        "--accept-threads",
+        "--dispatch",
+        "--connect-timeout",
+        "--verbose",
+    ] {
+        assert!(help.contains(word), "--help lacks {word}");
+    }
+    let out = run(&["--version"]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with(&format!("portfwd {}", env!("CARGO_PKG_VERSION"))));
+}
+
+#[test]
+fn bad_ports_and_arguments() {
+    fails_with(&["0", "127.0.0.1", "80"], "1 to 65535");
+    fails_with(&["65536", "127.0.0.1", "80"], "1 to 65535");
+    fails_with(&["http", "127.0.0.1", "80"], "not a number");
+    fails_with(&["7000", "127.0.0.1", "0"], "1 to 65535");
+    fails_with(&["7000", "127.0.0.1", "99999"], "1 to 65535");
+    fails_with(&["7000", "127.0.0.1"], "HOST_PORT");
+    fails_with(&[], "PORT");
+    fails_with(&["7000", "127.0.0.1", "80", "--dispatch", "sometimes"], "sometimes");
+    fails_with(
+        &["7000", "127.0.0.1", "80", "--connect-timeout", "0"],
+        "--connect-timeout",
+    );
+    fails_with(
+        &["7000", "127.0.0.1", "80", "--accept-threads", "0"],
+        "--accept-threads",
+    );
+    fails_with(&["7000", "127.0.0.1", "80", "--no-such-flag"], "--no-such-flag");
+}
+
+#[test]
+fn unknown_host() {
+    fails_with(
+        &["7000", "no-such-host.invalid", "80"],
+        "cannot resolve host 'no-such-host.invalid'",
+    );
+    fails_with(&["--bind", "no-such-host.invalid", "7000", "127.0.0.1", "80"], "--bind");
+}
+
+#[test]
+fn address_in_use_leaves_nothing_behind() {
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    fails_with(
+        &["--bind", "127.0.0.1", &port, "127.0.0.1", "80"],
+        "Address already in use",
+    );
+    // The port is still ours alone: the failed forwarder did not leave a listener behind.
+    drop(taken);
+    TcpListener::bind(("127.0.0.1", port.parse::<u16>().unwrap())).expect("port free again");
+}
+
+#[test]
+fn no_permission_to_bind_a_privileged_port() {
+    let start: u32 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start")
+        .map_or(1024, |s| s.trim().parse().unwrap_or(1024));
+    // SAFETY: geteuid cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    if start == 0 || (!root && Command::new("setpriv").arg("--version").output().is_err()) {
+        eprintln!("skipped: every port is unprivileged here");
+        return;
+    }
+    let mut cmd = if root {
+        // Drop to nobody, as an unprivileged user would run it.
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups", BIN]);
+        c
+    } else {
+        Command::new(BIN)
+    };
+    let out = cmd
+        .args(["--bind", "127.0.0.1", "1", "127.0.0.1", "80"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("Permission denied"), "{err}");
+}
+
+#[test]
+fn start_up_line_names_the_mapping_and_pid() {
+    let backend = Backend::start(echo);
+    let fwd = Forwarder::start(&["--bind", "127.0.0.1"], "localhost", backend.port);
+    let log = fwd.log_text();
+    let expect = format!("listening on 127.0.0.1:{} -> localhost (", fwd.port);
+    assert!(log.contains(&expect), "{log}");
+    assert!(log.contains(&format!("pid={}", fwd.pid())), "{log}");
+    assert!(log.contains(&format!("127.0.0.1:{}", backend.port)), "{log}");
+}
