@@ -131,7 +131,6 @@ fn smtp_dialogue_with_a_real_server_that_speaks_first() {
     say("DATA\r\n", "354");
     say("Subject: hi\r\n\r\nthrough the forwarder\r\n.\r\n", "250");
     say("QUIT\r\n", "221");
-    drop(say);
     let mut rest = Vec::new();
     r.read_to_end(&mut rest).unwrap(); // the server's FIN, passed on
     // The connection ends when the client closes its side too.
