@@ -1,0 +1,1003 @@
+#!/usr/bin/env python3
+"""portfwd benchmark harness (issue 6).
+
+Runs every measurement on loopback against each forwarder and writes a raw CSV
+(one line per sample) plus a JSON file with machine info to bench/results/.
+bench/report.py turns that CSV into docs/benchmarks.md and docs/bench-*.png.
+
+Normally started by bench/run.sh, which installs peers and builds binaries.
+Every server is started here in the foreground, in its own process group, with
+its own config in a temp dir, and is killed by pid (process group = its pid)
+when its measurement ends; an atexit/signal handler kills whatever is left.
+"""
+import argparse
+import atexit
+import csv
+import ctypes
+import datetime
+import json
+import os
+import platform
+import random
+import re
+import resource
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RESULTS = os.path.join(ROOT, "bench", "results")
+PORTFWD = os.path.join(ROOT, "target", "release", "portfwd")
+CREF = os.path.join(ROOT, "target", "reference", "server")
+
+ROWS = ["direct", "portfwd", "cref", "socat", "rinetd", "haproxy", "nginx"]
+LABELS = {
+    "direct": "direct (no forwarder)",
+    "portfwd": "portfwd",
+    "cref": "C reference (seed server.c)",
+    "socat": "socat (fork)",
+    "rinetd": "rinetd",
+    "haproxy": "haproxy (mode tcp)",
+    "nginx": "nginx stream",
+}
+
+# ---------------------------------------------------------------- utilities
+
+TMP = tempfile.mkdtemp(prefix="portfwd-bench-")
+os.chmod(TMP, 0o755)
+LIVE = {}          # pid -> name of every server we started and not yet stopped
+USED_PORTS = set()
+LOG = None
+
+
+def log(*a):
+    msg = " ".join(str(x) for x in a)
+    stamp = time.strftime("%H:%M:%S")
+    print(f"[{stamp}] {msg}", file=sys.stderr, flush=True)
+    if LOG:
+        LOG.write(f"[{stamp}] {msg}\n")
+        LOG.flush()
+
+
+def set_subreaper():
+    """Orphans of forwarders re-parent to us (not to init) so we can reap them."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        PR_SET_CHILD_SUBREAPER = 36
+        libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    except Exception as e:  # pragma: no cover
+        log("warning: cannot become subreaper:", e)
+
+
+def reap():
+    for _ in range(100000):
+        try:
+            pid, _st = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
+def raise_nofile():
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = 65536
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, max(hard, want)))
+    except (ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)
+
+
+def free_port():
+    """A port below the ephemeral range (32768+) that is free right now."""
+    for _ in range(2000):
+        p = random.randint(20000, 32000)
+        if p in USED_PORTS:
+            continue
+        ok = True
+        for fam, addr in ((socket.AF_INET, "0.0.0.0"), (socket.AF_INET6, "::")):
+            s = socket.socket(fam, socket.SOCK_STREAM)
+            try:
+                s.bind((addr, p))
+            except OSError:
+                ok = False
+            finally:
+                s.close()
+            if not ok:
+                break
+        if ok:
+            USED_PORTS.add(p)
+            return p
+    raise RuntimeError("no free port found below 32768")
+
+
+def tcp_table():
+    """Yield (local_port, remote_port, state) of every IPv4/IPv6 TCP socket."""
+    for fn in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(fn) as f:
+                next(f)
+                for line in f:
+                    parts = line.split()
+                    lport = int(parts[1].rsplit(":", 1)[1], 16)
+                    rport = int(parts[2].rsplit(":", 1)[1], 16)
+                    yield lport, rport, parts[3]
+        except FileNotFoundError:
+            pass
+
+
+def is_listening(port):
+    return any(lp == port and st == "0A" for lp, _rp, st in tcp_table())
+
+
+def established_on(port):
+    """Established sockets whose local port is `port` (i.e. server side)."""
+    return sum(1 for lp, _rp, st in tcp_table() if lp == port and st == "01")
+
+
+def wait_listen(port, proc, timeout=15.0):
+    end = time.time() + timeout
+    while time.time() < end:
+        if is_listening(port):
+            return True
+        if proc is not None and proc.poll() is not None:
+            return False
+        time.sleep(0.02)
+    return False
+
+
+class Server:
+    """A foreground server in its own process group; stop() kills it by pid."""
+
+    def __init__(self, name, argv, port, cwd=None):
+        self.name = name
+        self.port = port
+        self.logpath = os.path.join(TMP, f"{name}-{port}.log")
+        self.logf = open(self.logpath, "w")
+        self.p = subprocess.Popen(argv, stdout=self.logf, stderr=subprocess.STDOUT,
+                                  stdin=subprocess.DEVNULL, cwd=cwd or TMP,
+                                  start_new_session=True)
+        self.pid = self.p.pid
+        LIVE[self.pid] = name
+        if port is not None and not wait_listen(port, self.p):
+            tail = self.tail()
+            self.stop()
+            raise RuntimeError(f"{name} did not listen on {port}: {tail}")
+
+    def tail(self, n=600):
+        try:
+            with open(self.logpath) as f:
+                return f.read()[-n:]
+        except OSError:
+            return ""
+
+    def procs(self):
+        return session_procs(self.pid)
+
+    def stop(self):
+        if self.pid not in LIVE:
+            return
+        kill_group(self.pid)
+        try:
+            self.p.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
+        LIVE.pop(self.pid, None)
+        self.logf.close()
+        reap()
+
+
+def kill_group(pgid):
+    for sig, wait in ((signal.SIGTERM, 3.0), (signal.SIGKILL, 3.0)):
+        try:
+            os.killpg(pgid, sig)
+        except ProcessLookupError:
+            return
+        end = time.time() + wait
+        while time.time() < end:
+            reap()
+            if not session_procs(pgid, include_zombies=False):
+                return
+            time.sleep(0.05)
+
+
+def cleanup(*_a):
+    for pid in list(LIVE):
+        try:
+            kill_group(pid)
+        except Exception:
+            pass
+        LIVE.pop(pid, None)
+    reap()
+    shutil.rmtree(TMP, ignore_errors=True)
+
+
+def on_signal(sig, _frm):
+    log(f"signal {sig}: cleaning up")
+    cleanup()
+    sys.exit(128 + sig)
+
+
+def session_procs(sid, include_zombies=False):
+    """pids of live processes whose session id is `sid` (a server's pid)."""
+    out = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                s = f.read()
+        except OSError:
+            continue
+        rest = s[s.rfind(")") + 2:].split()
+        state, session = rest[0], int(rest[3])
+        if session == sid and (include_zombies or state not in "ZX"):
+            out.append(int(d))
+    return out
+
+
+def pss_kib(pids):
+    tot = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/smaps_rollup") as f:
+                for line in f:
+                    if line.startswith("Pss:"):
+                        tot += int(line.split()[1])
+                        break
+        except OSError:
+            pass
+    return tot
+
+
+def meminfo():
+    m = {}
+    with open("/proc/meminfo") as f:
+        for line in f:
+            k, v = line.split(":", 1)
+            m[k] = int(v.split()[0])
+    pcp = 0
+    with open("/proc/zoneinfo") as f:
+        prev_cpu = False
+        for line in f:
+            t = line.strip()
+            if prev_cpu and t.startswith("count:"):
+                pcp += int(t.split()[1])
+            prev_cpu = t.startswith("cpu:")
+    m["pcp_kib"] = pcp * (os.sysconf("SC_PAGE_SIZE") // 1024)
+    m["avail_adj"] = m["MemAvailable"] + m["pcp_kib"]
+    m["parts"] = (m.get("AnonPages", 0) + m.get("KernelStack", 0) +
+                  m.get("PageTables", 0) + m.get("Slab", 0))
+    try:
+        with open("/proc/net/sockstat") as f:
+            for line in f:
+                if line.startswith("TCP:"):
+                    v = line.split()
+                    m["tcp_mem_kib"] = int(v[v.index("mem") + 1]) * 4
+    except (OSError, ValueError):
+        m["tcp_mem_kib"] = 0
+    return m
+
+
+def mem_sample(n=9, gap=0.05):
+    """Median of n samples of each meminfo figure."""
+    samples = []
+    for _ in range(n):
+        samples.append(meminfo())
+        time.sleep(gap)
+    keys = ["avail_adj", "MemAvailable", "pcp_kib", "parts", "AnonPages",
+            "KernelStack", "PageTables", "Slab", "tcp_mem_kib"]
+    return {k: statistics.median(s.get(k, 0) for s in samples) for k in keys}
+
+
+def run(argv, timeout):
+    try:
+        p = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           stdin=subprocess.DEVNULL, timeout=timeout, text=True)
+        return p.returncode, p.stdout, p.stderr
+    except subprocess.TimeoutExpired as e:
+        out = e.stdout.decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
+        return -999, out, "timeout"
+
+
+# ------------------------------------------------------------- forwarders
+
+
+def start_forwarder(row, bport, wrap=None):
+    """Start forwarder `row` towards 127.0.0.1:bport; returns (Server|None, port).
+    `wrap` (a list) is put in front of the command, e.g. perf record ... --."""
+    if row == "direct":
+        return None, bport
+    lport = free_port()
+    d = os.path.join(TMP, f"{row}-{lport}")
+    os.makedirs(d, exist_ok=True)
+    os.chmod(d, 0o755)
+    if row == "portfwd":
+        argv = [PORTFWD, str(lport), "127.0.0.1", str(bport)]
+    elif row == "cref":
+        argv = [CREF, str(lport), "127.0.0.1", str(bport)]
+    elif row == "socat":
+        argv = ["socat", f"TCP-LISTEN:{lport},bind=127.0.0.1,fork,reuseaddr,backlog=4096",
+                f"TCP:127.0.0.1:{bport}"]
+    elif row == "rinetd":
+        conf = os.path.join(d, "rinetd.conf")
+        with open(conf, "w") as f:
+            f.write(f"127.0.0.1 {lport} 127.0.0.1 {bport}\n")
+        argv = ["rinetd", "-f", "-c", conf]
+    elif row == "haproxy":
+        conf = os.path.join(d, "haproxy.cfg")
+        with open(conf, "w") as f:
+            f.write(f"""global
+    maxconn 8000
+defaults
+    mode tcp
+    timeout connect 5s
+    timeout client 1h
+    timeout server 1h
+frontend fe
+    bind 127.0.0.1:{lport}
+    backlog 4096
+    default_backend be
+backend be
+    server s1 127.0.0.1:{bport}
+""")
+        argv = ["haproxy", "-db", "-f", conf]
+    elif row == "nginx":
+        conf = os.path.join(d, "nginx.conf")
+        with open(conf, "w") as f:
+            f.write(f"""load_module /usr/lib/nginx/modules/ngx_stream_module.so;
+daemon off;
+master_process on;
+worker_processes auto;
+worker_rlimit_nofile 30000;
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+events {{ worker_connections 12000; }}
+stream {{
+    server {{
+        listen 127.0.0.1:{lport} backlog=4096;
+        proxy_pass 127.0.0.1:{bport};
+        proxy_timeout 1h;
+    }}
+}}
+""")
+        argv = ["nginx", "-p", d, "-e", os.path.join(d, "error.log"), "-c", conf]
+    else:
+        raise ValueError(row)
+    return Server(row, (wrap or []) + argv, lport, cwd=d), lport
+
+
+# --------------------------------------------------------------- backends
+
+
+def start_iperf3():
+    port = free_port()
+    return Server("iperf3", ["iperf3", "-s", "-p", str(port), "-B", "127.0.0.1"], port)
+
+
+def start_nginx_backend():
+    port = free_port()
+    d = os.path.join(TMP, f"nginx-backend-{port}")
+    os.makedirs(d)
+    os.chmod(d, 0o755)
+    conf = os.path.join(d, "nginx.conf")
+    with open(conf, "w") as f:
+        f.write(f"""daemon off;
+master_process on;
+worker_processes 1;
+worker_rlimit_nofile 30000;
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+events {{ worker_connections 12000; }}
+http {{
+    access_log off;
+    client_body_temp_path {d}/body;
+    proxy_temp_path {d}/proxy;
+    fastcgi_temp_path {d}/fastcgi;
+    uwsgi_temp_path {d}/uwsgi;
+    scgi_temp_path {d}/scgi;
+    keepalive_requests 100000000;
+    keepalive_timeout 3600s;
+    client_header_timeout 3600s;
+    server {{
+        listen 127.0.0.1:{port} backlog=4096;
+        location / {{ return 200 "hello from the backend\\n"; }}
+    }}
+}}
+""")
+    return Server("nginx-backend", ["nginx", "-p", d, "-e", os.path.join(d, "error.log"),
+                                    "-c", conf], port, cwd=d)
+
+
+def start_redis():
+    port = free_port()
+    d = os.path.join(TMP, f"redis-{port}")
+    os.makedirs(d)
+    conf = os.path.join(d, "redis.conf")
+    with open(conf, "w") as f:
+        f.write(f"""bind 127.0.0.1
+port {port}
+daemonize no
+protected-mode no
+save ""
+appendonly no
+maxclients 20000
+tcp-backlog 4096
+timeout 0
+dir {d}
+logfile ""
+""")
+    return Server("redis", ["redis-server", conf], port, cwd=d)
+
+
+# ----------------------------------------------------------- measurements
+
+_WRK_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
+
+
+def _wrk_ms(tok):
+    m = re.match(r"([\d.]+)(us|ms|s)$", tok)
+    return float(m.group(1)) * _WRK_UNITS[m.group(2)] if m else None
+
+
+def wrk(port, conns, dur, close):
+    argv = ["wrk", "-t1", f"-c{conns}", f"-d{dur}s", "--latency", "--timeout", "5s"]
+    if close:
+        argv += ["-H", "Connection: close"]
+    argv.append(f"http://127.0.0.1:{port}/")
+    rc, out, err = run(argv, dur + 30)
+    res = {"rc": rc}
+    m = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    res["rate"] = float(m.group(1)) if m else None
+    for pct in ("50", "99"):
+        m = re.search(rf"^\s+{pct}%\s+(\S+)", out, re.M)
+        res["p" + pct] = _wrk_ms(m.group(1)) if m else None
+    errs = 0
+    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    if m:
+        # with Connection: close, a read error is how wrk sees an orderly close
+        # racing a new request; count connect/write/timeout and non-2xx.
+        errs += int(m.group(1)) + int(m.group(3)) + int(m.group(4))
+        res["read_errors"] = int(m.group(2))
+    m = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if m:
+        errs += int(m.group(1))
+    res["errors"] = errs
+    if res["rate"] is None:
+        log("  wrk failed:", rc, out[-300:], err[-300:])
+    return res
+
+
+def iperf3(port, streams, dur):
+    argv = ["iperf3", "-c", "127.0.0.1", "-p", str(port), "-t", str(dur), "-J",
+            "--connect-timeout", "5000"]
+    if streams > 1:
+        argv += ["-P", str(streams)]
+    rc, out, err = run(argv, dur + 30)
+    try:
+        j = json.loads(out)
+        return j["end"]["sum_received"]["bits_per_second"] / 1e9
+    except Exception:
+        log("  iperf3 failed:", rc, out[-400:], err[-300:])
+        return None
+
+
+def redis_bench(port, clients, n):
+    argv = ["redis-benchmark", "-h", "127.0.0.1", "-p", str(port), "-c", str(clients),
+            "-n", str(n), "-t", "get", "--csv"]
+    t0 = time.time()
+    rc, out, err = run(argv, 120)
+    wall = time.time() - t0
+    rate = None
+    for line in out.splitlines():
+        parts = [p.strip('"') for p in line.split(",")]
+        if parts and parts[0] == "GET" and len(parts) > 1:
+            try:
+                rate = float(parts[1])
+            except ValueError:
+                pass
+    text = out + "\n" + err
+    errs = len([l for l in text.splitlines()
+                if re.search(r"error|could not connect|reset|refused|timeout", l, re.I)])
+    if rc != 0 and errs == 0:
+        errs = 1
+    if rate is None:
+        log("  redis-benchmark failed:", rc, text[-400:])
+    return {"rate": rate, "errors": errs, "rc": rc, "wall": wall}
+
+
+def first_byte(port_of_row, lst, samples, deadline):
+    """Latency from the client's first byte (sent right after connect()
+    returns) until the backend (our listener `lst`) has read it."""
+    out = []
+    for _ in range(samples):
+        if time.time() > deadline:
+            break
+        c = socket.create_connection(("127.0.0.1", port_of_row), timeout=5)
+        c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        t0 = time.perf_counter()
+        c.sendall(b"x")
+        try:
+            b, _ = lst.accept()
+            b.settimeout(5)
+            got = b.recv(1)
+            t1 = time.perf_counter()
+            if got == b"x":
+                out.append((t1 - t0) * 1000.0)
+            b.close()
+        except socket.timeout:
+            pass
+        c.close()
+        time.sleep(0.003)
+    return out
+
+
+def idle_memory(row, bport, nconn, settle):
+    """Open nconn connections through `row` to the nginx backend on bport,
+    send one byte on each, then measure memory; close and count leftovers."""
+    srv, port = start_forwarder(row, bport)
+    res = {}
+    socks = []
+    try:
+        time.sleep(settle)
+        reap()
+        procs0 = srv.procs() if srv else []
+        pss0 = pss_kib(procs0)
+        base_est = established_on(bport)
+        m0 = mem_sample()
+        t0 = time.time()
+        for i in range(nconn):
+            try:
+                s = socket.create_connection(("127.0.0.1", port), timeout=5)
+                s.sendall(b"G")
+                socks.append(s)
+            except OSError as e:
+                res.setdefault("open_errors", 0)
+                res["open_errors"] = res["open_errors"] + 1
+                if res["open_errors"] > 50:
+                    break
+        # wait (bounded) until the backend holds all of them
+        end = time.time() + 60
+        while time.time() < end and established_on(bport) - base_est < len(socks):
+            time.sleep(0.1)
+        held = established_on(bport) - base_est
+        res["open_s"] = time.time() - t0
+        # wait for the forwarder's process count to settle
+        if srv:
+            last, stable_since = -1, time.time()
+            end = time.time() + 20
+            while time.time() < end:
+                n = len(srv.procs())
+                if n != last:
+                    last, stable_since = n, time.time()
+                elif time.time() - stable_since > 1.0:
+                    break
+                time.sleep(0.2)
+        time.sleep(settle)
+        m1 = mem_sample()
+        procs1 = srv.procs() if srv else []
+        pss1 = pss_kib(procs1)
+        res["held"] = held
+        res["procs_held"] = len(procs1)
+        n = max(len(socks), 1)
+        res["sys_kib_per_conn"] = (m0["avail_adj"] - m1["avail_adj"]) / n
+        res["raw_avail_kib_per_conn"] = (m0["MemAvailable"] - m1["MemAvailable"]) / n
+        res["parts_kib_per_conn"] = (m1["parts"] - m0["parts"]) / n
+        res["tcpmem_kib_per_conn"] = (m1["tcp_mem_kib"] - m0["tcp_mem_kib"]) / n
+        res["pss_kib_per_conn"] = (pss1 - pss0) / n if srv else None
+        for s in socks:
+            s.close()
+        socks = []
+        # wait (bounded) for the backend to see them close; give up early when
+        # the count stops moving (a forwarder that never passes the FIN on)
+        end = time.time() + 30
+        last, stable_since = -1, time.time()
+        while time.time() < end:
+            n = established_on(bport)
+            if n <= base_est:
+                break
+            if n != last:
+                last, stable_since = n, time.time()
+            elif time.time() - stable_since > 3.0:
+                break
+            time.sleep(0.1)
+        res["still_established"] = max(0, established_on(bport) - base_est)
+        if srv:
+            last, stable_since = -1, time.time()
+            end = time.time() + 15
+            while time.time() < end:
+                reap()
+                n = len(srv.procs())
+                if n != last:
+                    last, stable_since = n, time.time()
+                elif time.time() - stable_since > 1.5:
+                    break
+                time.sleep(0.2)
+            res["leftover_procs"] = len(srv.procs()) - len(procs0)
+        else:
+            res["leftover_procs"] = None
+    finally:
+        for s in socks:
+            s.close()
+        if srv:
+            srv.stop()
+    return res
+
+
+# ----------------------------------------------------------------- profile
+
+
+def profile(row, kind, bport, dur, outdir):
+    """Profile only the forwarder's own processes while it carries one workload:
+    the forwarder runs under `perf record -g` (or `strace -f -c`), which follow
+    its forks; the machine is shared, so a system-wide profile would mostly
+    show other work."""
+    tool = "strace" if kind.endswith("-strace") else "perf"
+    if not shutil.which(tool):
+        return None
+    load_kind = kind.replace("-strace", "")
+    data = os.path.join(TMP, f"{tool}-{row}-{kind}.out")
+    freq = 999
+    if tool == "perf":
+        wrap = ["perf", "record", "-g", "-F", str(freq), "-o", data, "--"]
+    else:
+        wrap = ["strace", "-f", "-c", "-o", data, "--"]
+    srv, port = start_forwarder(row, bport, wrap=wrap)
+    path = os.path.join(outdir, f"profile-{row}-{kind}.txt")
+    try:
+        time.sleep(0.5)
+        if load_kind == "connrate":
+            load = ["wrk", "-t1", "-c32", f"-d{dur}s", "-H", "Connection: close",
+                    f"http://127.0.0.1:{port}/"]
+        else:
+            load = ["iperf3", "-c", "127.0.0.1", "-p", str(port), "-t", str(dur)]
+        rc, load_out, load_err = run(load, dur + 30)
+        # stop the tool with SIGINT: it writes its data and ends the forwarder
+        try:
+            os.kill(srv.pid, signal.SIGINT)
+            srv.p.wait(timeout=60)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            pass
+        srv.stop()
+        reqs = None
+        m = re.search(r"(\d+) requests in", load_out)
+        if m:
+            reqs = int(m.group(1))
+        with open(path, "w") as f:
+            f.write(f"# {row} under `{' '.join(load[:-1])} ...` for {dur}s; "
+                    f"the forwarder ran under `{' '.join(wrap[:-1])}` (follows forks)\n")
+            f.write("## load generator output\n" + load_out[-1200:] + "\n")
+            if tool == "strace":
+                try:
+                    txt = open(data).read()
+                except OSError:
+                    txt = "(no strace output)"
+                f.write(f"## strace -f -c of the forwarder's processes"
+                        f"{f' ({reqs} requests, one connection each)' if reqs else ''}\n")
+                f.write(txt + "\n")
+            else:
+                rc3, rep, rep_err = run(["perf", "report", "-i", data, "--no-children",
+                                         "--stdio", "--sort", "dso,sym", "-g", "none",
+                                         "--percent-limit", "0.8"], 180)
+                rc4, repc, _ = run(["perf", "report", "-i", data, "--no-children", "-n",
+                                    "--stdio", "--sort", "comm", "-g", "none"], 180)
+                n = 0
+                for l in repc.splitlines():
+                    v = l.split()
+                    if len(v) >= 3 and v[0].endswith("%") and v[1].isdigit():
+                        n += int(v[1])
+                if n:
+                    cpu_s = n / freq
+                    f.write(f"## CPU time of the forwarder's processes: about {n} samples at "
+                            f"{freq} Hz = {cpu_s:.2f} CPU-s in {dur} s")
+                    if reqs:
+                        f.write(f"; {reqs} requests = {cpu_s * 1e6 / reqs:.0f} CPU-us per "
+                                f"new connection")
+                    f.write("\n")
+                f.write("## perf report --sort comm\n")
+                f.write("\n".join([l for l in repc.splitlines()
+                                   if l.strip() and not l.startswith("#")][:10]) + "\n")
+                f.write("## perf report --sort dso,sym (>= 0.8% of the forwarder's samples)\n")
+                f.write("\n".join([l for l in rep.splitlines()
+                                   if l.strip() and not l.startswith("#")][:45]) + "\n")
+        log(f"  profile written: {os.path.relpath(path, ROOT)}")
+    finally:
+        srv.stop()
+        try:
+            os.unlink(data)
+        except OSError:
+            pass
+    return path
+
+
+# -------------------------------------------------------------------- main
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="short smoke run (1-2 min)")
+    ap.add_argument("--rows", default=",".join(ROWS),
+                    help="comma-separated subset of: " + ",".join(ROWS))
+    ap.add_argument("--tests", default="iperf,connrate,keepalive,redis,firstbyte,memory,profile",
+                    help="comma-separated subset of tests")
+    ap.add_argument("--out", default=None, help="raw CSV path (default bench/results/raw-<stamp>.csv)")
+    args = ap.parse_args()
+
+    global LOG
+    q = args.quick
+    P = {
+        "reps": 1 if q else 3,
+        "iperf_dur": 1 if q else 3,
+        "wrk_dur": 1 if q else 3,
+        "wrk_close_conns": 32,
+        "wrk_ka_conns": 8,
+        "redis_clients": 2000,
+        "redis_n": 10000 if q else 40000,
+        "fb_samples": 40 if q else 150,
+        "mem_conns": 500 if q else 2000,
+        "mem_reps": 1 if q else 3,
+        "profile_dur": 4 if q else 6,
+    }
+    rows = [r for r in args.rows.split(",") if r]
+    tests = set(t for t in args.tests.split(",") if t)
+    if q:
+        tests.discard("profile")
+    notes = []
+    if "portfwd" in rows and not os.access(PORTFWD, os.X_OK):
+        notes.append("portfwd: target/release/portfwd missing, row skipped")
+        rows.remove("portfwd")
+    if "cref" in rows and not os.access(CREF, os.X_OK):
+        notes.append("cref: tests/reference/server.c not built (source missing or build "
+                     "failed), row skipped")
+        rows.remove("cref")
+    for r, exe in (("socat", "socat"), ("rinetd", "rinetd"), ("haproxy", "haproxy"),
+                   ("nginx", "nginx")):
+        if r in rows and not shutil.which(exe):
+            notes.append(f"{r}: {exe} not installed, row skipped")
+            rows.remove(r)
+
+    os.makedirs(RESULTS, exist_ok=True)
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S")
+    raw_path = args.out or os.path.join(RESULTS, f"raw-{stamp}{'-quick' if q else ''}.csv")
+    LOG = open(os.path.join(TMP, "bench.log"), "w")
+    nofile = raise_nofile()
+    set_subreaper()
+    atexit.register(cleanup)
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGHUP, on_signal)
+
+    t_start = time.time()
+    log(f"rows: {rows}; tests: {sorted(tests)}; params: {P}; nofile: {nofile}")
+    for n in notes:
+        log("note:", n)
+
+    fcsv = open(raw_path, "w", newline="")
+    w = csv.writer(fcsv)
+    w.writerow(["row", "metric", "rep", "value", "unit"])
+
+    def rec(row, metric, rep, value, unit):
+        if value is None:
+            return
+        w.writerow([row, metric, rep, f"{value:.6g}" if isinstance(value, float) else value,
+                    unit])
+        fcsv.flush()
+
+    def each_rep(name, fn, reps):
+        """Interleave rows inside each repetition, so slow drifts in machine
+        load hit every row alike."""
+        for rep in range(reps):
+            order = rows[:]
+            if rep % 2:
+                order.reverse()
+            for row in order:
+                try:
+                    fn(row, rep)
+                except Exception as e:
+                    log(f"  {name} {row} rep {rep}: ERROR {e}")
+                    rec(row, f"{name}_failed", rep, 1, "count")
+
+    # -- bulk throughput
+    if "iperf" in tests:
+        log("== iperf3 bulk throughput")
+
+        def t_iperf(row, rep):
+            for streams in (1, 4):
+                ip = start_iperf3()
+                srv = None
+                try:
+                    srv, port = start_forwarder(row, ip.port)
+                    g = iperf3(port, streams, P["iperf_dur"])
+                    log(f"  {row:8s} rep {rep} {streams} stream(s): {g} Gbit/s")
+                    rec(row, f"tput{streams}_gbps", rep, g, "Gbit/s")
+                finally:
+                    if srv:
+                        srv.stop()
+                    ip.stop()
+        each_rep("iperf", t_iperf, P["reps"])
+
+    web = start_nginx_backend() if tests & {"connrate", "keepalive", "memory", "profile"} else None
+
+    if "connrate" in tests:
+        log("== wrk, Connection: close (new connection per request)")
+
+        def t_close(row, rep):
+            srv, port = start_forwarder(row, web.port)
+            try:
+                r = wrk(port, P["wrk_close_conns"], P["wrk_dur"], close=True)
+            finally:
+                if srv:
+                    srv.stop()
+            log(f"  {row:8s} rep {rep}: {r}")
+            rec(row, "connrate_rps", rep, r["rate"], "req/s")
+            rec(row, "connrate_errors", rep, r["errors"], "count")
+            rec(row, "connrate_read_errors", rep, r.get("read_errors"), "count")
+        each_rep("connrate", t_close, P["reps"])
+
+    if "keepalive" in tests:
+        log("== wrk --latency, kept-alive connections")
+
+        def t_ka(row, rep):
+            srv, port = start_forwarder(row, web.port)
+            try:
+                r = wrk(port, P["wrk_ka_conns"], P["wrk_dur"], close=False)
+            finally:
+                if srv:
+                    srv.stop()
+            log(f"  {row:8s} rep {rep}: {r}")
+            rec(row, "ka_rps", rep, r["rate"], "req/s")
+            rec(row, "ka_p50_ms", rep, r["p50"], "ms")
+            rec(row, "ka_p99_ms", rep, r["p99"], "ms")
+            rec(row, "ka_errors", rep, r["errors"], "count")
+        each_rep("keepalive", t_ka, P["reps"])
+
+    if "redis" in tests:
+        log(f"== redis-benchmark, {P['redis_clients']} concurrent clients")
+        rds = start_redis()
+
+        def t_redis(row, rep):
+            srv, port = start_forwarder(row, rds.port)
+            try:
+                time.sleep(0.2)
+                r = redis_bench(port, P["redis_clients"], P["redis_n"])
+            finally:
+                if srv:
+                    srv.stop()
+            log(f"  {row:8s} rep {rep}: {r}")
+            rec(row, "redis_rps", rep, r["rate"], "req/s")
+            rec(row, "redis_errors", rep, r["errors"], "count")
+            time.sleep(1.0)  # let the backend drop the closed clients
+        try:
+            each_rep("redis", t_redis, P["reps"])
+        finally:
+            rds.stop()
+
+    if "firstbyte" in tests:
+        log("== first byte: client send() -> backend recv()")
+        lst = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        lst.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        lport = free_port()
+        lst.bind(("127.0.0.1", lport))
+        lst.listen(1024)
+        lst.settimeout(5)
+
+        def t_fb(row, rep):
+            srv, port = start_forwarder(row, lport)
+            try:
+                time.sleep(0.2)
+                s = first_byte(port, lst, P["fb_samples"], time.time() + 30)
+            finally:
+                if srv:
+                    srv.stop()
+            if s:
+                log(f"  {row:8s} rep {rep}: n={len(s)} median {statistics.median(s):.3f} ms")
+            for v in s:
+                rec(row, "firstbyte_ms", rep, v, "ms")
+        each_rep("firstbyte", t_fb, P["reps"])
+        lst.close()
+
+    if "memory" in tests:
+        log(f"== {P['mem_conns']} idle connections: memory and leftovers")
+
+        def t_mem(row, rep):
+            r = idle_memory(row, web.port, P["mem_conns"], 1.0 if q else 2.0)
+            log(f"  {row:8s} rep {rep}: " + ", ".join(
+                f"{k}={v:.1f}" if isinstance(v, float) else f"{k}={v}" for k, v in r.items()))
+            for k, unit in (("sys_kib_per_conn", "KiB"), ("raw_avail_kib_per_conn", "KiB"),
+                            ("parts_kib_per_conn", "KiB"), ("tcpmem_kib_per_conn", "KiB"),
+                            ("pss_kib_per_conn", "KiB"), ("leftover_procs", "count"),
+                            ("procs_held", "count"), ("held", "count"),
+                            ("still_established", "count"), ("open_errors", "count")):
+                rec(row, "mem_" + k, rep, r.get(k), unit)
+            time.sleep(1.0)
+        each_rep("memory", t_mem, P["mem_reps"])
+
+    profiles = []
+    if "profile" in tests:
+        log("== profiles (perf record -g / strace -f -c of the forwarder) for portfwd and haproxy")
+        for row in [r for r in ("portfwd", "haproxy") if r in rows]:
+            kinds = ("connrate", "tput1") + (("connrate-strace",) if row == "portfwd" else ())
+            for kind in kinds:
+                try:
+                    if kind == "tput1":
+                        ip = start_iperf3()
+                        try:
+                            p = profile(row, kind, ip.port, P["profile_dur"], RESULTS)
+                        finally:
+                            ip.stop()
+                    else:
+                        p = profile(row, kind, web.port, P["profile_dur"], RESULTS)
+                    if p:
+                        profiles.append(os.path.relpath(p, ROOT))
+                except Exception as e:
+                    log(f"  profile {row} {kind}: ERROR {e}")
+
+    if web:
+        web.stop()
+    fcsv.close()
+
+    def ver(argv):
+        try:
+            p = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True, timeout=10)
+            return p.stdout.strip().splitlines()[0] if p.stdout.strip() else ""
+        except Exception:
+            return ""
+    cpu = ""
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    try:
+        rev = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"],
+                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                             text=True).stdout.strip()
+    except Exception:
+        rev = ""
+    meta = {
+        "date_utc": stamp,
+        "duration_s": round(time.time() - t_start),
+        "quick": q,
+        "params": P,
+        "rows": rows,
+        "notes": notes,
+        "profiles": profiles,
+        "kernel": platform.release(),
+        "cpu": cpu,
+        "ncpu": os.cpu_count(),
+        "mem_total_kib": meminfo().get("MemTotal"),
+        "loadavg_end": open("/proc/loadavg").read().strip(),
+        "git_rev": rev,
+        "versions": {
+            "socat": ver(["socat", "-V"])[:80] if shutil.which("socat") else "",
+            "haproxy": ver(["haproxy", "-v"]),
+            "nginx": ver(["nginx", "-v"]),
+            "rinetd": ver(["rinetd", "-v"]),
+            "iperf3": ver(["iperf3", "--version"]),
+            "wrk": ver(["wrk", "--version"]),
+            "redis": ver(["redis-server", "--version"]),
+        },
+    }
+    # socat -V prints a banner first; find the version line
+    try:
+        sv = subprocess.run(["socat", "-V"], stdout=subprocess.PIPE, text=True).stdout
+        m = re.search(r"socat version (\S+)", sv)
+        meta["versions"]["socat"] = "socat " + m.group(1) if m else meta["versions"]["socat"]
+    except Exception:
+        pass
+    with open(raw_path[:-4] + ".json", "w") as f:
+        json.dump(meta, f, indent=1)
+    log(f"done in {meta['duration_s']} s; raw results: {os.path.relpath(raw_path, ROOT)}")
+    print(raw_path)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,387 @@
+#!/usr/bin/env python3
+"""Turn a raw CSV from bench/bench.py into docs/benchmarks.md, docs/bench-*.png
+and bench/results/summary.csv.
+
+usage: report.py [RAW_CSV]   (default: the newest bench/results/raw-*.csv)
+
+If bench/results/analysis-<stamp>.md exists for the run being reported (same
+stamp as the raw CSV), it is included as the run's analysis section.
+"""
+import csv
+import glob
+import json
+import os
+import statistics
+import sys
+from collections import defaultdict
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RESULTS = os.path.join(ROOT, "bench", "results")
+DOCS = os.path.join(ROOT, "docs")
+
+ROWS = ["direct", "portfwd", "cref", "socat", "rinetd", "haproxy", "nginx"]
+LABELS = {
+    "direct": "direct (no forwarder)",
+    "portfwd": "**portfwd**",
+    "cref": "C reference (seed)",
+    "socat": "socat (fork)",
+    "rinetd": "rinetd",
+    "haproxy": "haproxy (mode tcp)",
+    "nginx": "nginx stream",
+}
+SHORT = {"direct": "direct", "portfwd": "portfwd", "cref": "C ref", "socat": "socat",
+         "rinetd": "rinetd", "haproxy": "haproxy", "nginx": "nginx"}
+
+
+def load(raw):
+    samples = defaultdict(list)
+    with open(raw) as f:
+        for r in csv.DictReader(f):
+            samples[(r["row"], r["metric"])].append(float(r["value"]))
+    return samples
+
+
+def pct(vals, p):
+    v = sorted(vals)
+    if not v:
+        return None
+    k = (len(v) - 1) * p / 100.0
+    lo = int(k)
+    hi = min(lo + 1, len(v) - 1)
+    return v[lo] + (v[hi] - v[lo]) * (k - lo)
+
+
+def summarize(samples):
+    s = {}
+    for (row, metric), vals in samples.items():
+        if metric == "firstbyte_ms":
+            s[(row, "firstbyte_p50_ms")] = pct(vals, 50)
+            s[(row, "firstbyte_p99_ms")] = pct(vals, 99)
+            s[(row, "firstbyte_n")] = len(vals)
+        elif metric.endswith("_errors") or metric in ("mem_leftover_procs", "mem_open_errors",
+                                                      "mem_still_established"):
+            s[(row, metric)] = max(vals)          # worst repetition
+            s[(row, metric + "_sum")] = sum(vals)
+        else:
+            s[(row, metric)] = statistics.median(vals)
+        s[(row, metric + "_reps")] = len(vals)
+    return s
+
+
+def fmt(v, nd=None):
+    if v is None:
+        return "–"
+    if nd is None:
+        a = abs(v)
+        nd = 0 if a >= 1000 else 1 if a >= 100 else 2 if a >= 1 else 3
+    return f"{v:,.{nd}f}"
+
+
+def cell(s, row, metric, nd=None, ratio=True):
+    v = s.get((row, metric))
+    if v is None:
+        return "–"
+    d = s.get(("direct", metric))
+    if ratio and row != "direct" and d:
+        return f"{fmt(v, nd)} ({v / d:.2f}×)"
+    return fmt(v, nd)
+
+
+def targets(s, rows):
+    """(target text, portfwd value, bound, pass?)"""
+    g = lambda r, m: s.get((r, m))
+    out = []
+
+    def add(text, val, bound, ok, unit):
+        if val is None or bound is None:
+            out.append((text, fmt(val), fmt(bound), "not measured", unit))
+        else:
+            out.append((text, fmt(val), fmt(bound), "**pass**" if ok(val, bound) else "**MISS**",
+                        unit))
+    ge = lambda v, b: v >= b
+    le = lambda v, b: v <= b
+    p = "portfwd"
+    h = g("haproxy", "tput1_gbps")
+    add("1-stream throughput ≥ 1.25 × haproxy", g(p, "tput1_gbps"),
+        1.25 * h if h else None, ge, "Gbit/s")
+    add("1-stream throughput ≥ C reference", g(p, "tput1_gbps"), g("cref", "tput1_gbps"), ge,
+        "Gbit/s")
+    v = g("socat", "connrate_rps")
+    add("connection rate ≥ 2.5 × socat", g(p, "connrate_rps"), 2.5 * v if v else None, ge,
+        "conn/s")
+    v = g("cref", "connrate_rps")
+    add("connection rate ≥ 4 × C reference", g(p, "connrate_rps"), 4 * v if v else None, ge,
+        "conn/s")
+    v = g("haproxy", "ka_p99_ms")
+    add("keep-alive p99 ≤ 1.2 × haproxy", g(p, "ka_p99_ms"), 1.2 * v if v else None, le, "ms")
+    add("2,000 clients: rate ≥ socat", g(p, "redis_rps"), g("socat", "redis_rps"), ge, "req/s")
+    add("2,000 clients: no errors", g(p, "redis_errors_sum"), 0.0 if g(p, "redis_errors_sum")
+        is not None else None, le, "errors (all reps)")
+    add("memory per held connection (system) ≤ socat", g(p, "mem_sys_kib_per_conn"),
+        g("socat", "mem_sys_kib_per_conn"), le, "KiB")
+    return out
+
+
+def plots(s, rows, stamp):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except Exception as e:
+        print("matplotlib missing, no plots:", e)
+        return []
+    files = []
+    names = [SHORT[r] for r in rows]
+    colors = ["#888888" if r == "direct" else "#d62728" if r == "portfwd" else "#1f77b4"
+              for r in rows]
+
+    def grouped(fname, title, ylabel, series, log=False):
+        fig, ax = plt.subplots(figsize=(9, 4.2))
+        n = len(series)
+        width = 0.8 / n
+        for i, (lab, metric, hatch) in enumerate(series):
+            vals = [s.get((r, metric)) or 0 for r in rows]
+            xs = [j + (i - (n - 1) / 2) * width for j in range(len(rows))]
+            bars = ax.bar(xs, vals, width, label=lab, color=colors, hatch=hatch,
+                          edgecolor="black", linewidth=0.5)
+            for x, v in zip(xs, vals):
+                if v:
+                    ax.annotate(fmt(v), (x, v), ha="center", va="bottom", fontsize=7,
+                                rotation=90 if n > 1 else 0, xytext=(0, 2),
+                                textcoords="offset points")
+        ax.set_xticks(range(len(rows)))
+        ax.set_xticklabels(names)
+        ax.set_ylabel(ylabel)
+        ax.set_title(f"{title} (run {stamp}, median)")
+        if log:
+            ax.set_yscale("log")
+        if n > 1:
+            ax.legend(fontsize=8)
+        ax.margins(y=0.2)
+        fig.tight_layout()
+        path = os.path.join(DOCS, fname)
+        fig.savefig(path, dpi=90)
+        plt.close(fig)
+        files.append(fname)
+
+    grouped("bench-throughput.png", "iperf3 bulk throughput", "Gbit/s",
+            [("1 stream", "tput1_gbps", ""), ("4 streams", "tput4_gbps", "//")])
+    grouped("bench-rates.png", "Request rates", "requests/s (log)",
+            [("new connection per request (wrk, Connection: close)", "connrate_rps", ""),
+             ("kept-alive (wrk)", "ka_rps", "//"),
+             ("2,000 clients (redis-benchmark GET)", "redis_rps", "..")], log=True)
+    grouped("bench-latency.png", "Latency", "ms (log)",
+            [("keep-alive p50", "ka_p50_ms", ""), ("keep-alive p99", "ka_p99_ms", "//"),
+             ("first byte p50", "firstbyte_p50_ms", "..")], log=True)
+    grouped("bench-memory.png", "Memory per held idle connection", "KiB per connection",
+            [("system-wide (MemAvailable + per-CPU free pages)", "mem_sys_kib_per_conn", ""),
+             ("sum of PSS of the forwarder's processes", "mem_pss_kib_per_conn", "//")])
+    return files
+
+
+def main():
+    raws = sorted(glob.glob(os.path.join(RESULTS, "raw-*.csv")), key=os.path.getmtime)
+    raw = sys.argv[1] if len(sys.argv) > 1 else (raws[-1] if raws else None)
+    if not raw:
+        sys.exit("no raw CSV found in bench/results/")
+    meta_path = raw[:-4] + ".json"
+    meta = json.load(open(meta_path)) if os.path.exists(meta_path) else {}
+    stamp = meta.get("date_utc", os.path.basename(raw)[4:-4])
+    samples = load(raw)
+    s = summarize(samples)
+    rows = [r for r in ROWS if any(k[0] == r for k in s)]
+    os.makedirs(DOCS, exist_ok=True)
+
+    # summary CSV
+    metrics = sorted({k[1] for k in s if not k[1].endswith("_reps")})
+    with open(os.path.join(RESULTS, "summary.csv"), "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["row"] + metrics)
+        for r in rows:
+            w.writerow([r] + ["" if s.get((r, m)) is None else f"{s[(r, m)]:.6g}"
+                              for m in metrics])
+
+    pngs = plots(s, rows, stamp)
+    P = meta.get("params", {})
+    L = []
+    A = L.append
+    A("# Benchmarks")
+    A("")
+    A("Generated by `bench/report.py` from "
+      f"`{os.path.relpath(raw, ROOT)}`; do not edit by hand — rerun `bench/run.sh`.")
+    A("")
+    A("## How to reproduce")
+    A("")
+    A("    bench/run.sh            # full run, about 10 minutes on 2 cores")
+    A("    bench/run.sh --quick    # smoke run, 2 minutes, fewer and shorter repetitions")
+    A("")
+    A("`run.sh` installs the missing peers with apt-get, builds portfwd "
+      "(`cargo build --release`) and the C reference (`tests/reference/server.c`), runs "
+      "`bench/bench.py` (raw CSV + JSON in `bench/results/`) and then `bench/report.py` "
+      "(this file, `docs/bench-*.png`, `bench/results/summary.csv`).")
+    A("")
+    A("## This run")
+    A("")
+    A(f"- date (UTC): {stamp}; wall time of the measurements {meta.get('duration_s', '?')} s"
+      f"{'; **quick mode**' if meta.get('quick') else ''}")
+    A(f"- machine: {meta.get('ncpu', '?')} CPUs ({meta.get('cpu', '?')}), "
+      f"{(meta.get('mem_total_kib') or 0) // 1024} MiB RAM, Linux {meta.get('kernel', '?')}; "
+      f"load average at the end: {meta.get('loadavg_end', '?')}")
+    A(f"- portfwd at git {meta.get('git_rev') or '(no commit)'}; peers: " + "; ".join(
+        v for v in meta.get("versions", {}).values() if v))
+    for n in meta.get("notes", []):
+        A(f"- note: {n}")
+    A("- The machine is shared with other work (builds, tests) while this runs, so absolute "
+      "figures are noisy; every row is measured inside the same run with the rows "
+      "interleaved in each repetition, and the ratios to *direct* of the same run are what "
+      "to compare. Loopback only: client, forwarder and backend share the 2 CPUs.")
+    A("")
+    A("## Results")
+    A("")
+    A("Each cell: the median over the repetitions, and in brackets the ratio to *direct* "
+      "(no forwarder). For throughput and rates higher is better; for latency and memory "
+      "lower is better.")
+    A("")
+    A("### Throughput and request rates")
+    A("")
+    A("| forwarder | 1 stream Gbit/s | 4 streams Gbit/s | new conn per request, req/s "
+      "| kept-alive req/s | 2,000 clients req/s | 2,000 clients errors |")
+    A("|---|---|---|---|---|---|---|")
+    for r in rows:
+        A(f"| {LABELS[r]} | {cell(s, r, 'tput1_gbps', 2)} | {cell(s, r, 'tput4_gbps', 2)} "
+          f"| {cell(s, r, 'connrate_rps', 0)} | {cell(s, r, 'ka_rps', 0)} "
+          f"| {cell(s, r, 'redis_rps', 0)} | {fmt(s.get((r, 'redis_errors_sum')), 0)} |")
+    A("")
+    A("### Latency")
+    A("")
+    A("| forwarder | kept-alive p50 ms | kept-alive p99 ms | first byte → backend p50 ms "
+      "| first byte → backend p99 ms |")
+    A("|---|---|---|---|---|")
+    for r in rows:
+        A(f"| {LABELS[r]} | {cell(s, r, 'ka_p50_ms', 3)} | {cell(s, r, 'ka_p99_ms', 3)} "
+          f"| {cell(s, r, 'firstbyte_p50_ms', 3)} | {cell(s, r, 'firstbyte_p99_ms', 3)} |")
+    A("")
+    nmem = P.get("mem_conns", "?")
+    A(f"### Memory for {nmem:,} idle connections" if isinstance(nmem, int)
+      else "### Memory for idle connections")
+    A("")
+    A("| forwarder | system KiB/conn | PSS of forwarder KiB/conn | cross-check KiB/conn "
+      "| raw MemAvailable KiB/conn | processes while held | leftover processes after close "
+      "| backend connections still open after close |")
+    A("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        left = s.get((r, "mem_leftover_procs"))
+        A(f"| {LABELS[r]} | {cell(s, r, 'mem_sys_kib_per_conn', 1)} "
+          f"| {cell(s, r, 'mem_pss_kib_per_conn', 1, ratio=False)} "
+          f"| {cell(s, r, 'mem_parts_kib_per_conn', 1, ratio=False)} "
+          f"| {cell(s, r, 'mem_raw_avail_kib_per_conn', 1, ratio=False)} "
+          f"| {fmt(s.get((r, 'mem_procs_held')), 0)} "
+          f"| {'–' if left is None else fmt(left, 0)} "
+          f"| {fmt(s.get((r, 'mem_still_established')), 0)} |")
+    A("")
+    A("*system*: drop of MemAvailable plus the free pages parked in per-CPU lists "
+      "(`count:` of the pagesets in /proc/zoneinfo) between before and while holding, "
+      "divided by the number of connections; it includes the client's and the backend's "
+      "side, which is what *direct* measures alone. *cross-check*: growth of AnonPages + "
+      "KernelStack + PageTables + Slab from /proc/meminfo. *PSS*: growth of the sum of "
+      "`Pss:` in /proc/PID/smaps_rollup over the forwarder's processes (its session). "
+      "*leftover*: forwarder processes beyond the ones it had before the connections "
+      "opened, counted once the client sockets are closed and the process count has been "
+      "stable for 1.5 s. Worst repetition for leftovers and still-open connections.")
+    A("")
+    for p in pngs:
+        A(f"![{p}]({p})")
+    A("")
+    if "portfwd" in rows:
+        A("## Targets (portfwd, ratios measured in this run)")
+        A("")
+        A("| target | portfwd | bound | result | unit |")
+        A("|---|---|---|---|---|")
+        for t in targets(s, rows):
+            A(f"| {t[0]} | {t[1]} | {t[2]} | {t[3]} | {t[4]} |")
+        A("")
+    else:
+        A("## Targets")
+        A("")
+        A("portfwd was not measured in this run (see the notes above).")
+        A("")
+    A("## Method")
+    A("")
+    A(f"- Repetitions: {P.get('reps', '?')} per figure (memory: {P.get('mem_reps', '?')}); "
+      "in each repetition every row runs once, in alternating order, and each forwarder "
+      "is started fresh for each measurement and killed (process group) afterwards.")
+    A("- Every server runs in the foreground with a config written to a temp dir, on a "
+      "free port below 32768 on 127.0.0.1 (portfwd and the C reference bind all interfaces "
+      "by design). Forwarders: portfwd `PORT 127.0.0.1 BACKEND_PORT` (default dispatch); "
+      "C reference `server PORT 127.0.0.1 BACKEND_PORT`; "
+      "`socat TCP-LISTEN:PORT,fork,reuseaddr,backlog=4096 TCP:...`; `rinetd -f`; "
+      "`haproxy -db` (mode tcp, default threads); nginx `stream` with `daemon off`, "
+      "`worker_processes auto`.")
+    A(f"- Bulk throughput: `iperf3 -c … -t {P.get('iperf_dur', '?')}` with 1 and with "
+      "`-P 4` streams, through the forwarder to an `iperf3 -s` backend (started fresh per "
+      "measurement); the figure is the receiver's sum.")
+    A(f"- New connection per request: `wrk -t1 -c{P.get('wrk_close_conns', '?')} "
+      f"-d{P.get('wrk_dur', '?')}s -H 'Connection: close'` to an nginx backend (1 worker, "
+      "`return 200`).")
+    A(f"- Kept-alive: `wrk -t1 -c{P.get('wrk_ka_conns', '?')} -d{P.get('wrk_dur', '?')}s "
+      "--latency` to the same backend; p50/p99 from wrk's latency distribution.")
+    A(f"- 2,000 concurrent clients: `redis-benchmark -c {P.get('redis_clients', '?')} "
+      f"-n {P.get('redis_n', '?')} -t get` to a redis-server backend. Errors: a non-zero "
+      "exit or any output line mentioning an error, reset, refusal or timeout.")
+    A(f"- First byte: {P.get('fb_samples', '?')} connections per repetition; the client "
+      "sends one byte right after `connect()` returns and the time runs until the backend "
+      "(a listener in the harness) has accepted the forwarder's connection and read that "
+      "byte. For forwarders that connect inward on accept this includes only the relay; "
+      "for portfwd and the C reference it includes their fork and inward connect.")
+    A(f"- Idle memory: {P.get('mem_conns', '?')} connections through the forwarder to the "
+      "nginx backend, one byte sent on each (so fork-on-first-data forwarders fork), "
+      "measured once the backend holds them all and the process count is stable, then "
+      "closed.")
+    A("")
+    prof = meta.get("profiles") or []
+    if prof:
+        A("## Profiles")
+        A("")
+        A("`perf stat -a` and `perf record -a -g` (whole system, so client, forwarder and "
+          "backend all appear) while one forwarder carries one workload. Full reports: "
+          + ", ".join(f"`{p}`" for p in prof) + ".")
+        A("")
+        for p in prof:
+            path = os.path.join(ROOT, p)
+            if not os.path.exists(path):
+                continue
+            txt = open(path).read().splitlines()
+            A(f"### {os.path.basename(p)}")
+            A("")
+            A("```")
+            sec = None
+            shown = 0
+            for line in txt:
+                if line.startswith("## "):
+                    sec = line
+                    A(line)
+                    shown = 0
+                    continue
+                if sec and "load generator" in sec:
+                    continue
+                if sec and "comm,dso,sym" in sec and shown >= 25:
+                    continue
+                if line.strip() and not line.strip().startswith("Performance counter"):
+                    A(line)
+                    shown += 1
+            A("```")
+            A("")
+    ana = os.path.join(RESULTS, f"analysis-{stamp}.md")
+    if os.path.exists(ana):
+        A("## Analysis of this run")
+        A("")
+        A(open(ana).read().strip())
+        A("")
+    with open(os.path.join(DOCS, "benchmarks.md"), "w") as f:
+        f.write("\n".join(L) + "\n")
+    print("wrote docs/benchmarks.md,", ", ".join("docs/" + p for p in pngs),
+          "and bench/results/summary.csv")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,128 @@
+#!/usr/bin/env bash
+# The one command for issue 6's benchmark. See --help.
+set -euo pipefail
+
+usage() {
+    cat <<'EOF'
+usage: bench/run.sh [--quick] [--no-install] [--rows LIST] [--tests LIST]
+
+Benchmarks portfwd against direct (no forwarder), the C reference of the
+seed's server, socat (fork), rinetd, haproxy (mode tcp) and nginx stream, on
+loopback only, and writes:
+  bench/results/raw-<stamp>.csv   one line per sample (+ .json: machine, params)
+  bench/results/summary.csv       medians per forwarder and metric
+  docs/benchmarks.md              tables, ratios to direct, targets pass/miss
+  docs/bench-*.png                plots
+
+  --quick        short smoke run (a minute or two): 1 repetition of 1 s,
+                 500 idle connections, no profiles
+  --no-install   do not apt-get install missing peers
+  --rows LIST    comma-separated subset of
+                 direct,portfwd,cref,socat,rinetd,haproxy,nginx
+  --tests LIST   comma-separated subset of
+                 iperf,connrate,keepalive,redis,firstbyte,memory,profile
+  -h, --help     this text
+
+Installs missing peers with apt-get (socat rinetd haproxy nginx
+libnginx-mod-stream iperf3 wrk redis-server redis-tools python3-matplotlib,
+linux-perf for the profiles), builds portfwd with `cargo build --release` and
+the C reference from tests/reference/server.c if it exists (its row is skipped
+with a note otherwise). A full run takes about 10-12 minutes on 2 cores.
+Every server is started in the foreground with its own config in a temp dir
+and killed by pid; nothing is left running.
+EOF
+}
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+INSTALL=1
+PYARGS=()
+while [ $# -gt 0 ]; do
+    case "$1" in
+        -h|--help) usage; exit 0 ;;
+        --quick) PYARGS+=(--quick) ;;
+        --no-install) INSTALL=0 ;;
+        --rows|--tests) [ $# -ge 2 ] || { echo "$1 needs a value" >&2; exit 2; }
+                        PYARGS+=("$1" "$2"); shift ;;
+        *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
+    esac
+    shift
+done
+
+log() { printf '[run.sh] %s\n' "$*"; }
+
+# ---- peers
+need=()
+command -v socat >/dev/null || need+=(socat)
+command -v rinetd >/dev/null || need+=(rinetd)
+command -v haproxy >/dev/null || need+=(haproxy)
+command -v nginx >/dev/null || need+=(nginx)
+if ! [ -e /usr/lib/nginx/modules/ngx_stream_module.so ] && ! nginx -V 2>&1 | grep -q -- '--with-stream[^=]'; then
+    need+=(libnginx-mod-stream)
+fi
+command -v iperf3 >/dev/null || need+=(iperf3)
+command -v wrk >/dev/null || need+=(wrk)
+command -v redis-server >/dev/null || need+=(redis-server)
+command -v redis-benchmark >/dev/null || need+=(redis-tools)
+command -v perf >/dev/null || need+=(linux-perf)
+command -v cc >/dev/null || need+=(gcc)
+PY=""
+for p in python3 /usr/bin/python3; do
+    if command -v "$p" >/dev/null && "$p" -c 'import matplotlib' 2>/dev/null; then PY="$p"; break; fi
+done
+[ -n "$PY" ] || need+=(python3-matplotlib)
+if [ ${#need[@]} -gt 0 ]; then
+    if [ "$INSTALL" = 1 ] && command -v apt-get >/dev/null; then
+        log "installing: ${need[*]}"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq
+        # Debian's packages may try to start their services; keep them from it.
+        had_policy=1
+        if [ ! -e /usr/sbin/policy-rc.d ]; then
+            had_policy=0
+            printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+            chmod +x /usr/sbin/policy-rc.d
+        fi
+        apt-get install -y -qq "${need[@]}" || log "apt-get install failed; missing rows will be skipped"
+        [ $had_policy = 1 ] || rm -f /usr/sbin/policy-rc.d
+    else
+        log "missing (not installed): ${need[*]}"
+    fi
+fi
+if [ -z "$PY" ]; then
+    for p in python3 /usr/bin/python3; do
+        if command -v "$p" >/dev/null && "$p" -c 'import matplotlib' 2>/dev/null; then PY="$p"; break; fi
+    done
+fi
+if [ -z "$PY" ]; then
+    if [ "$INSTALL" = 1 ] && python3 -m pip install -q matplotlib 2>/dev/null; then PY=python3
+    else PY=python3; log "matplotlib unavailable: no plots"; fi
+fi
+
+# ---- binaries
+if command -v cargo >/dev/null; then
+    log "cargo build --release"
+    if ! cargo build --release 2>&1 | tail -n 3; then :; fi
+fi
+if [ -x target/release/portfwd ]; then
+    log "portfwd: $(ls -l --time-style=+%H:%M:%S target/release/portfwd | awk '{print $6}') target/release/portfwd"
+else
+    log "target/release/portfwd missing: its row will be skipped"
+fi
+if [ -f tests/reference/server.c ]; then
+    mkdir -p target/reference
+    if cc -O2 -fopenmp tests/reference/server.c -o target/reference/server; then
+        log "built target/reference/server"
+    else
+        log "C reference failed to build: its row will be skipped"
+        rm -f target/reference/server
+    fi
+else
+    rm -f target/reference/server
+    log "tests/reference/server.c missing: the C reference row will be skipped"
+fi
+
+# ---- measure and report
+RAW="$("$PY" bench/bench.py "${PYARGS[@]+"${PYARGS[@]}"}" | tail -n 1)"
+"$PY" bench/report.py "$RAW"
+log "done: docs/benchmarks.md"
