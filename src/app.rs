@@ -1,21 +1,44 @@
 //! Start-up: from the parsed command line to a running event loop. Every check that can fail on bad
-//! input happens here, before anything listens, and comes back as one line of text.
+//! input happens before anything accepts, and comes back as text for one exit with status 2.
+//!
+//! Order matters: resolve and bind (in the foreground, so errors reach the terminal), then detach
+//! (`--daemonize`, while there is still a single thread), then the log file, the pid file, the
+//! privilege drop, the signal handlers and the accept threads.
 
 use crate::cli::Cli;
-use crate::event_loop::{EventLoop, Service};
+use crate::config::{self, Mapping};
+use crate::daemon::{self, PidFile, Ready};
+use crate::event_loop::{EventLoop, Route, Service, Settings};
 use crate::listener;
 use crate::log;
+use crate::options::{self, Options};
+use crate::privileges::Identity;
 use crate::signals::Signals;
-use crate::target;
+use crate::target::{self, Target};
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
-/// A start-up failure: printed as `portfwd: MESSAGE`, exit status 2.
+/// A start-up failure; exit status 2.
 #[derive(Debug)]
-pub struct StartError(pub String);
+pub enum StartError {
+    /// Printed as `portfwd: MESSAGE`.
+    Plain(String),
+    /// Already located (`FILE:LINE:COL: message` lines): printed as it is.
+    Located(String),
+}
 
-impl<T: Into<String>> From<T> for StartError {
-    fn from(msg: T) -> Self {
-        StartError(msg.into())
+impl From<String> for StartError {
+    fn from(msg: String) -> Self {
+        StartError::Plain(msg)
+    }
+}
+
+impl StartError {
+    pub fn text(&self) -> String {
+        match self {
+            StartError::Plain(m) => format!("portfwd: {m}"),
+            StartError::Located(m) => m.clone(),
+        }
     }
 }
 
@@ -31,51 +54,155 @@ pub fn ensure_std_fds() {
     }
 }
 
-fn bind_address(cli: &Cli) -> Result<SocketAddr, StartError> {
-    match &cli.bind {
-        None => Ok(listener::any_address(cli.port)),
-        Some(addr) => {
-            let found = target::resolve(addr, cli.port).map_err(|e| format!("--bind: {e}"))?;
-            Ok(found[0])
-        }
+/// `--check-config FILE`: prints each mapping as a canonical line.
+pub fn check_config(path: &std::path::Path, base: &Options) -> Result<(), StartError> {
+    let (mappings, _) = config::load(&path.display().to_string(), base).map_err(StartError::Located)?;
+    for m in &mappings {
+        println!("{}", m.canonical());
     }
+    Ok(())
+}
+
+/// The mappings to serve, from `--config` or from the positional arguments, with their targets.
+fn mappings(cli: &Cli, base: &Options) -> Result<(Vec<Mapping>, Vec<Vec<Target>>), StartError> {
+    if let Some(path) = &cli.config {
+        return config::load(&path.display().to_string(), base).map_err(StartError::Located);
+    }
+    let (port, host, host_port) = match (cli.port, &cli.hostname, cli.host_port) {
+        (Some(p), Some(h), Some(hp)) => (p, h, hp),
+        _ => return Err("PORT HOSTNAME HOST_PORT or --config FILE is needed".to_string().into()),
+    };
+    let bind: SocketAddr = match &cli.bind {
+        None => listener::any_address(port),
+        Some(addr) => target::resolve(addr, port).map_err(|e| format!("--bind: {e}"))?[0],
+    };
+    let targets = target::resolve_targets(host, host_port)?;
+    Ok((
+        vec![Mapping::new(bind, host.clone(), host_port, base.clone())],
+        vec![targets],
+    ))
+}
+
+fn absolute(path: &Option<PathBuf>) -> Result<Option<PathBuf>, StartError> {
+    path.as_ref()
+        .map(|p| daemon::absolute(p).map_err(|e| format!("{}: {e}", p.display()).into()))
+        .transpose()
 }
 
 /// Resolves, binds, and runs the forwarder until it is told to stop.
 pub fn run(cli: Cli) -> Result<(), StartError> {
-    let targets = target::resolve_targets(&cli.hostname, cli.host_port)?;
-    let bind = bind_address(&cli)?;
-    let socket = listener::open(bind).map_err(|e| format!("cannot listen on {bind}: {e}"))?;
-    let local = listener::local_addr(&socket).map_err(|e| e.to_string())?;
-    let service = Service {
-        listener: socket,
-        local,
-        targets,
-        dispatch: cli.dispatch,
-        connect_timeout_ms: cli.connect_timeout.as_millis().max(1) as u64,
+    let base = cli.options();
+    if let Some(path) = &cli.check_config {
+        return check_config(path, &base);
+    }
+    let config_path = absolute(&cli.config)?;
+    let log_file = absolute(&cli.log_file)?;
+    let pid_path = absolute(&cli.pid_file)?;
+    let identity = cli.user.as_deref().map(Identity::lookup).transpose()?;
+    let drain_timeout_ms = cli
+        .drain_timeout
+        .as_deref()
+        .map(|s| options::parse_secs(s).map(|d| d.as_millis() as u64))
+        .transpose()?;
+
+    let (mappings, targets) = mappings(&cli, &base)?;
+    let mut services = Vec::new();
+    for (mapping, targets) in mappings.into_iter().zip(targets) {
+        let socket = listener::open(mapping.bind).map_err(|e| format!("cannot listen on {}: {e}", mapping.bind))?;
+        services.push(Service::new(socket, Route { mapping, targets }).map_err(|e| e.to_string())?);
+    }
+    if let Some(path) = &log_file {
+        // Open it now, while errors still reach the terminal; it becomes stderr below.
+        std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(path)
+            .map_err(|e| format!("--log-file {}: {e}", path.display()))?;
+    }
+
+    let ready = if cli.daemonize {
+        Some(daemon::detach(log_file.is_some()).map_err(|e| format!("cannot daemonize: {e}"))?)
+    } else {
+        None
     };
-    let signals = Signals::install().map_err(|e| format!("cannot install signal handlers: {e}"))?;
-    let threads = cli.accept_threads.map_or_else(num_cpus, usize::from);
-    let labels: Vec<&str> = service.targets.iter().map(|t| t.label.as_str()).collect();
-    log!(
-        "listening on {} -> {} ({}) dispatch={} pid={}",
-        service.local,
-        cli.hostname,
-        labels.join(","),
-        cli.dispatch.name(),
-        std::process::id()
-    );
-    if cli.verbose {
+    let settings = Settings {
+        accept_threads: cli.accept_threads.map_or_else(num_cpus, usize::from),
+        verbose: cli.verbose,
+        drain_timeout_ms,
+        global_rules: cli.rules.clone(),
+        config: config_path.map(|p| (p, base)),
+        log_file,
+    };
+    match serve(services, settings, pid_path, identity, ready) {
+        Ok(()) => Ok(()),
+        Err((msg, Some(ready))) => {
+            ready.fail(&format!("portfwd: {msg}"));
+            Err(StartError::Plain(msg))
+        }
+        Err((msg, None)) => Err(StartError::Plain(msg)),
+    }
+}
+
+type ServeError = (String, Option<Ready>);
+
+/// The part of start-up that may run in the daemon: failures before `ready.ok()` are sent back to
+/// the launching process.
+fn serve(
+    services: Vec<Service>,
+    settings: Settings,
+    pid_path: Option<PathBuf>,
+    identity: Option<Identity>,
+    ready: Option<Ready>,
+) -> Result<(), ServeError> {
+    macro_rules! fail {
+        ($($arg:tt)*) => { return Err((format!($($arg)*), ready)) };
+    }
+    if let Some(path) = &settings.log_file
+        && let Err(e) = daemon::redirect_stderr(path)
+    {
+        fail!("--log-file {}: {e}", path.display());
+    }
+    let pid_file = match pid_path.as_deref().map(PidFile::write).transpose() {
+        Ok(p) => p,
+        Err(e) => fail!("--pid-file {}: {e}", pid_path.unwrap().display()),
+    };
+    if let Some(id) = &identity
+        && let Err(e) = id.switch()
+    {
+        fail!("{e}");
+    }
+    let signals = match Signals::install() {
+        Ok(s) => s,
+        Err(e) => fail!("cannot install signal handlers: {e}"),
+    };
+    for s in &services {
+        let labels: Vec<&str> = s.route.targets.iter().map(|t| t.label.as_str()).collect();
         log!(
-            "accept_threads={threads} connect_timeout_ms={}",
-            service.connect_timeout_ms
+            "listening on {} -> {} ({}) dispatch={} pid={}",
+            s.local,
+            s.route.mapping.host,
+            labels.join(","),
+            s.route.mapping.options.dispatch.name(),
+            std::process::id()
         );
     }
-    let mut event_loop = EventLoop::new(vec![service], threads, signals, cli.verbose)
-        .map_err(|e| format!("cannot start the event loop: {e}"))?;
-    event_loop
-        .run()
-        .map_err(|e| StartError(format!("event loop failed: {e}")))
+    if settings.verbose {
+        log!(
+            "accept_threads={} user={}",
+            settings.accept_threads,
+            identity.as_ref().map_or("-", |i| i.name.as_str())
+        );
+    }
+    let mut event_loop = match EventLoop::new(services, signals, settings) {
+        Ok(l) => l,
+        Err(e) => fail!("cannot start the event loop: {e}"),
+    };
+    if let Some(r) = ready {
+        r.ok();
+    }
+    let result = event_loop.run();
+    drop(pid_file);
+    result.map_err(|e| (format!("event loop failed: {e}"), None))
 }
 
 fn num_cpus() -> usize {

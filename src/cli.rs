@@ -1,27 +1,11 @@
-//! The command line: the seed's `server port hostname host-port`, plus options.
+//! The command line: the seed's `server port hostname host-port`, or a configuration file, plus
+//! options. Per-mapping options use the same parsers as `setup.config` keys (see `options`).
 
+use crate::access::{Rule, RuleKind};
+use crate::options::{self, Dispatch, Options};
 use crate::target::parse_port;
-use clap::{Parser, ValueEnum};
-use std::time::Duration;
-
-/// When a waiting client socket is handed to a connection process.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum Dispatch {
-    /// When the client first sends (or half-closes): the seed's behaviour. Silent clients cost no
-    /// process, but a server that speaks first (SMTP, FTP, POP3, MySQL, VNC) is never reached.
-    Data,
-    /// As soon as the connection is accepted: needed for server-speaks-first protocols.
-    Accept,
-}
-
-impl Dispatch {
-    pub fn name(self) -> &'static str {
-        match self {
-            Dispatch::Data => "data",
-            Dispatch::Accept => "accept",
-        }
-    }
-}
+use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser};
+use std::path::PathBuf;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -31,50 +15,165 @@ impl Dispatch {
     after_help = "Each connection is handed to its own process when the client first sends (--dispatch data),\n\
                   or at once (--dispatch accept, for protocols where the server speaks first: SMTP, FTP,\n\
                   POP3, MySQL, VNC). A FIN is passed on as a FIN, a reset as a reset. One log line per\n\
-                  finished connection goes to stderr."
+                  finished connection goes to stderr (or --log-file).\n\n\
+                  Signals: TERM/INT stop accepting (connections finish, or end after --drain-timeout);\n\
+                  QUIT ends everything now; HUP reloads --config and reopens --log-file; USR1 logs stats."
 )]
 pub struct Cli {
     /// Port to listen on (1-65535).
-    #[arg(value_name = "PORT", value_parser = parse_port)]
-    pub port: u16,
+    #[arg(value_name = "PORT", value_parser = parse_port, required_unless_present_any = ["config", "check_config"])]
+    pub port: Option<u16>,
 
     /// Inward host: a name, an IPv4 address, or an IPv6 address (brackets optional).
-    #[arg(value_name = "HOSTNAME")]
-    pub hostname: String,
+    #[arg(value_name = "HOSTNAME", required_unless_present_any = ["config", "check_config"])]
+    pub hostname: Option<String>,
 
     /// Inward port (1-65535).
-    #[arg(value_name = "HOST_PORT", value_parser = parse_port)]
-    pub host_port: u16,
+    #[arg(value_name = "HOST_PORT", value_parser = parse_port, required_unless_present_any = ["config", "check_config"])]
+    pub host_port: Option<u16>,
 
-    /// Address to listen on [default: every interface, IPv6 and IPv4].
-    #[arg(short, long, value_name = "ADDR")]
+    /// Run every mapping of FILE (lines like `7005 -> 127.0.0.1:8005`) in this one process.
+    #[arg(short, long, value_name = "FILE", conflicts_with_all = ["port", "check_config"])]
+    pub config: Option<PathBuf>,
+
+    /// Validate FILE, print its mappings, and exit (0 if valid, 2 if not).
+    #[arg(long, value_name = "FILE", conflicts_with = "port")]
+    pub check_config: Option<PathBuf>,
+
+    /// Address to listen on [default: every interface, IPv6 and IPv4]. With --config, each line
+    /// says its own.
+    #[arg(short, long, value_name = "ADDR", conflicts_with = "config")]
     pub bind: Option<String>,
+
+    /// When to hand a connection to its process: on the client's first data, or at once [default: data].
+    #[arg(long, value_enum, value_name = "WHEN")]
+    pub dispatch: Option<Dispatch>,
+
+    /// Seconds to wait for the inward connection before resetting the client [default: 5].
+    #[arg(long, value_name = "SECS", value_parser = checked(options::parse_secs))]
+    pub connect_timeout: Option<String>,
+
+    /// Live connections per mapping at most; further clients wait in the backlog [default: 10000].
+    #[arg(long, value_name = "N", value_parser = checked(options::parse_count))]
+    pub max_connections: Option<String>,
+
+    /// Live connections from one client address at most, or `off` [default: off].
+    #[arg(long, value_name = "N", value_parser = checked(options::parse_count_or_off))]
+    pub max_per_source: Option<String>,
+
+    /// With --dispatch data, close clients that send nothing for SECS, or `off` [default: 60].
+    #[arg(long, value_name = "SECS", value_parser = checked(options::parse_secs_or_off))]
+    pub first_byte_timeout: Option<String>,
+
+    /// Close connections with no byte either way for SECS, or `off` [default: off].
+    #[arg(long, value_name = "SECS", value_parser = checked(options::parse_secs_or_off))]
+    pub idle_timeout: Option<String>,
+
+    /// TCP keepalive on both legs: probes after SECS of silence, or `off` [default: 60].
+    #[arg(long, value_name = "SECS", value_parser = checked(options::parse_secs_or_off))]
+    pub keepalive: Option<String>,
+
+    /// Let clients from CIDR in (repeatable; with any allow rule, others are refused).
+    #[arg(long, value_name = "CIDR", value_parser = checked(|s| Rule::parse(RuleKind::Allow, s)))]
+    pub allow: Vec<String>,
+
+    /// Refuse clients from CIDR (repeatable). Rules are checked in order; the first match wins.
+    #[arg(long, value_name = "CIDR", value_parser = checked(|s| Rule::parse(RuleKind::Deny, s)))]
+    pub deny: Vec<String>,
 
     /// Threads that accept in parallel on a burst [default: the number of CPUs].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub accept_threads: Option<u16>,
 
-    /// When to hand a connection to its process: on the client's first data, or at once.
-    #[arg(long, value_enum, default_value_t = Dispatch::Data, value_name = "WHEN")]
-    pub dispatch: Dispatch,
+    /// Detach and run in the background; returns once listening.
+    #[arg(short, long)]
+    pub daemonize: bool,
 
-    /// Seconds to wait for the inward connection before resetting the client.
-    #[arg(long, value_name = "SECS", default_value = "5", value_parser = parse_secs)]
-    pub connect_timeout: Duration,
+    /// Write the main process's pid to PATH (atomically, once listening; removed on exit).
+    #[arg(long, value_name = "PATH")]
+    pub pid_file: Option<PathBuf>,
 
-    /// Log more: start-up details and connections closed before they were handed off.
+    /// Append log lines to PATH instead of stderr (reopened on SIGHUP).
+    #[arg(long, value_name = "PATH")]
+    pub log_file: Option<PathBuf>,
+
+    /// After SIGTERM/SIGINT, end connections still open after SECS [default: let them finish].
+    #[arg(long, value_name = "SECS", value_parser = checked(options::parse_secs))]
+    pub drain_timeout: Option<String>,
+
+    /// After binding, switch to USER (and GROUP, or USER's primary group) before accepting.
+    #[arg(short, long, value_name = "USER[:GROUP]")]
+    pub user: Option<String>,
+
+    /// Log more: start-up details and clients closed before they were handed off.
     #[arg(short, long)]
     pub verbose: bool,
+
+    /// Access rules in command-line order (filled from --allow/--deny after parsing).
+    #[arg(skip)]
+    pub rules: Vec<Rule>,
 }
 
-/// Parses a positive number of seconds, fractions allowed (`0.5`).
-pub fn parse_secs(text: &str) -> Result<Duration, String> {
-    match text.parse::<f64>() {
-        Ok(s) if s > 0.0 && s <= 86_400.0 * 365.0 => Ok(Duration::from_secs_f64(s)),
-        _ => Err(format!(
-            "invalid duration '{text}': expected a number of seconds greater than 0"
-        )),
+/// Wraps a parser so that clap validates with it but keeps the text (applied later through
+/// `Options::set`, the same path a config line takes).
+fn checked<T>(
+    parse: impl Fn(&str) -> Result<T, String> + Clone + Send + Sync + 'static,
+) -> impl clap::builder::TypedValueParser<Value = String> {
+    move |s: &str| parse(s).map(|_| s.to_string())
+}
+
+impl Cli {
+    /// Parses the process's arguments.
+    pub fn parse_args() -> Result<Cli, clap::Error> {
+        Cli::parse_from_iter(std::env::args_os())
     }
+
+    pub fn parse_from_iter<I, T>(args: I) -> Result<Cli, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let matches = Cli::command().try_get_matches_from(args)?;
+        let mut cli = Cli::from_arg_matches(&matches)?;
+        cli.rules = ordered_rules(&matches);
+        Ok(cli)
+    }
+
+    /// The options every mapping starts from: the defaults, then these flags.
+    pub fn options(&self) -> Options {
+        let mut o = Options::default();
+        if let Some(d) = self.dispatch {
+            o.dispatch = d;
+        }
+        let flags = [
+            ("connect_timeout", &self.connect_timeout),
+            ("max_connections", &self.max_connections),
+            ("max_per_source", &self.max_per_source),
+            ("first_byte_timeout", &self.first_byte_timeout),
+            ("idle_timeout", &self.idle_timeout),
+            ("keepalive", &self.keepalive),
+        ];
+        for (key, value) in flags {
+            if let Some(v) = value {
+                o.set(key, v).expect("validated by clap");
+            }
+        }
+        o
+    }
+}
+
+/// --allow and --deny in the order they were given.
+fn ordered_rules(m: &ArgMatches) -> Vec<Rule> {
+    let mut rules: Vec<(usize, Rule)> = Vec::new();
+    for (id, kind) in [("allow", RuleKind::Allow), ("deny", RuleKind::Deny)] {
+        if let (Some(values), Some(indices)) = (m.get_many::<String>(id), m.indices_of(id)) {
+            for (v, i) in values.zip(indices) {
+                rules.push((i, Rule::parse(kind, v).expect("validated by clap")));
+            }
+        }
+    }
+    rules.sort_by_key(|(i, _)| *i);
+    rules.into_iter().map(|(_, r)| r).collect()
 }
 
 /// Turns a clap error into the one line we print: clap's own text without usage and tips.
@@ -93,20 +192,51 @@ pub fn one_line_error(err: &clap::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn parse(args: &[&str]) -> Result<Cli, String> {
-        Cli::try_parse_from(std::iter::once("portfwd").chain(args.iter().copied())).map_err(|e| one_line_error(&e))
+        Cli::parse_from_iter(std::iter::once("portfwd").chain(args.iter().copied())).map_err(|e| one_line_error(&e))
     }
 
     #[test]
     fn seed_form() {
         let cli = parse(&["7005", "127.0.0.1", "8005"]).unwrap();
         assert_eq!(
-            (cli.port, cli.hostname.as_str(), cli.host_port),
-            (7005, "127.0.0.1", 8005)
+            (cli.port, cli.hostname.as_deref(), cli.host_port),
+            (Some(7005), Some("127.0.0.1"), Some(8005))
         );
-        assert_eq!(cli.dispatch, Dispatch::Data);
-        assert_eq!(cli.connect_timeout, Duration::from_secs(5));
+        assert_eq!(cli.options(), Options::default());
+    }
+
+    #[test]
+    fn flags_become_options_and_rules_keep_their_order() {
+        let cli = parse(&[
+            "--deny",
+            "10.0.0.1",
+            "--idle-timeout",
+            "30",
+            "--allow",
+            "10.0.0.0/8",
+            "--dispatch",
+            "accept",
+            "1",
+            "h",
+            "2",
+        ])
+        .unwrap();
+        let o = cli.options();
+        assert_eq!(o.idle_timeout, Some(Duration::from_secs(30)));
+        assert_eq!(o.dispatch, Dispatch::Accept);
+        let rules: Vec<String> = cli.rules.iter().map(|r| r.to_string()).collect();
+        assert_eq!(rules, ["deny=10.0.0.1/32", "allow=10.0.0.0/8"]);
+    }
+
+    #[test]
+    fn config_forms() {
+        assert!(parse(&["--config", "setup.config"]).is_ok());
+        assert!(parse(&["--check-config", "setup.config"]).is_ok());
+        assert!(parse(&["--config", "x", "1", "h", "2"]).is_err());
+        assert!(parse(&["--config", "x", "--bind", "127.0.0.1"]).is_err());
     }
 
     #[test]
@@ -117,6 +247,7 @@ mod tests {
             &["x", "h", "1"],
             &["1", "h"],
             &["1", "h", "2", "--dispatch", "later"],
+            &["1", "h", "2", "--allow", "nonsense"],
         ] {
             let err = parse(args).unwrap_err();
             assert!(!err.contains('\n'), "{err}");

@@ -31,7 +31,12 @@ pub enum Outcome {
     ConnectFailed = 2,
     /// A fork failed; the client (and the server, if connected) was reset.
     ForkFailed = 3,
+    /// No byte moved either way for the idle timeout; both sides got a FIN.
+    IdleTimeout = 4,
 }
+
+/// How many outcomes there are (for counters indexed by `Outcome as usize`).
+pub const OUTCOMES: usize = 5;
 
 impl Outcome {
     pub fn name(self) -> &'static str {
@@ -40,6 +45,7 @@ impl Outcome {
             Outcome::Reset => "reset",
             Outcome::ConnectFailed => "connect-failed",
             Outcome::ForkFailed => "fork-failed",
+            Outcome::IdleTimeout => "idle-timeout",
         }
     }
 
@@ -49,6 +55,7 @@ impl Outcome {
             Some(0) => Outcome::Closed,
             Some(2) => Outcome::ConnectFailed,
             Some(3) => Outcome::ForkFailed,
+            Some(4) => Outcome::IdleTimeout,
             _ => Outcome::Reset,
         }
     }
@@ -65,26 +72,42 @@ pub struct Plan<'a> {
     pub line: Line,
     /// `CLOCK_MONOTONIC` ms when the client was accepted, for the logged duration.
     pub accepted_ms: u64,
+    /// Close the connection after this long without a byte either way (0: never).
+    pub idle_timeout_ms: u64,
+    /// TCP keepalive idle seconds on both legs (0: off).
+    pub keepalive_secs: u32,
+    /// Process-wide byte counters, shared with the main process.
+    pub totals: &'static Totals,
 }
 
-impl<'a> Plan<'a> {
-    pub fn new(
-        client: RawFd,
-        peer: &std::net::SocketAddr,
-        listen_port: u16,
-        targets: &'a [Target],
-        connect_timeout_ms: u64,
-        accepted_ms: u64,
-    ) -> Self {
+/// Byte counters in a `MAP_SHARED` page made by the main process before any fork: each connection
+/// process adds its totals when it ends, and the main process reads them for the stats line.
+#[repr(C)]
+#[derive(Default)]
+pub struct Totals {
+    pub c2s: AtomicU64,
+    pub s2c: AtomicU64,
+}
+
+impl Totals {
+    /// Maps the shared page. Call once, before the first fork.
+    pub fn map() -> std::io::Result<&'static Totals> {
+        let page = sys::shared_page();
+        if page.is_null() {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: a fresh zero-filled page, aligned and larger than `Totals` (two atomics, valid
+        // when zero); it is never unmapped, so the reference may be 'static.
+        Ok(unsafe { &*(page as *const Totals) })
+    }
+}
+
+impl Plan<'_> {
+    /// Formats the start of a connection's log line (`client=... listen=...`), in the parent.
+    pub fn describe(peer: &std::net::SocketAddr, listen_port: u16) -> Line {
         let mut line = Line::new();
         let _ = write!(line, "client={peer} listen={listen_port}");
-        Plan {
-            client,
-            targets,
-            connect_timeout_ms,
-            line,
-            accepted_ms,
-        }
+        line
     }
 }
 
@@ -145,6 +168,47 @@ struct Shared {
     s2c: AtomicU64,
     /// The errno that made the server→client pump abort, for the log line.
     s2c_error: AtomicI32,
+    /// Set by either pump when the connection went idle and both sockets were shut down.
+    idle: AtomicU32,
+    /// `CLOCK_MONOTONIC` ms of the last byte each way, for the idle timeout.
+    last_c2s: AtomicU64,
+    last_s2c: AtomicU64,
+}
+
+impl Shared {
+    /// What both pumps ask when a blocking call returns early: has the other pump aborted, or has
+    /// the connection been idle for `idle_ms`? The pump that finds it idle shuts both sockets down
+    /// (a FIN each way, and every blocked call of the other pump returns).
+    fn should_stop(&self, idle_ms: u64, client: RawFd, server: RawFd) -> bool {
+        if self.aborted.load(Ordering::SeqCst) != 0 || self.idle.load(Ordering::SeqCst) != 0 {
+            return true;
+        }
+        if idle_ms == 0 {
+            return false;
+        }
+        let last = self
+            .last_c2s
+            .load(Ordering::SeqCst)
+            .max(self.last_s2c.load(Ordering::SeqCst));
+        if sys::monotonic_ms().saturating_sub(last) < idle_ms {
+            return false;
+        }
+        self.idle.store(1, Ordering::SeqCst);
+        let _ = sys::shutdown(client, libc::SHUT_RDWR);
+        let _ = sys::shutdown(server, libc::SHUT_RDWR);
+        true
+    }
+}
+
+/// Turns on TCP keepalive: probes after `idle` seconds of silence, then every `idle / 4` seconds
+/// (at least 1); four unanswered probes end the connection with an error, which resets the other
+/// side.
+fn set_keepalive(fd: RawFd, idle: u32) {
+    let idle = idle.min(i32::MAX as u32) as libc::c_int;
+    let _ = sys::setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1);
+    let _ = sys::setsockopt_int(fd, libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, idle);
+    let _ = sys::setsockopt_int(fd, libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, (idle / 4).max(1));
+    let _ = sys::setsockopt_int(fd, libc::IPPROTO_TCP, libc::TCP_KEEPCNT, 4);
 }
 
 fn connection_process(plan: &Plan<'_>) -> ! {
@@ -180,6 +244,17 @@ fn connection_process(plan: &Plan<'_>) -> ! {
     };
     line.key("target").push(target.label.as_bytes());
     let _ = sys::setsockopt_int(server, libc::IPPROTO_TCP, libc::TCP_NODELAY, 1);
+    if plan.keepalive_secs > 0 {
+        set_keepalive(client, plan.keepalive_secs);
+        set_keepalive(server, plan.keepalive_secs);
+    }
+    if plan.idle_timeout_ms > 0 {
+        // Blocked reads and writes wake after the idle time to check both directions' activity.
+        let t = plan.idle_timeout_ms.div_ceil(1000) as libc::time_t;
+        sys::set_recv_timeout(client, t);
+        sys::set_recv_timeout(server, t);
+        sys::set_send_timeout(client, t);
+    }
 
     let page = sys::shared_page();
     if page.is_null() {
@@ -195,9 +270,13 @@ fn connection_process(plan: &Plan<'_>) -> ! {
     // at `shared.aborted` at once; see `pump_server_to_client`.
     sys::set_signal(libc::SIGCHLD, on_sigchld as *const () as libc::sighandler_t);
 
+    let now = sys::monotonic_ms();
+    shared.last_c2s.store(now, Ordering::SeqCst);
+    shared.last_s2c.store(now, Ordering::SeqCst);
+
     // SAFETY: this process has a single thread; the child runs `pump_server_to_client` and exits.
     match unsafe { sys::fork() } {
-        Ok(0) => pump_server_to_client(client, server, shared),
+        Ok(0) => pump_server_to_client(client, server, shared, plan.idle_timeout_ms),
         Ok(pid) => pump_client_to_server(client, server, pid, shared, &mut line, plan),
         Err(e) => {
             sys::set_abortive_close(client);
@@ -260,11 +339,13 @@ fn connect_one(fd: RawFd, target: &Target, deadline: u64) -> Result<(), Errno> {
 /// The pump child: server→client. On EOF it passes the FIN on; on an error it resets both sockets,
 /// tells its parent through `shared.aborted`, wakes the parent's read of the client with
 /// `shutdown(SHUT_RD)`, and exits (its exit also interrupts the parent with SIGCHLD).
-fn pump_server_to_client(client: RawFd, server: RawFd, shared: &Shared) -> ! {
+fn pump_server_to_client(client: RawFd, server: RawFd, shared: &Shared, idle_ms: u64) -> ! {
     sys::set_process_name(b"portfwd-s2c\0");
     sys::close(2); // the connection process writes the log line
-    let end = pump::run(server, client, &shared.s2c, &|| false);
+    let stop = || shared.should_stop(idle_ms, client, server);
+    let end = pump::run(server, client, &shared.s2c, &shared.last_s2c, &stop);
     let error = match end {
+        _ if shared.idle.load(Ordering::SeqCst) != 0 => sys::exit(0),
         End::Eof => match sys::shutdown(client, libc::SHUT_WR) {
             Ok(()) => sys::exit(0),
             Err(e) => e,
@@ -295,9 +376,14 @@ fn pump_client_to_server(
     sys::set_send_timeout(server, 1);
     let c2s = AtomicU64::new(0);
     let aborted = || shared.aborted.load(Ordering::SeqCst) != 0;
-    let end = pump::run(client, server, &c2s, &aborted);
+    let stop = || shared.should_stop(plan.idle_timeout_ms, client, server);
+    let end = pump::run(client, server, &c2s, &shared.last_c2s, &stop);
     let mut error = None;
     let outcome = match end {
+        _ if shared.idle.load(Ordering::SeqCst) != 0 => {
+            let _ = sys::wait_for(child);
+            Outcome::IdleTimeout
+        }
         End::Eof if !aborted() && sys::shutdown(server, libc::SHUT_WR).is_ok() => {
             // Our direction is done; the other flows until the server ends it (or aborts).
             let _ = sys::wait_for(child);
@@ -323,8 +409,10 @@ fn pump_client_to_server(
             Outcome::Reset
         }
     };
-    let s2c = shared.s2c.load(Ordering::SeqCst);
-    finish(line, plan, c2s.load(Ordering::Relaxed), s2c, outcome, error)
+    let (c2s, s2c) = (c2s.load(Ordering::Relaxed), shared.s2c.load(Ordering::SeqCst));
+    plan.totals.c2s.fetch_add(c2s, Ordering::Relaxed);
+    plan.totals.s2c.fetch_add(s2c, Ordering::Relaxed);
+    finish(line, plan, c2s, s2c, outcome, error)
 }
 
 /// Writes the connection's log line and exits with the outcome as status. Exiting closes the

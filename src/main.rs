@@ -1,11 +1,10 @@
-use clap::Parser;
 use portfwd::app;
 use portfwd::cli::{self, Cli};
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
     app::ensure_std_fds();
-    let cli = match Cli::try_parse() {
+    let cli = match Cli::parse_args() {
         Ok(cli) => cli,
         Err(e) if !e.use_stderr() => {
             // --help and --version
@@ -19,8 +18,8 @@ fn main() -> ExitCode {
     };
     match app::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(app::StartError(msg)) => {
-            eprintln!("portfwd: {msg}");
+        Err(e) => {
+            eprintln!("{}", e.text());
             ExitCode::from(2)
         }
     }

@@ -30,9 +30,11 @@ pub enum End {
     Stopped,
 }
 
-/// Copies `src` to `dst` until EOF, an error, or `stop()` turns true when a blocking call is
-/// interrupted (`EINTR`, or `EAGAIN` from a send timeout). Adds each delivered chunk to `moved`.
-pub fn run(src: RawFd, dst: RawFd, moved: &AtomicU64, stop: &dyn Fn() -> bool) -> End {
+/// Copies `src` to `dst` until EOF, an error, or `stop()` turns true when a blocking call returns
+/// early (`EINTR`, or `EAGAIN` from a socket timeout). Adds each delivered chunk to `moved` and
+/// stamps `last` with the time of the last delivery.
+pub fn run(src: RawFd, dst: RawFd, moved: &AtomicU64, last: &AtomicU64, stop: &dyn Fn() -> bool) -> End {
+    let meter = Meter { moved, last };
     // Wait for the first byte (or EOF) before paying for a pipe.
     let mut probe = [0u8; 1];
     loop {
@@ -42,24 +44,24 @@ pub fn run(src: RawFd, dst: RawFd, moved: &AtomicU64, stop: &dyn Fn() -> bool) -
             0 => return if stop() { End::Stopped } else { End::Eof },
             n if n > 0 => break,
             _ => match Errno::last() {
-                Errno::EINTR if stop() => return End::Stopped,
-                Errno::EINTR => {}
+                Errno::EINTR | Errno::EAGAIN if stop() => return End::Stopped,
+                Errno::EINTR | Errno::EAGAIN => {}
                 e => return End::ReadFailed(e),
             },
         }
     }
     match sys::pipe(PIPE_SIZE) {
         Ok((r, w)) => {
-            let end = splice_loop(src, dst, r, w, moved, stop);
+            let end = splice_loop(src, dst, r, w, &meter, stop);
             sys::close(r);
             sys::close(w);
             match end {
                 Some(end) => end,
-                None => copy_loop(src, dst, moved, stop),
+                None => copy_loop(src, dst, &meter, stop),
             }
         }
         // Out of descriptors for a pipe: copying through the stack still works.
-        Err(_) => copy_loop(src, dst, moved, stop),
+        Err(_) => copy_loop(src, dst, &meter, stop),
     }
 }
 
@@ -69,7 +71,7 @@ fn splice_loop(
     dst: RawFd,
     pr: RawFd,
     pw: RawFd,
-    moved: &AtomicU64,
+    meter: &Meter<'_>,
     stop: &dyn Fn() -> bool,
 ) -> Option<End> {
     let mut first = true;
@@ -78,7 +80,7 @@ fn splice_loop(
             Ok(0) => return Some(if stop() { End::Stopped } else { End::Eof }),
             Ok(n) => {
                 first = false;
-                if let Err(end) = drain(pr, dst, n, moved, stop) {
+                if let Err(end) = drain(pr, dst, n, meter, stop) {
                     return Some(end);
                 }
             }
@@ -94,12 +96,12 @@ fn splice_loop(
 }
 
 /// Moves exactly `len` bytes from the pipe to `dst`, through partial writes and interruptions.
-fn drain(pr: RawFd, dst: RawFd, mut len: usize, moved: &AtomicU64, stop: &dyn Fn() -> bool) -> Result<(), End> {
+fn drain(pr: RawFd, dst: RawFd, mut len: usize, meter: &Meter<'_>, stop: &dyn Fn() -> bool) -> Result<(), End> {
     while len > 0 {
         match sys::splice(pr, dst, len, libc::SPLICE_F_MOVE) {
             Ok(n) => {
                 len -= n;
-                moved.fetch_add(n as u64, Ordering::Relaxed);
+                meter.add(n);
             }
             Err(Errno::EINTR | Errno::EAGAIN) => {
                 if stop() {
@@ -112,7 +114,7 @@ fn drain(pr: RawFd, dst: RawFd, mut len: usize, moved: &AtomicU64, stop: &dyn Fn
     Ok(())
 }
 
-fn copy_loop(src: RawFd, dst: RawFd, moved: &AtomicU64, stop: &dyn Fn() -> bool) -> End {
+fn copy_loop(src: RawFd, dst: RawFd, meter: &Meter<'_>, stop: &dyn Fn() -> bool) -> End {
     let mut buf = [0u8; COPY_BUF];
     loop {
         let n = match sys::read(src, &mut buf) {
@@ -122,19 +124,19 @@ fn copy_loop(src: RawFd, dst: RawFd, moved: &AtomicU64, stop: &dyn Fn() -> bool)
             Err(Errno::EINTR | Errno::EAGAIN) => continue,
             Err(e) => return End::ReadFailed(e),
         };
-        if let Err(end) = write_all(dst, &buf[..n], moved, stop) {
+        if let Err(end) = write_all(dst, &buf[..n], meter, stop) {
             return end;
         }
     }
 }
 
-fn write_all(dst: RawFd, mut data: &[u8], moved: &AtomicU64, stop: &dyn Fn() -> bool) -> Result<(), End> {
+fn write_all(dst: RawFd, mut data: &[u8], meter: &Meter<'_>, stop: &dyn Fn() -> bool) -> Result<(), End> {
     while !data.is_empty() {
         let r: SysResult<usize> = sys::write(dst, data);
         match r {
             Ok(n) => {
                 data = &data[n..];
-                moved.fetch_add(n as u64, Ordering::Relaxed);
+                meter.add(n);
             }
             Err(Errno::EINTR | Errno::EAGAIN) => {
                 if stop() {
@@ -145,4 +147,17 @@ fn write_all(dst: RawFd, mut data: &[u8], moved: &AtomicU64, stop: &dyn Fn() -> 
         }
     }
     Ok(())
+}
+
+/// Where a pump records its progress: bytes delivered and when the last of them went.
+struct Meter<'a> {
+    moved: &'a AtomicU64,
+    last: &'a AtomicU64,
+}
+
+impl Meter<'_> {
+    fn add(&self, n: usize) {
+        self.moved.fetch_add(n as u64, Ordering::Relaxed);
+        self.last.store(sys::monotonic_ms(), Ordering::Relaxed);
+    }
 }

@@ -2,7 +2,7 @@
 //! pair whose read end sits in the main epoll set, so the event loop handles every signal (reaping
 //! children included) in ordinary code, between two `epoll_wait` calls.
 
-use signal_hook::consts::{SIGCHLD, SIGHUP, SIGINT, SIGTERM, SIGUSR1};
+use signal_hook::consts::{SIGCHLD, SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1};
 use std::io::{self, Read};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
@@ -14,18 +14,21 @@ use std::sync::atomic::{AtomicBool, Ordering};
 pub enum Signal {
     /// A child exited: reap.
     Child,
-    /// SIGTERM or SIGINT: stop.
+    /// SIGTERM or SIGINT: stop accepting; let connections finish (within the drain timeout).
     Terminate,
+    /// SIGQUIT: stop accepting and end every connection now.
+    Quit,
     /// SIGHUP: reload the configuration.
     Reload,
     /// SIGUSR1: log statistics.
     Stats,
 }
 
-const HANDLED: [(libc::c_int, Signal); 5] = [
+const HANDLED: [(libc::c_int, Signal); 6] = [
     (SIGCHLD, Signal::Child),
     (SIGTERM, Signal::Terminate),
     (SIGINT, Signal::Terminate),
+    (SIGQUIT, Signal::Quit),
     (SIGHUP, Signal::Reload),
     (SIGUSR1, Signal::Stats),
 ];

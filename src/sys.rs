@@ -171,6 +171,24 @@ pub fn set_send_timeout(fd: RawFd, secs: libc::time_t) {
     };
 }
 
+/// Sets a receive timeout, so a blocked read wakes up now and then to look at shared state.
+pub fn set_recv_timeout(fd: RawFd, secs: libc::time_t) {
+    let tv = libc::timeval {
+        tv_sec: secs,
+        tv_usec: 0,
+    };
+    // SAFETY: `tv` is live and its exact size is passed.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&tv as *const libc::timeval).cast(),
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
+}
+
 /// Switches `O_NONBLOCK` on or off.
 pub fn set_nonblocking(fd: RawFd, on: bool) -> SysResult<()> {
     // SAFETY: fcntl F_GETFL/F_SETFL on an integer descriptor.

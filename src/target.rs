@@ -7,7 +7,7 @@ use socket2::SockAddr;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 
 /// One resolved inward address, ready for `connect(2)` in a child.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct Target {
     pub addr: SocketAddr,
     pub sockaddr: SockAddr,

@@ -82,9 +82,15 @@ fn address_in_use_leaves_nothing_behind() {
         &["--bind", "127.0.0.1", &port, "127.0.0.1", "80"],
         "Address already in use",
     );
-    // The port is still ours alone: the failed forwarder did not leave a listener behind.
-    drop(taken);
-    TcpListener::bind(("127.0.0.1", port.parse::<u16>().unwrap())).expect("port free again");
+    // `fails_with` waited for the process to exit, so nothing of it is left listening; and the bad
+    // start-up did not disturb the port's owner.
+    let mut c = std::net::TcpStream::connect(taken.local_addr().unwrap()).unwrap();
+    let (mut accepted, _) = taken.accept().unwrap();
+    use std::io::{Read, Write};
+    c.write_all(b"still mine").unwrap();
+    let mut buf = [0u8; 10];
+    accepted.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"still mine");
 }
 
 #[test]

@@ -206,8 +206,7 @@ impl Backend {
     where
         F: Fn(TcpStream) + Send + Sync + 'static,
     {
-        let listener = TcpListener::bind(addr).expect("bind backend");
-        Backend::from_listener(listener, handler)
+        Backend::from_listener(listen(addr), handler)
     }
 
     pub fn from_listener<F>(listener: TcpListener, handler: F) -> Backend
@@ -250,6 +249,16 @@ impl Drop for Backend {
             let _ = t.join();
         }
     }
+}
+
+/// A listener with a deep backlog (std's is 128), so a burst of inward connects is not dropped.
+pub fn listen(addr: &str) -> TcpListener {
+    let addr: SocketAddr = addr.parse().expect("socket address");
+    let s = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None).unwrap();
+    s.set_reuse_address(true).unwrap();
+    s.bind(&addr.into()).expect("bind backend");
+    s.listen(4096).unwrap();
+    s.into()
 }
 
 /// Echoes everything back, then passes the client's FIN on.

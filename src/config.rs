@@ -1,0 +1,349 @@
+//! `setup.config`: one mapping per line, in the seed's form `7005 -> 192.168.0.1:8005`, with an
+//! optional bind address (`127.0.0.1:7005`, `[::]:7005`), host names as targets, `#` comments and
+//! per-line options (`dispatch=accept`, see `options`).
+//!
+//! Every error of the file is reported at once as `FILE:LINE:COL: message`, and nothing starts.
+
+use crate::options::Options;
+use crate::target::{self, Target, parse_port};
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+/// One line of the file, parsed.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Mapping {
+    /// Where to listen; `[::]` (dual-stack, every interface) when the line names no address.
+    pub bind: SocketAddr,
+    pub host: String,
+    pub port: u16,
+    pub options: Options,
+    /// 1-based line number in its file (0 for a mapping from the command line).
+    pub line: usize,
+    /// Column of the target, for resolution errors.
+    target_col: usize,
+}
+
+impl Mapping {
+    pub fn new(bind: SocketAddr, host: String, port: u16, options: Options) -> Mapping {
+        Mapping {
+            bind,
+            host,
+            port,
+            options,
+            line: 0,
+            target_col: 0,
+        }
+    }
+
+    /// `HOST:PORT` with IPv6 literals in brackets.
+    pub fn target_label(&self) -> String {
+        let host = target::unbracket(&self.host);
+        if host.contains(':') {
+            format!("[{host}]:{}", self.port)
+        } else {
+            format!("{host}:{}", self.port)
+        }
+    }
+
+    /// The mapping as a config line that parses back to itself (options that differ from the
+    /// built-in defaults only).
+    pub fn canonical(&self) -> String {
+        let mut out = format!("{} -> {}", self.bind, self.target_label());
+        for kv in self.options.diff(&Options::default()) {
+            out.push(' ');
+            out.push_str(&kv);
+        }
+        out
+    }
+
+    /// Two listeners on these addresses could not both bind.
+    fn overlaps(&self, other: &Mapping) -> bool {
+        self.bind.port() == other.bind.port()
+            && (self.bind.ip() == other.bind.ip()
+                || self.bind.ip().is_unspecified() && (self.bind.is_ipv6() || other.bind.is_ipv4())
+                || other.bind.ip().is_unspecified() && (other.bind.is_ipv6() || self.bind.is_ipv4()))
+    }
+}
+
+/// One problem, located.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Error {
+    pub line: usize,
+    pub col: usize,
+    pub message: String,
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}: {}", self.line, self.col, self.message)
+    }
+}
+
+/// Parses a whole file's text. `defaults` are the options a line starts from (the command line's).
+/// Does not resolve host names; see [`resolve`].
+pub fn parse(text: &str, defaults: &Options) -> Result<Vec<Mapping>, Vec<Error>> {
+    let mut mappings: Vec<Mapping> = Vec::new();
+    let mut errors = Vec::new();
+    for (i, raw) in text.lines().enumerate() {
+        let line = i + 1;
+        match parse_line(raw, defaults) {
+            Ok(None) => {}
+            Ok(Some(mut m)) => {
+                m.line = line;
+                if let Some(prev) = mappings.iter().find(|p| p.overlaps(&m)) {
+                    let col = raw.len() - raw.trim_start().len() + 1;
+                    errors.push(Error {
+                        line,
+                        col,
+                        message: format!("{} is already used by line {} ({})", m.bind, prev.line, prev.bind),
+                    });
+                } else {
+                    mappings.push(m);
+                }
+            }
+            Err((col, message)) => errors.push(Error { line, col, message }),
+        }
+    }
+    if errors.is_empty() { Ok(mappings) } else { Err(errors) }
+}
+
+/// Resolves every mapping's target; returns them in order, or every failure, located.
+pub fn resolve(mappings: &[Mapping]) -> Result<Vec<Vec<Target>>, Vec<Error>> {
+    let mut out = Vec::new();
+    let mut errors = Vec::new();
+    for m in mappings {
+        match target::resolve_targets(&m.host, m.port) {
+            Ok(t) => out.push(t),
+            Err(message) => errors.push(Error {
+                line: m.line,
+                col: m.target_col,
+                message,
+            }),
+        }
+    }
+    if errors.is_empty() { Ok(out) } else { Err(errors) }
+}
+
+/// Reads, parses and resolves a file. Errors come back as text, one `FILE:LINE:COL: message` per
+/// line.
+pub fn load(path: &str, defaults: &Options) -> Result<(Vec<Mapping>, Vec<Vec<Target>>), String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"))?;
+    let located = |errs: Vec<Error>| {
+        errs.iter()
+            .map(|e| format!("{path}:{e}"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let mappings = parse(&text, defaults).map_err(located)?;
+    if mappings.is_empty() {
+        return Err(format!(
+            "{path}: no mappings (expected lines like '7005 -> 127.0.0.1:8005')"
+        ));
+    }
+    let targets = resolve(&mappings).map_err(located)?;
+    Ok((mappings, targets))
+}
+
+/// Splits a string into whitespace-separated words with their 1-based columns.
+fn words(text: &str, base: usize) -> Vec<(usize, &str)> {
+    let mut out = Vec::new();
+    let mut start = None;
+    for (i, c) in text.char_indices() {
+        match (c.is_whitespace(), start) {
+            (true, Some(s)) => {
+                out.push((base + s, &text[s..i]));
+                start = None;
+            }
+            (false, None) => start = Some(i),
+            _ => {}
+        }
+    }
+    if let Some(s) = start {
+        out.push((base + s, &text[s..]));
+    }
+    out
+}
+
+type LineResult = Result<Option<Mapping>, (usize, String)>;
+
+fn parse_line(raw: &str, defaults: &Options) -> LineResult {
+    let text = raw.split('#').next().unwrap_or("");
+    if text.trim().is_empty() {
+        return Ok(None);
+    }
+    let first_col = text.len() - text.trim_start().len() + 1;
+    let Some(arrow) = text.find("->") else {
+        return Err((
+            first_col,
+            "expected 'PORT -> HOST:PORT' (or 'ADDRESS:PORT -> HOST:PORT')".into(),
+        ));
+    };
+    let left = words(&text[..arrow], 1);
+    let bind = match left.as_slice() {
+        [(col, word)] => parse_bind(word).map_err(|m| (*col, m))?,
+        [] => return Err((first_col, "missing listen port before '->'".into())),
+        [_, (col, word), ..] => return Err((*col, format!("unexpected '{word}' before '->'"))),
+    };
+    let right = words(&text[arrow + 2..], arrow + 3);
+    let Some(&(target_col, target)) = right.first() else {
+        return Err((arrow + 1, "missing 'HOST:PORT' after '->'".into()));
+    };
+    let (host, port) = parse_target(target).map_err(|m| (target_col, m))?;
+    let mut options = defaults.clone();
+    options.rules.clear();
+    for &(col, word) in &right[1..] {
+        let Some((key, value)) = word.split_once('=') else {
+            return Err((col, format!("expected key=value, found '{word}'")));
+        };
+        options.set(key, value).map_err(|m| (col, m))?;
+    }
+    Ok(Some(Mapping {
+        bind,
+        host,
+        port,
+        options,
+        line: 0,
+        target_col,
+    }))
+}
+
+/// `PORT`, `IPV4:PORT` or `[IPV6]:PORT`.
+fn parse_bind(word: &str) -> Result<SocketAddr, String> {
+    let Some((addr, port)) = word.rsplit_once(':') else {
+        return Ok(SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), parse_port(word)?));
+    };
+    let port = parse_port(port)?;
+    let ip: IpAddr = if let Some(v6) = addr.strip_prefix('[').and_then(|a| a.strip_suffix(']')) {
+        v6.parse::<Ipv6Addr>()
+            .map_err(|_| format!("invalid IPv6 address '{v6}'"))?
+            .into()
+    } else if addr.contains(':') {
+        return Err(format!("IPv6 listen address needs brackets: '[{addr}]:{port}'"));
+    } else {
+        addr.parse::<Ipv4Addr>()
+            .map_err(|_| format!("invalid listen address '{addr}': expected an IP address"))?
+            .into()
+    };
+    Ok(SocketAddr::new(ip, port))
+}
+
+/// `HOST:PORT` or `[IPV6]:PORT`.
+fn parse_target(word: &str) -> Result<(String, u16), String> {
+    let Some((host, port)) = word.rsplit_once(':') else {
+        return Err(format!("expected HOST:PORT after '->', found '{word}'"));
+    };
+    if host.is_empty() {
+        return Err(format!("missing host in '{word}'"));
+    }
+    let bare = target::unbracket(host);
+    if bare == host && host.contains(':') {
+        return Err(format!("IPv6 target needs brackets: '[{host}]:{port}'"));
+    }
+    Ok((bare.to_string(), parse_port(port)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn errs(text: &str) -> Vec<String> {
+        parse(text, &Options::default())
+            .unwrap_err()
+            .iter()
+            .map(|e| e.to_string())
+            .collect()
+    }
+
+    #[test]
+    fn the_seeds_lines_and_the_extensions() {
+        let text = "# comment\n\n7005 -> 192.168.0.1:8005\n   7006->192.168.0.2:8006   # trailing\n\
+                    127.0.0.1:7007 -> localhost:8007 dispatch=accept\n[::]:7008 -> [::1]:8008 allow=::1 deny=::/0\n";
+        let m = parse(text, &Options::default()).unwrap();
+        assert_eq!(m.len(), 4);
+        assert_eq!(m[0].canonical(), "[::]:7005 -> 192.168.0.1:8005");
+        assert_eq!(m[0].line, 3);
+        assert_eq!(m[1].canonical(), "[::]:7006 -> 192.168.0.2:8006");
+        assert_eq!(m[2].canonical(), "127.0.0.1:7007 -> localhost:8007 dispatch=accept");
+        assert_eq!(m[3].canonical(), "[::]:7008 -> [::1]:8008 allow=::1/128 deny=::/0");
+        // Canonical lines parse back to the same mappings.
+        let again = parse(
+            &m.iter().map(Mapping::canonical).collect::<Vec<_>>().join("\n"),
+            &Options::default(),
+        );
+        let again = again.unwrap();
+        for (a, b) in m.iter().zip(&again) {
+            assert_eq!(
+                (a.bind, &a.host, a.port, &a.options),
+                (b.bind, &b.host, b.port, &b.options)
+            );
+        }
+    }
+
+    #[test]
+    fn every_error_kind_with_line_and_column() {
+        assert_eq!(
+            errs("7005 192.168.0.1:8005"),
+            ["1:1: expected 'PORT -> HOST:PORT' (or 'ADDRESS:PORT -> HOST:PORT')"]
+        );
+        assert_eq!(errs("  0 -> h:1"), ["1:3: invalid port '0': must be from 1 to 65535"]);
+        assert_eq!(
+            errs("1 -> h:99999"),
+            ["1:6: invalid port '99999': must be from 1 to 65535"]
+        );
+        assert_eq!(errs("1 -> h"), ["1:6: expected HOST:PORT after '->', found 'h'"]);
+        assert_eq!(errs("1 ->"), ["1:3: missing 'HOST:PORT' after '->'"]);
+        assert_eq!(errs(" -> h:1"), ["1:2: missing listen port before '->'"]);
+        assert_eq!(
+            errs("1 -> h:1 colour=red"),
+            [
+                "1:10: unknown option 'colour' (known: dispatch, connect_timeout, max_connections, max_per_source, first_byte_timeout, idle_timeout, keepalive, allow, deny)"
+            ]
+        );
+        assert_eq!(
+            errs("1 -> h:1 dispatch"),
+            ["1:10: expected key=value, found 'dispatch'"]
+        );
+        assert_eq!(
+            errs("1 -> h:1 dispatch=later"),
+            ["1:10: invalid dispatch 'later': expected 'data' or 'accept'"]
+        );
+        assert_eq!(
+            errs("1.2.3:7 -> h:1"),
+            ["1:1: invalid listen address '1.2.3': expected an IP address"]
+        );
+        assert_eq!(
+            errs("::1:7 -> h:1"),
+            ["1:1: IPv6 listen address needs brackets: '[::1]:7'"]
+        );
+        assert_eq!(errs("7 -> ::1:8"), ["1:6: IPv6 target needs brackets: '[::1]:8'"]);
+        assert_eq!(errs("x y -> h:1"), ["1:3: unexpected 'y' before '->'"]);
+        assert_eq!(
+            errs("7005 -> a:1\n7005 -> b:2"),
+            ["2:1: [::]:7005 is already used by line 1 ([::]:7005)"]
+        );
+        // An any-address listener overlaps a specific one on the same port, and vice versa.
+        assert_eq!(errs("127.0.0.1:7 -> a:1\n7 -> b:2").len(), 1);
+        assert_eq!(errs("0.0.0.0:7 -> a:1\n127.0.0.1:7 -> b:2").len(), 1);
+        assert!(parse("0.0.0.0:7 -> a:1\n[::1]:7 -> b:2", &Options::default()).is_ok());
+        assert!(parse("127.0.0.1:7 -> a:1\n127.0.0.2:7 -> b:2", &Options::default()).is_ok());
+        // All errors at once.
+        assert_eq!(errs("bad\n7 -> h:1\nworse\n0 -> h:1").len(), 3);
+    }
+
+    #[test]
+    fn targets_that_do_not_resolve_are_located() {
+        let m = parse("7 -> localhost:1\n8 ->   no-such-host.invalid:2", &Options::default()).unwrap();
+        let e = resolve(&m).unwrap_err();
+        assert_eq!(e.len(), 1);
+        assert_eq!((e[0].line, e[0].col), (2, 8));
+        assert!(e[0].message.contains("no-such-host.invalid"));
+    }
+
+    #[test]
+    fn the_shipped_setup_config_is_valid() {
+        let text = include_str!("../setup.config");
+        let m = parse(text, &Options::default()).unwrap();
+        let lines: Vec<String> = m.iter().map(Mapping::canonical).collect();
+        assert_eq!(lines, ["[::]:7005 -> 127.0.0.1:8005", "[::]:7006 -> 127.0.0.1:8006"]);
+    }
+}

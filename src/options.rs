@@ -1,0 +1,221 @@
+//! Per-mapping options: the same keys on the command line (`--connect-timeout 5`) and after a
+//! mapping in `setup.config` (`connect_timeout=5`). A line's keys override the command line's,
+//! which override the defaults.
+
+use crate::access::{Rule, RuleKind};
+use std::time::Duration;
+
+/// When a waiting client socket is handed to a connection process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Dispatch {
+    /// When the client first sends (or half-closes): the seed's behaviour. Silent clients cost no
+    /// process, but a server that speaks first (SMTP, FTP, POP3, MySQL, VNC) is never reached.
+    Data,
+    /// As soon as the connection is accepted: needed for server-speaks-first protocols.
+    Accept,
+}
+
+impl Dispatch {
+    pub fn name(self) -> &'static str {
+        match self {
+            Dispatch::Data => "data",
+            Dispatch::Accept => "accept",
+        }
+    }
+}
+
+/// Default for `max_connections`: two processes per connection must fit under the usual
+/// `kernel.pid_max` of 32768 with room to spare (2 × 10000 + the rest of the system).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+pub const DEFAULT_FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(60);
+pub const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(60);
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Options {
+    pub dispatch: Dispatch,
+    pub connect_timeout: Duration,
+    /// Live connections of this mapping at most; accepting pauses at the cap.
+    pub max_connections: usize,
+    /// Live connections from one client address at most (`None`: no limit).
+    pub max_per_source: Option<usize>,
+    /// With `dispatch=data`, how long an accepted socket may stay silent (`None`: forever).
+    pub first_byte_timeout: Option<Duration>,
+    /// A connection with no byte either way for this long is closed (`None`: never).
+    pub idle_timeout: Option<Duration>,
+    /// TCP keepalive idle time on both legs (`None`: keepalive off).
+    pub keepalive: Option<Duration>,
+    /// Access rules, first match wins (see `access`).
+    pub rules: Vec<Rule>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            dispatch: Dispatch::Data,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_per_source: None,
+            first_byte_timeout: Some(DEFAULT_FIRST_BYTE_TIMEOUT),
+            idle_timeout: None,
+            keepalive: Some(DEFAULT_KEEPALIVE),
+            rules: Vec::new(),
+        }
+    }
+}
+
+/// The keys a `setup.config` line accepts, in the order `--check-config` prints them.
+pub const KEYS: [&str; 9] = [
+    "dispatch",
+    "connect_timeout",
+    "max_connections",
+    "max_per_source",
+    "first_byte_timeout",
+    "idle_timeout",
+    "keepalive",
+    "allow",
+    "deny",
+];
+
+impl Options {
+    /// Applies one `key=value`. `allow` and `deny` add a rule (they may repeat); the rest replace.
+    pub fn set(&mut self, key: &str, value: &str) -> Result<(), String> {
+        match key {
+            "dispatch" => {
+                self.dispatch = match value {
+                    "data" => Dispatch::Data,
+                    "accept" => Dispatch::Accept,
+                    _ => return Err(format!("invalid dispatch '{value}': expected 'data' or 'accept'")),
+                }
+            }
+            "connect_timeout" => self.connect_timeout = parse_secs(value)?,
+            "max_connections" => self.max_connections = parse_count(value)?,
+            "max_per_source" => self.max_per_source = parse_count_or_off(value)?,
+            "first_byte_timeout" => self.first_byte_timeout = parse_secs_or_off(value)?,
+            "idle_timeout" => self.idle_timeout = parse_secs_or_off(value)?,
+            "keepalive" => self.keepalive = parse_secs_or_off(value)?,
+            "allow" => self.rules.push(Rule::parse(RuleKind::Allow, value)?),
+            "deny" => self.rules.push(Rule::parse(RuleKind::Deny, value)?),
+            _ => return Err(format!("unknown option '{key}' (known: {})", KEYS.join(", "))),
+        }
+        Ok(())
+    }
+
+    /// The `key=value` pairs that differ from `base`, in canonical form and order.
+    pub fn diff(&self, base: &Options) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.dispatch != base.dispatch {
+            out.push(format!("dispatch={}", self.dispatch.name()));
+        }
+        if self.connect_timeout != base.connect_timeout {
+            out.push(format!("connect_timeout={}", secs(self.connect_timeout)));
+        }
+        if self.max_connections != base.max_connections {
+            out.push(format!("max_connections={}", self.max_connections));
+        }
+        if self.max_per_source != base.max_per_source {
+            out.push(format!(
+                "max_per_source={}",
+                self.max_per_source.map_or("off".into(), |n| n.to_string())
+            ));
+        }
+        for (key, mine, theirs) in [
+            ("first_byte_timeout", self.first_byte_timeout, base.first_byte_timeout),
+            ("idle_timeout", self.idle_timeout, base.idle_timeout),
+            ("keepalive", self.keepalive, base.keepalive),
+        ] {
+            if mine != theirs {
+                out.push(format!("{key}={}", mine.map_or("off".into(), secs)));
+            }
+        }
+        if self.rules != base.rules {
+            out.extend(self.rules.iter().map(Rule::to_string));
+        }
+        out
+    }
+}
+
+/// Formats seconds without a needless fraction: `5`, `0.25`.
+pub fn secs(d: Duration) -> String {
+    let s = d.as_secs_f64();
+    if s.fract() == 0.0 {
+        format!("{}", s as u64)
+    } else {
+        format!("{s}")
+    }
+}
+
+/// A positive number of seconds, fractions allowed (`0.5`), at most a year.
+pub fn parse_secs(text: &str) -> Result<Duration, String> {
+    match text.parse::<f64>() {
+        Ok(s) if s > 0.0 && s <= 86_400.0 * 365.0 => Ok(Duration::from_secs_f64(s)),
+        _ => Err(format!(
+            "invalid duration '{text}': expected a number of seconds greater than 0"
+        )),
+    }
+}
+
+/// Seconds, or `off` / `0` for none.
+pub fn parse_secs_or_off(text: &str) -> Result<Option<Duration>, String> {
+    if text == "off" || text == "0" {
+        Ok(None)
+    } else {
+        parse_secs(text).map(Some)
+    }
+}
+
+/// A whole number of at least 1.
+pub fn parse_count(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!("invalid count '{text}': expected a whole number of at least 1")),
+    }
+}
+
+/// A count, or `off` / `0` for no limit.
+pub fn parse_count_or_off(text: &str) -> Result<Option<usize>, String> {
+    if text == "off" || text == "0" {
+        Ok(None)
+    } else {
+        parse_count(text).map(Some)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_set_and_print_back() {
+        let mut o = Options::default();
+        for (k, v) in [
+            ("dispatch", "accept"),
+            ("connect_timeout", "0.5"),
+            ("max_connections", "7"),
+            ("max_per_source", "3"),
+            ("first_byte_timeout", "off"),
+            ("idle_timeout", "30"),
+            ("keepalive", "0"),
+            ("allow", "127.0.0.0/8"),
+            ("deny", "::/0"),
+        ] {
+            o.set(k, v).unwrap();
+        }
+        assert_eq!(
+            o.diff(&Options::default()).join(" "),
+            "dispatch=accept connect_timeout=0.5 max_connections=7 max_per_source=3 first_byte_timeout=off \
+             idle_timeout=30 keepalive=off allow=127.0.0.0/8 deny=::/0"
+        );
+        assert!(Options::default().diff(&Options::default()).is_empty());
+    }
+
+    #[test]
+    fn bad_values_name_the_problem() {
+        let mut o = Options::default();
+        assert!(o.set("dispatch", "later").unwrap_err().contains("'later'"));
+        assert!(o.set("connect_timeout", "-1").unwrap_err().contains("greater than 0"));
+        assert!(o.set("max_connections", "0").unwrap_err().contains("at least 1"));
+        assert!(o.set("colour", "blue").unwrap_err().contains("unknown option 'colour'"));
+        assert!(o.set("allow", "10.0.0.0/33").is_err());
+    }
+}
