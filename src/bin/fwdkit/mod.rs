@@ -358,8 +358,9 @@ impl Fwd {
         fs::read_to_string(&self.log_path).unwrap_or_default()
     }
 
-    /// Kill the main process, its descendants, its process group and any
-    /// orphan re-parented to us, and reap what we can. Bounded (10 s).
+    /// Kill the main process, its descendants and every process group they
+    /// were seen in (which finds orphans re-parented to us), and reap what we
+    /// can. Bounded (10 s).
     pub fn stop(&mut self) {
         if self.stopped {
             return;
@@ -378,10 +379,15 @@ impl Fwd {
             for p in &set {
                 groups.insert(p.pgrp);
             }
-            groups.retain(|&g| g > 1 && g != me && !others.contains(&g));
+            // SAFETY: plain getter.
+            let mine = unsafe { libc::getpgrp() };
+            groups.retain(|&g| g > 1 && g != mine && !others.contains(&g));
+            // Orphans re-parented to us keep their process group, so the
+            // groups seen among the descendants find them.
+            let seen: HashSet<i32> = set.iter().map(|p| p.pid).collect();
             set.extend(
                 all.iter()
-                    .filter(|p| groups.contains(&p.pgrp) || (p.ppid == me && !others.contains(&p.pid))),
+                    .filter(|p| groups.contains(&p.pgrp) && !seen.contains(&p.pid)),
             );
             set.retain(|p| p.pid != me && !others.contains(&p.pid));
             if set.is_empty() || Instant::now() > deadline {
