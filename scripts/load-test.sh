@@ -24,12 +24,19 @@ Options:
                    Needs root; prints what it could not raise.
   --clients N      number of clients (overrides the mode's default)
   --hold-secs S    how long to hold all clients after the ramp
+  --request-interval-us N
+                   pause between a reply and the next request (seed: 10);
+                   a large value (e.g. 5000000) measures how many connections
+                   are held when the CPU is not saturated by requests
   --only WHICH     reference | portfwd | extra (run only that kind)
   --release        build the release profile (default: debug; --full implies release)
   -h, --help       this help
 
-Output: one table per forwarder (a row every N/10 clients and every second of
-the hold), then a summary line per forwarder.
+Output: one table per forwarder (a row every tenth of the ramp, 0.2-2 s),
+then a summary line per forwarder. Columns: clients spawned, held (connected),
+served (had at least one reply), requests answered, req/s, errors, stalled
+(waiting > 1 s for a reply), latency percentiles over the interval, the
+forwarder's process count and its main process's open descriptors.
 USAGE
 }
 
@@ -40,6 +47,7 @@ full=0
 clients=""
 hold=""
 only=""
+load_args=()
 profile=debug
 extras=()
 while [[ $# -gt 0 ]]; do
@@ -49,6 +57,8 @@ while [[ $# -gt 0 ]]; do
         --release) profile=release; shift ;;
         --clients) [[ $# -ge 2 ]] || die "--clients needs a value"; clients=$2; shift 2 ;;
         --hold-secs) [[ $# -ge 2 ]] || die "--hold-secs needs a value"; hold=$2; shift 2 ;;
+        --request-interval-us) [[ $# -ge 2 && "$2" =~ ^[0-9]+$ ]] || die "--request-interval-us needs a number"
+            load_args+=(--request-interval-us "$2"); shift 2 ;;
         --only) [[ $# -ge 2 ]] || die "--only needs a value"; only=$2; shift 2 ;;
         --) shift; extras+=("$@"); break ;;
         -*) die "unknown option $1 (see --help)" ;;
@@ -59,11 +69,10 @@ done
 [[ -z "$hold" || "$hold" =~ ^[0-9]+$ ]] || die "--hold-secs must be a number"
 case "$only" in ""|reference|portfwd|extra) ;; *) die "--only must be reference, portfwd or extra" ;; esac
 
-load_args=()
 if [[ $full -eq 1 ]]; then
     clients=${clients:-20000}
     hold=${hold:-10}
-    load_args+=(--sources 127.0.1.1,127.0.1.2,127.0.1.3,127.0.1.4 --report-every 1000 --max-secs 900)
+    load_args+=(--sources 127.0.1.1,127.0.1.2,127.0.1.3,127.0.1.4 --max-secs 900)
     need_fds=$((clients * 2 + 8192))
     # The C reference keeps ~2 processes per connection alive (plus zombies):
     # the default pid_max of 32768 stops it near 16,000 connections.
@@ -74,9 +83,12 @@ if [[ $full -eq 1 ]]; then
     if [[ $(cat /proc/sys/kernel/threads-max) -lt 200000 ]]; then
         sysctl -qw kernel.threads-max=200000 2>/dev/null || true
     fi
+    # portfwd-load spreads clients and echo backends over processes of at most
+    # 12,000 sockets each, but the C reference's main process keeps every
+    # client socket open, so it needs ulimit -n above the client count.
     ulimit -Hn "$need_fds" 2>/dev/null || true
     ulimit -n "$need_fds" 2>/dev/null \
-        || echo "load-test.sh: could not raise ulimit -n to $need_fds (now $(ulimit -n))" >&2
+        || echo "load-test.sh: could not raise ulimit -n to $need_fds (now $(ulimit -n)); the C reference's main process will stop accepting near that many connections" >&2
     echo "load-test.sh: full mode: pid_max=$(cat /proc/sys/kernel/pid_max) threads-max=$(cat /proc/sys/kernel/threads-max) ulimit -n=$(ulimit -n) ephemeral ports=$(tr '\t' - </proc/sys/net/ipv4/ip_local_port_range)" >&2
 else
     clients=${clients:-1000}

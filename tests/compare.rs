@@ -212,6 +212,7 @@ fn load_1000_clients_through_portfwd() {
     assert_eq!(f["cut_short"], "false");
     assert_eq!(n("clients"), 1000);
     assert_eq!(n("held"), 1000, "connections held at the end");
+    assert_eq!(n("served"), 1000, "connections that got replies");
     assert_eq!(n("never_answered"), 0);
     assert_eq!(n("errors"), 0);
     assert!(n("answered") >= 2000, "requests answered: {}", n("answered"));
