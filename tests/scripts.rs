@@ -1,0 +1,732 @@
+//! End-to-end tests of the launcher scripts: `scripts/port-forward.sh`, `scripts/stop-script.sh`
+//! and `scripts/demo.sh`, run as a user runs them, against the real binary and real backends.
+//!
+//! Every test has its own temporary directory (config and run directory) and kernel-picked ports;
+//! only the demo uses the fixed ports 7005/7006/8005/8006, and only when they are free. Every
+//! wait is bounded. A guard kills (by pid) whatever daemon of the test is left, and each test
+//! checks that nothing was left before the guard had to.
+
+mod common;
+
+use common::{Backend, echo, free_port, stat, wait_until};
+use std::fs;
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+const SCRIPT_LIMIT: Duration = Duration::from_secs(120);
+const WAIT: Duration = Duration::from_secs(10);
+
+fn script(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts").join(name)
+}
+
+/// What a script run printed and how it ended.
+#[derive(Debug)]
+struct Out {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Out {
+    fn all(&self) -> String {
+        format!(
+            "status {}\n--- stdout\n{}--- stderr\n{}",
+            self.code, self.stdout, self.stderr
+        )
+    }
+}
+
+/// Whether `pid` is a live process (a zombie is not: pid 1 may never reap our orphans).
+fn alive(pid: u32) -> bool {
+    matches!(stat(pid), Some((_, state, _)) if state != 'Z')
+}
+
+fn cmdline(pid: u32) -> String {
+    fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
+        .unwrap_or_default()
+}
+
+/// A temporary directory holding a test's config and run directory.
+struct Sandbox {
+    dir: PathBuf,
+    run: PathBuf,
+}
+
+impl Sandbox {
+    fn new(tag: &str) -> Sandbox {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "portfwd-scripts-{}-{}-{tag}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        ));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let dir = dir.canonicalize().unwrap();
+        let run = dir.join("run");
+        Sandbox { dir, run }
+    }
+
+    /// Runs a script with `PORTFWD_BIN` set to the binary under test, in the sandbox directory.
+    /// Output goes to files, not pipes: a daemon that kept a pipe open would hang the test.
+    fn run(&self, name: &str, args: &[&str]) -> Out {
+        let n = {
+            static RUNS: AtomicUsize = AtomicUsize::new(0);
+            RUNS.fetch_add(1, Ordering::SeqCst)
+        };
+        let out_path = self.dir.join(format!("out.{n}"));
+        let err_path = self.dir.join(format!("err.{n}"));
+        let mut child = Command::new(script(name))
+            .args(args)
+            .current_dir(&self.dir)
+            .env("PORTFWD_BIN", common::BIN)
+            .env_remove("PORTFWD_RUN_DIR")
+            .stdin(Stdio::null())
+            .stdout(fs::File::create(&out_path).unwrap())
+            .stderr(fs::File::create(&err_path).unwrap())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run {name}: {e}"));
+        let status = wait_child(&mut child, SCRIPT_LIMIT);
+        let out = Out {
+            code: status.unwrap_or(-1),
+            stdout: fs::read_to_string(&out_path).unwrap_or_default(),
+            stderr: fs::read_to_string(&err_path).unwrap_or_default(),
+        };
+        assert!(
+            status.is_some(),
+            "{name} {args:?} still running after {SCRIPT_LIMIT:?}:\n{}",
+            out.all()
+        );
+        out
+    }
+
+    fn launch(&self, config: &Path) -> Out {
+        let run = self.run.to_str().unwrap();
+        self.run("port-forward.sh", &["--run-dir", run, config.to_str().unwrap()])
+    }
+
+    fn stop(&self, extra: &[&str]) -> Out {
+        let mut args = vec!["--run-dir", self.run.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        self.run("stop-script.sh", &args)
+    }
+
+    fn write(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.dir.join(name);
+        fs::write(&path, text).unwrap();
+        path
+    }
+
+    fn pid_file(&self, name: &str) -> PathBuf {
+        self.run.join(format!("{name}.pid"))
+    }
+
+    fn pid_of(&self, name: &str) -> Option<u32> {
+        fs::read_to_string(self.pid_file(name)).ok()?.trim().parse().ok()
+    }
+
+    fn log(&self, name: &str) -> String {
+        fs::read_to_string(self.run.join(format!("{name}.log"))).unwrap_or_default()
+    }
+
+    fn pid_files(&self) -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(&self.run)
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n.ends_with(".pid"))
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+
+    /// Live processes of this test's daemons: main processes and connection processes (which are
+    /// forks and carry the same command line, naming this run directory).
+    fn processes(&self) -> Vec<(u32, String)> {
+        let needle = self.run.to_str().unwrap().to_string();
+        let mut found = Vec::new();
+        for e in fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            if let Some((_, state, comm)) = stat(pid)
+                && state != 'Z'
+                && comm.starts_with("portfwd")
+                && cmdline(pid).contains(&needle)
+            {
+                found.push((pid, comm));
+            }
+        }
+        found.sort();
+        found
+    }
+
+    fn daemons(&self) -> Vec<u32> {
+        self.processes()
+            .into_iter()
+            .filter(|(_, c)| c == "portfwd")
+            .map(|(p, _)| p)
+            .collect()
+    }
+
+    /// Asserts (within a bounded wait) that no process of this test is left.
+    fn assert_nothing_left(&self) {
+        let clean = wait_until(WAIT, || self.processes().is_empty());
+        assert!(clean, "processes left behind: {:?}", self.processes());
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        for (pid, _) in self.processes() {
+            // SAFETY: a process whose command line names this test's private run directory: a
+            // daemon (or connection process) the test launched.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        }
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Waits (bounded) for a child; kills it on timeout. Returns its exit code, None on timeout.
+fn wait_child(child: &mut Child, limit: Duration) -> Option<i32> {
+    let start = Instant::now();
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            return Some(st.code().unwrap_or(128));
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The name the launcher gives a mapping listening on 127.0.0.1:PORT.
+fn name(port: u16) -> String {
+    format!("127.0.0.1_{port}")
+}
+
+/// Writes a config of `127.0.0.1:Pn -> 127.0.0.1:Bn` lines (the nth with `options[n]`) on fresh
+/// ports and launches it; retries with other ports if one was taken meanwhile. Returns the ports.
+fn launch(sb: &Sandbox, backends: &[u16], options: &[&str]) -> (Vec<u16>, PathBuf, Out) {
+    for _ in 0..5 {
+        let ports: Vec<u16> = backends.iter().map(|_| free_port()).collect();
+        let mut text = String::from("# written by tests/scripts.rs\n\n");
+        for (i, (p, b)) in ports.iter().zip(backends).enumerate() {
+            let opt = options.get(i).copied().unwrap_or("");
+            text += &format!("127.0.0.1:{p} -> 127.0.0.1:{b} {opt}\n");
+        }
+        let config = sb.write("setup.config", &text);
+        let out = sb.launch(&config);
+        if out.code != 0 && out.stderr.contains("in use") {
+            sb.stop(&["--now"]);
+            continue;
+        }
+        return (ports, config, out);
+    }
+    panic!("no free ports after 5 tries");
+}
+
+/// Connects to 127.0.0.1:port and checks an echo round trip; returns the open connection.
+fn round_trip(port: u16, msg: &[u8]) -> TcpStream {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap_or_else(|e| panic!("connect :{port}: {e}"));
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    echo_once(&mut s, msg);
+    s
+}
+
+fn echo_once(s: &mut TcpStream, msg: &[u8]) {
+    s.write_all(msg).unwrap();
+    let mut got = vec![0u8; msg.len()];
+    s.read_exact(&mut got).unwrap();
+    assert_eq!(got, msg);
+}
+
+/// Whether 127.0.0.1:port refuses connections (nothing listens).
+fn refused(port: u16) -> bool {
+    matches!(TcpStream::connect(("127.0.0.1", port)), Err(e) if e.kind() == ErrorKind::ConnectionRefused)
+}
+
+/// The connection processes (descendants) of a daemon.
+fn connection_processes(daemon: u32) -> Vec<u32> {
+    common::descendants(daemon).into_iter().filter(|&p| alive(p)).collect()
+}
+
+#[test]
+fn launch_two_mappings_forward_refuse_a_second_launch_and_stop() {
+    let sb = Sandbox::new("launch");
+    let b1 = Backend::start(echo);
+    let b2 = Backend::start(echo);
+    let (ports, config, out) = launch(&sb, &[b1.port, b2.port], &["", "dispatch=accept"]);
+    assert_eq!(out.code, 0, "{}", out.all());
+    let (n1, n2) = (name(ports[0]), name(ports[1]));
+    for n in [&n1, &n2] {
+        assert!(out.stdout.contains(&format!("started {n}:")), "{}", out.all());
+    }
+    assert!(
+        out.stdout.contains("2 started, 0 already running, 0 failed"),
+        "{}",
+        out.all()
+    );
+
+    // One daemon per mapping, named portfwd, each owning its pid file and config.
+    let p1 = sb.pid_of(&n1).expect("pid file of the first mapping");
+    let p2 = sb.pid_of(&n2).expect("pid file of the second mapping");
+    assert_ne!(p1, p2);
+    for (p, port) in [(p1, ports[0]), (p2, ports[1])] {
+        let (_, _, comm) = stat(p).expect("daemon is running");
+        assert_eq!(comm, "portfwd");
+        assert!(cmdline(p).contains("--daemonize"), "{}", cmdline(p));
+        let conf = fs::read_to_string(sb.run.join(format!("{}.conf", name(port)))).unwrap();
+        assert!(conf.contains(&format!("127.0.0.1:{port} -> 127.0.0.1:")), "{conf}");
+    }
+    let conf2 = fs::read_to_string(sb.run.join(format!("{n2}.conf"))).unwrap();
+    assert!(conf2.contains("dispatch=accept"), "{conf2}");
+    let mut daemons = sb.daemons();
+    daemons.sort();
+    let mut expected = vec![p1, p2];
+    expected.sort();
+    assert_eq!(daemons, expected);
+    assert!(sb.log(&n1).contains("listening on"), "{}", sb.log(&n1));
+    assert!(sb.log(&n2).contains("listening on"), "{}", sb.log(&n2));
+
+    // Forward through both.
+    for port in &ports {
+        let mut s = round_trip(*port, format!("hello through {port}").as_bytes());
+        s.shutdown(Shutdown::Write).unwrap();
+        let mut rest = Vec::new();
+        s.read_to_end(&mut rest).unwrap();
+        assert!(rest.is_empty());
+    }
+    for n in [&n1, &n2] {
+        assert!(
+            wait_until(WAIT, || sb.log(n).contains("outcome=closed")),
+            "no log line for the connection through {n}:\n{}",
+            sb.log(n)
+        );
+    }
+
+    // A second launch of the same file: refused, nothing doubled, nothing replaced.
+    let again = sb.launch(&config);
+    assert_eq!(again.code, 1, "{}", again.all());
+    assert_eq!(
+        again.stderr.matches("already running as pid").count(),
+        2,
+        "{}",
+        again.all()
+    );
+    assert!(again.stderr.contains(&format!("pid {p1}")), "{}", again.all());
+    assert_eq!((sb.pid_of(&n1), sb.pid_of(&n2)), (Some(p1), Some(p2)));
+    let mut daemons = sb.daemons();
+    daemons.sort();
+    assert_eq!(daemons, expected, "a second launch must not start more daemons");
+    round_trip(ports[0], b"still one daemon");
+
+    // Stop: both exit, their pid files go, nothing listens any more.
+    let stop = sb.stop(&[]);
+    assert_eq!(stop.code, 0, "{}", stop.all());
+    for (n, p) in [(&n1, p1), (&n2, p2)] {
+        assert!(stop.stdout.contains(&format!("stopped {n} (pid {p}")), "{}", stop.all());
+    }
+    assert!(!alive(p1) && !alive(p2));
+    assert!(sb.pid_files().is_empty(), "{:?}", sb.pid_files());
+    assert!(refused(ports[0]) && refused(ports[1]));
+    sb.assert_nothing_left();
+
+    // Stopping again: nothing to do, not an error.
+    let stop = sb.stop(&[]);
+    assert_eq!(stop.code, 0, "{}", stop.all());
+    assert!(stop.stdout.contains("nothing to stop"), "{}", stop.all());
+}
+
+#[test]
+fn stale_pid_files_are_reported_replaced_and_removed() {
+    let sb = Sandbox::new("stale");
+    let b = Backend::start(echo);
+    fs::create_dir_all(&sb.run).unwrap();
+
+    // A pid file per mapping before any launch: one names a process that is gone, the other a
+    // live process that is not portfwd (which must never be signalled). Plus junk.
+    let mut gone = Command::new("true").spawn().unwrap();
+    let gone_pid = gone.id();
+    gone.wait().unwrap();
+    let mut other = Command::new("sleep").arg("60").spawn().unwrap();
+    let other_pid = other.id();
+
+    let mut result = None;
+    for _ in 0..5 {
+        let ports = [free_port(), free_port()];
+        fs::write(sb.pid_file(&name(ports[0])), format!("{gone_pid}\n")).unwrap();
+        fs::write(sb.pid_file(&name(ports[1])), format!("{other_pid}\n")).unwrap();
+        let config = sb.write(
+            "setup.config",
+            &format!(
+                "127.0.0.1:{} -> 127.0.0.1:{b}\n127.0.0.1:{} -> 127.0.0.1:{b}\n",
+                ports[0],
+                ports[1],
+                b = b.port
+            ),
+        );
+        let out = sb.launch(&config);
+        if out.code != 0 && out.stderr.contains("in use") {
+            sb.stop(&["--now"]);
+            continue;
+        }
+        result = Some((ports, config, out));
+        break;
+    }
+    let (ports, config, out) = result.expect("free ports");
+    let (n1, n2) = (name(ports[0]), name(ports[1]));
+    assert_eq!(out.code, 0, "{}", out.all());
+    assert!(
+        out.stderr.contains(&format!("{n1}.pid (process {gone_pid} is gone)")),
+        "{}",
+        out.all()
+    );
+    assert!(
+        out.stderr
+            .contains(&format!("{n2}.pid (process {other_pid} is 'sleep', not portfwd)")),
+        "{}",
+        out.all()
+    );
+    let (p1, p2) = (sb.pid_of(&n1).unwrap(), sb.pid_of(&n2).unwrap());
+    assert!(p1 != gone_pid && p2 != other_pid);
+    assert_eq!(stat(p1).unwrap().2, "portfwd");
+    assert_eq!(stat(p2).unwrap().2, "portfwd");
+    round_trip(ports[0], b"one");
+    round_trip(ports[1], b"two");
+
+    // A daemon killed with SIGKILL leaves its pid file behind: the next launch restarts that
+    // mapping (and refuses the one still running); the stop copes with a stale file too.
+    // SAFETY: a daemon this test launched.
+    unsafe { libc::kill(p1 as i32, libc::SIGKILL) };
+    assert!(wait_until(WAIT, || !alive(p1)));
+    assert!(wait_until(WAIT, || refused(ports[0])));
+    let again = sb.launch(&config);
+    assert_eq!(again.code, 1, "{}", again.all());
+    assert!(
+        again
+            .stderr
+            .contains(&format!("stale pid file {}", sb.pid_file(&n1).display())),
+        "{}",
+        again.all()
+    );
+    assert!(again.stdout.contains(&format!("started {n1}:")), "{}", again.all());
+    assert!(again.stderr.contains(&format!("refused {n2}")), "{}", again.all());
+    let p1b = sb.pid_of(&n1).unwrap();
+    assert_ne!(p1b, p1);
+    round_trip(ports[0], b"restarted");
+
+    // SAFETY: the restarted daemon, launched by this test.
+    unsafe { libc::kill(p1b as i32, libc::SIGKILL) };
+    assert!(wait_until(WAIT, || !alive(p1b)));
+    fs::write(sb.pid_file("leftover"), "not a pid\n").unwrap();
+    let stop = sb.stop(&[]);
+    assert_eq!(stop.code, 0, "{}", stop.all());
+    assert!(
+        stop.stdout
+            .contains(&format!("stale pid file {}", sb.pid_file(&n1).display())),
+        "{}",
+        stop.all()
+    );
+    assert!(
+        stop.stdout.contains("leftover.pid (not a pid: 'notapid')"),
+        "{}",
+        stop.all()
+    );
+    assert!(
+        stop.stdout.contains(&format!("stopped {n2} (pid {p2}")),
+        "{}",
+        stop.all()
+    );
+    assert!(
+        stop.stdout.contains("1 stopped, 2 stale pid file(s) removed"),
+        "{}",
+        stop.all()
+    );
+    assert!(sb.pid_files().is_empty(), "{:?}", sb.pid_files());
+
+    // The unrelated process named by a stale pid file was never touched.
+    assert!(
+        alive(other_pid),
+        "stop-script.sh or port-forward.sh signalled a process that is not theirs"
+    );
+    let _ = other.kill();
+    let _ = other.wait();
+    sb.assert_nothing_left();
+}
+
+/// Launches one mapping and opens a connection through it; returns (port, daemon pid, the open
+/// connection, its connection processes).
+fn one_mapping_with_a_connection(sb: &Sandbox, backend: u16) -> (u16, u32, TcpStream, Vec<u32>) {
+    let (ports, _, out) = launch(sb, &[backend], &[]);
+    assert_eq!(out.code, 0, "{}", out.all());
+    let port = ports[0];
+    let daemon = sb.pid_of(&name(port)).unwrap();
+    let conn = round_trip(port, b"before the stop");
+    let mut procs = Vec::new();
+    assert!(
+        wait_until(WAIT, || {
+            procs = connection_processes(daemon);
+            procs.len() >= 2
+        }),
+        "the connection's processes (portfwd-c2s, portfwd-s2c) not found: {procs:?}"
+    );
+    (port, daemon, conn, procs)
+}
+
+#[test]
+fn stop_without_now_leaves_established_connections_forwarding() {
+    let sb = Sandbox::new("stop-term");
+    let b = Backend::start(echo);
+    let (port, daemon, mut conn, procs) = one_mapping_with_a_connection(&sb, b.port);
+
+    let stop = sb.stop(&[]);
+    assert_eq!(stop.code, 0, "{}", stop.all());
+    assert!(
+        stop.stdout
+            .contains(&format!("stopped {} (pid {daemon}, SIGTERM)", name(port))),
+        "{}",
+        stop.all()
+    );
+    assert!(
+        stop.stdout.contains("1 established connection(s) left running"),
+        "{}",
+        stop.all()
+    );
+    assert!(!alive(daemon));
+    assert!(sb.pid_files().is_empty(), "{:?}", sb.pid_files());
+    assert!(refused(port), "the listener must be closed after the stop");
+
+    // The established connection still forwards, both ways, and ends cleanly.
+    assert!(
+        procs.iter().all(|&p| alive(p)),
+        "connection processes ended by a plain stop"
+    );
+    echo_once(&mut conn, b"after the stop");
+    conn.shutdown(Shutdown::Write).unwrap();
+    let mut rest = Vec::new();
+    conn.read_to_end(&mut rest).unwrap();
+    assert!(rest.is_empty());
+    assert!(
+        wait_until(WAIT, || procs.iter().all(|&p| !alive(p))),
+        "connection processes still there after the connection closed"
+    );
+    sb.assert_nothing_left();
+}
+
+#[test]
+fn stop_now_ends_established_connections() {
+    let sb = Sandbox::new("stop-now");
+    let b = Backend::start(echo);
+    let (port, daemon, mut conn, procs) = one_mapping_with_a_connection(&sb, b.port);
+
+    let stop = sb.stop(&["--now"]);
+    assert_eq!(stop.code, 0, "{}", stop.all());
+    assert!(
+        stop.stdout
+            .contains(&format!("stopped {} (pid {daemon}, SIGQUIT)", name(port))),
+        "{}",
+        stop.all()
+    );
+    assert!(
+        !stop.stderr.contains("WARNING"),
+        "portfwd left connections after SIGQUIT that the script had to kill:\n{}",
+        stop.all()
+    );
+    assert!(!alive(daemon));
+    assert!(
+        procs.iter().all(|&p| !alive(p)),
+        "connection processes alive after stop --now"
+    );
+    assert!(refused(port));
+
+    // The client sees its connection end (EOF or reset), not a hang.
+    let mut buf = [0u8; 64];
+    let _ = conn.write_all(b"anyone there?");
+    match conn.read(&mut buf) {
+        Ok(0) => {}
+        Ok(n) => panic!("got {n} bytes through a connection that --now should have ended"),
+        Err(e) => assert!(
+            !matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut),
+            "connection still open after stop --now: {e}"
+        ),
+    }
+    sb.assert_nothing_left();
+}
+
+#[test]
+fn an_invalid_config_starts_nothing() {
+    let sb = Sandbox::new("invalid");
+    let good = free_port();
+    let config = sb.write(
+        "bad.config",
+        &format!("# two bad lines\n127.0.0.1:{good} -> 127.0.0.1:9\n70000 -> 127.0.0.1:8005\n7005 => 127.0.0.1:8005\n"),
+    );
+    let out = sb.launch(&config);
+    assert_eq!(out.code, 2, "{}", out.all());
+    let file = config.to_str().unwrap();
+    // Every error, as FILE:LINE:COL: message.
+    for line in [3, 4] {
+        let prefix = format!("{file}:{line}:");
+        assert!(
+            out.stderr.lines().any(|l| l.starts_with(&prefix)),
+            "no error for line {line}:\n{}",
+            out.all()
+        );
+    }
+    assert!(out.stderr.contains("nothing started"), "{}", out.all());
+    assert!(out.stdout.is_empty(), "{}", out.all());
+    assert!(sb.pid_files().is_empty());
+    assert!(sb.daemons().is_empty());
+
+    // No mapping at all, a missing file, a missing binary: loud, status 2.
+    let empty = sb.write("empty.config", "# nothing\n\n");
+    let out = sb.launch(&empty);
+    assert_eq!(out.code, 2, "{}", out.all());
+    assert!(out.stderr.contains("no mappings"), "{}", out.all());
+    let out = sb.launch(&sb.dir.join("missing.config"));
+    assert_eq!(out.code, 2, "{}", out.all());
+    assert!(out.stderr.contains("not found"), "{}", out.all());
+    let status = Command::new(script("port-forward.sh"))
+        .arg(&config)
+        .env("PORTFWD_BIN", sb.dir.join("no-such-binary"))
+        .current_dir(&sb.dir)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(status.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&status.stderr).contains("not an executable"));
+    sb.assert_nothing_left();
+}
+
+#[test]
+fn a_busy_port_fails_that_mapping_loudly_and_the_others_start() {
+    let sb = Sandbox::new("busy");
+    let b = Backend::start(echo);
+    let holder = TcpListener::bind("127.0.0.1:0").unwrap();
+    let busy = holder.local_addr().unwrap().port();
+    let free = free_port();
+    let config = sb.write(
+        "setup.config",
+        &format!(
+            "127.0.0.1:{busy} -> 127.0.0.1:{b}\n127.0.0.1:{free} -> 127.0.0.1:{b}\n",
+            b = b.port
+        ),
+    );
+    let out = sb.launch(&config);
+    assert_eq!(out.code, 1, "{}", out.all());
+    assert!(out.stderr.contains(&format!("FAILED {}", name(busy))), "{}", out.all());
+    assert!(
+        out.stderr.contains("portfwd: "),
+        "portfwd's own error line is shown:\n{}",
+        out.all()
+    );
+    assert!(
+        out.stderr.contains("1 started, 0 already running, 1 failed"),
+        "{}",
+        out.all()
+    );
+    assert!(
+        out.stdout.contains(&format!("started {}:", name(free))),
+        "{}",
+        out.all()
+    );
+    assert_eq!(sb.pid_files(), vec![format!("{}.pid", name(free))]);
+    round_trip(free, b"the other mapping works");
+    drop(holder);
+
+    let stop = sb.stop(&[]);
+    assert_eq!(stop.code, 0, "{}", stop.all());
+    sb.assert_nothing_left();
+}
+
+#[test]
+fn help_and_usage_errors() {
+    let sb = Sandbox::new("help");
+    for s in ["port-forward.sh", "stop-script.sh", "demo.sh"] {
+        let out = sb.run(s, &["--help"]);
+        assert_eq!(out.code, 0, "{}", out.all());
+        assert!(out.stdout.starts_with("usage: scripts/"), "{}", out.all());
+        let out = sb.run(s, &["--no-such-option"]);
+        assert_ne!(out.code, 0, "{}", out.all());
+        assert!(out.stderr.contains("--no-such-option"), "{}", out.all());
+    }
+    let out = sb.run("stop-script.sh", &["--timeout", "soon"]);
+    assert_eq!(out.code, 2, "{}", out.all());
+    let out = sb.run("port-forward.sh", &["--run-dir"]);
+    assert_eq!(out.code, 2, "{}", out.all());
+    // No run directory: nothing to stop, not an error.
+    let out = sb.stop(&[]);
+    assert_eq!(out.code, 0, "{}", out.all());
+    assert!(out.stdout.contains("nothing to stop"), "{}", out.all());
+}
+
+/// Whether the demo's fixed ports are free: 8005/8006 on 127.0.0.1, 7005/7006 on every interface.
+fn demo_ports_busy() -> Vec<u16> {
+    let mut busy = Vec::new();
+    for port in [8005u16, 8006] {
+        if TcpListener::bind(("127.0.0.1", port)).is_err() {
+            busy.push(port);
+        }
+    }
+    for port in [7005u16, 7006] {
+        if TcpListener::bind(("::", port)).is_err() && TcpListener::bind(("0.0.0.0", port)).is_err() {
+            busy.push(port);
+        }
+    }
+    busy
+}
+
+#[test]
+fn demo_runs_end_to_end() {
+    let busy = demo_ports_busy();
+    if !busy.is_empty() {
+        eprintln!("SKIPPED demo_runs_end_to_end: the demo needs ports 7005, 7006, 8005, 8006; busy: {busy:?}");
+        return;
+    }
+    if Command::new("python3").arg("--version").output().is_err()
+        || Command::new("curl").arg("--version").output().is_err()
+    {
+        eprintln!("SKIPPED demo_runs_end_to_end: the demo needs python3 and curl");
+        return;
+    }
+    let sb = Sandbox::new("demo");
+    let out = sb.run("demo.sh", &[]);
+    assert_eq!(out.code, 0, "{}", out.all());
+    for needle in [
+        "hello from the backend on 127.0.0.1:8005",
+        "hello from the backend on 127.0.0.1:8006",
+        "started any_7005: [::]:7005 -> 127.0.0.1:8005",
+        "started any_7006: [::]:7006 -> 127.0.0.1:8006",
+        "portfwd-c2s",
+        "portfwd-s2c",
+        "HTTP/1.0 200",
+        "listening on",
+        "outcome=closed",
+        "stopped any_7005",
+        "stopped any_7006",
+    ] {
+        assert!(
+            out.stdout.contains(needle),
+            "demo output lacks '{needle}':\n{}",
+            out.all()
+        );
+    }
+    // Everything the demo started is gone: its ports are free again.
+    assert!(
+        wait_until(WAIT, || demo_ports_busy().is_empty()),
+        "ports still busy after the demo: {:?}",
+        demo_ports_busy()
+    );
+}
