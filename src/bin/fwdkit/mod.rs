@@ -167,27 +167,50 @@ pub fn scan_procs() -> Vec<ProcInfo> {
     out
 }
 
-/// Is some socket on this machine listening on TCP `port` (any address)?
-pub fn listening(port: u16) -> bool {
+/// Socket inodes listening on TCP `port` (any address) on this machine.
+fn listening_inodes(port: u16) -> Vec<String> {
+    let mut out = Vec::new();
     for file in ["/proc/net/tcp", "/proc/net/tcp6"] {
-        let Ok(text) = fs::read_to_string(file) else {
-            continue;
-        };
+        let Ok(text) = fs::read_to_string(file) else { continue };
         for line in text.lines().skip(1) {
-            let mut f = line.split_whitespace();
-            let local = f.nth(1).unwrap_or("");
-            let state = f.nth(1).unwrap_or("");
-            if state != "0A" {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() < 10 || f[3] != "0A" {
                 continue;
             }
-            if let Some((_, p)) = local.rsplit_once(':')
+            if let Some((_, p)) = f[1].rsplit_once(':')
                 && u16::from_str_radix(p, 16).ok() == Some(port)
             {
-                return true;
+                out.push(f[9].to_string());
             }
         }
     }
-    false
+    out
+}
+
+/// Is some socket on this machine listening on TCP `port` (any address)?
+pub fn listening(port: u16) -> bool {
+    !listening_inodes(port).is_empty()
+}
+
+/// Is process `pid` itself listening on TCP `port`? (Another program that
+/// happens to listen on the same port on another address does not count.)
+pub fn listening_by(pid: i32, port: u16) -> bool {
+    let inodes = listening_inodes(port);
+    if inodes.is_empty() {
+        return false;
+    }
+    let Ok(dir) = fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    dir.flatten().any(|e| {
+        fs::read_link(e.path())
+            .ok()
+            .and_then(|l| {
+                l.to_str()
+                    .and_then(|l| l.strip_prefix("socket:[")?.strip_suffix(']').map(str::to_string))
+            })
+            .is_some_and(|ino| inodes.contains(&ino))
+    })
 }
 
 /// A port that is free on every address right now (the kernel picks it).
@@ -288,7 +311,7 @@ impl Launch<'_> {
         };
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
-            if listening(port) {
+            if listening_by(fwd.pgid, port) {
                 return Ok(fwd);
             }
             if let Ok(Some(status)) = fwd.child.try_wait() {
