@@ -103,6 +103,12 @@ if ((${#pidfiles[@]} == 0)); then
     exit 0
 fi
 
+# Milliseconds since the epoch (bash's SECONDS counts whole seconds: too coarse for a deadline).
+now_ms() {
+    local us=${EPOCHREALTIME//[.,]/}
+    echo $((10#$us / 1000))
+}
+
 # A process is alive while /proc/PID/stat exists and it is not a zombie (pid 1 may be slow to
 # reap, or not reap at all, in a container).
 alive() {
@@ -112,16 +118,17 @@ alive() {
     [[ ${stat:0:1} != Z ]]
 }
 
-# The --drain-timeout a daemon was started with (whole seconds, rounded up), or 0.
+# The --drain-timeout a daemon was started with, in whole seconds rounded up plus one (the
+# daemon needs a moment to end what is left), or 0 if it was started without one.
 drain_of() {
-    local arg prev="" drain=0
+    local arg prev="" drain=""
     while IFS= read -r -d '' arg; do
         case $prev in --drain-timeout) drain=$arg ;; esac
         case $arg in --drain-timeout=*) drain=${arg#--drain-timeout=} ;; esac
         prev=$arg
     done <"/proc/$1/cmdline" 2>/dev/null || true
     if [[ $drain =~ ^([0-9]+)(\.[0-9]*)?$ ]]; then
-        echo $((BASH_REMATCH[1] + 1))
+        echo $((10#${BASH_REMATCH[1]} + 2))
     else
         echo 0
     fi
@@ -142,7 +149,7 @@ for pidf in "${pidfiles[@]}"; do
     pid=$pf_pid
     # Its connection processes, recorded before the signal: once the daemon is gone they are
     # orphans and no longer found through it.
-    conns=$(connection_groups "$pid" | awk '{print $2}' | sort -u | tr '\n' ' ')
+    conns=$(connection_procs "$pid" | tr '\n' ' ')
     wait_secs=$timeout
     ((now)) || wait_secs=$((timeout + $(drain_of "$pid")))
     if ! kill -s "$sig" "$pid" 2>"/dev/null"; then
@@ -153,7 +160,7 @@ for pidf in "${pidfiles[@]}"; do
         fi
     fi
     names+=("$name") pids+=("$pid") files+=("$pidf") groups+=("$conns")
-    deadlines+=($((SECONDS + wait_secs))) waits+=("$wait_secs")
+    deadlines+=($(($(now_ms) + wait_secs * 1000))) waits+=("$wait_secs")
 done
 
 # Wait for every signalled daemon at once, each up to its own deadline.
@@ -165,7 +172,7 @@ while ((pending > 0)); do
         [[ -z ${done_at[$i]:-} ]] || continue
         if ! alive "${pids[i]}"; then
             done_at[$i]=gone
-        elif ((SECONDS >= deadlines[i])); then
+        elif (($(now_ms) >= deadlines[i])); then
             done_at[$i]=timeout
         else
             pending=$((pending + 1))
@@ -187,14 +194,23 @@ for ((i = 0; i < ${#pids[@]}; i++)); do
         rm -f -- "$pidf"
         note=" (its pid file was left behind: removed)"
     fi
-    # Established connections: their process groups, seen before the signal.
+    # Established connections: their processes, seen before the signal.
+    read -ra conns <<<"${groups[i]}"
+    if ((now)); then
+        end=$(($(now_ms) + timeout * 1000))
+        while (($(now_ms) < end)); do
+            left=0
+            for c in ${conns[@]+"${conns[@]}"}; do proc_alive "$c" && left=1 && break; done
+            ((left)) || break
+            sleep 0.05
+        done
+    fi
     left=()
-    for g in ${groups[i]}; do
-        if ((now)); then
-            end=$((SECONDS + timeout))
-            while group_alive "$g" && ((SECONDS < end)); do sleep 0.05; done
+    for c in ${conns[@]+"${conns[@]}"}; do
+        if proc_alive "$c"; then
+            g=${c##*:}
+            [[ " ${left[*]} " == *" $g "* ]] || left+=("$g")
         fi
-        group_alive "$g" && left+=("$g")
     done
     if ((${#left[@]} == 0)); then
         echo "stopped $name (pid $pid, SIG$sig)$note"

@@ -50,7 +50,7 @@ inspect_pid_file() {
     fi
     stat=$(cat "/proc/$pf_pid/stat" 2>/dev/null) || stat=""
     if [[ ${stat##*) } == Z* ]]; then
-        pf_why="process $pf_pid has exited (a zombie not yet reaped)"
+        pf_why="process $pf_pid has exited, not yet reaped"
         return 0
     fi
     if [[ $comm != portfwd ]]; then
@@ -72,29 +72,27 @@ inspect_pid_file() {
     pf_state=running
 }
 
-# The connection processes of a daemon: its direct children (portfwd-conn / portfwd-c2s; the
-# portfwd-s2c pumps are their children and share their process group). Prints "PID PGID" lines.
-connection_groups() {
-    local main=$1 child stat rest
-    local children
-    children=$(cat "/proc/$main/task/"*/children 2>/dev/null) || true
-    for child in $children; do
-        stat=$(cat "/proc/$child/stat" 2>/dev/null) || continue
-        rest=${stat##*) }
-        # rest: state ppid pgrp ...
-        read -r _ _ pgrp _ <<<"$rest"
-        printf '%s %s\n' "$child" "$pgrp"
+# The connection processes of a daemon: its children (portfwd-conn / portfwd-c2s, each the leader
+# of its own process group) and their children (portfwd-s2c). Prints "PID:STARTTIME:PGID" words;
+# STARTTIME tells a live process from a later one that reuses its pid.
+connection_procs() {
+    local pid kids stat fields
+    kids=$(cat "/proc/$1/task/"*/children 2>/dev/null) || true
+    for pid in $kids; do
+        stat=$(cat "/proc/$pid/stat" 2>/dev/null) || continue
+        read -ra fields <<<"${stat##*) }"
+        # fields: 0 state, 1 ppid, 2 pgrp, ... 19 starttime
+        printf '%s:%s:%s\n' "$pid" "${fields[19]}" "${fields[2]}"
+        [[ $1 != "${fields[1]}" ]] || connection_procs "$pid"
     done
 }
 
-# Whether a live (not zombie) process is left in process group $1. Orphaned connection processes
-# are reparented to pid 1, which in a container may never reap them, so kill -0 is not enough.
-group_alive() {
-    local f stat state pgrp
-    for f in /proc/[0-9]*/stat; do
-        { read -r stat <"$f"; } 2>/dev/null || continue
-        read -r state _ pgrp _ <<<"${stat##*) }"
-        [[ $pgrp == "$1" && $state != Z ]] && return 0
-    done
-    return 1
+# Whether the process PID:STARTTIME[:...] is still alive (a zombie is not: orphans are reparented to
+# pid 1, which in a container may never reap them).
+proc_alive() {
+    local pid start stat fields
+    IFS=: read -r pid start _ <<<"$1"
+    { read -r stat <"/proc/$pid/stat"; } 2>/dev/null || return 1
+    read -ra fields <<<"${stat##*) }"
+    [[ ${fields[0]} != Z && ${fields[19]} == "$start" ]]
 }
