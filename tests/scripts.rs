@@ -219,15 +219,33 @@ fn name(port: u16) -> String {
 /// Writes a config of `127.0.0.1:Pn -> 127.0.0.1:Bn` lines (the nth with `options[n]`) on fresh
 /// ports and launches it; retries with other ports if one was taken meanwhile. Returns the ports.
 fn launch(sb: &Sandbox, backends: &[u16], options: &[&str]) -> (Vec<u16>, PathBuf, Out) {
+    launch_lines(
+        sb,
+        backends.len(),
+        |ports| {
+            let mut text = String::from("# written by tests/scripts.rs\n\n");
+            for (i, (p, b)) in ports.iter().zip(backends).enumerate() {
+                let opt = options.get(i).copied().unwrap_or("");
+                text += &format!("127.0.0.1:{p} -> 127.0.0.1:{b} {opt}\n");
+            }
+            text
+        },
+        &[],
+    )
+}
+
+/// Picks `n` fresh ports, writes the config `text(ports)` and launches it with `extra` after `--`;
+/// retries with other ports if one was taken meanwhile.
+fn launch_lines(sb: &Sandbox, n: usize, text: impl Fn(&[u16]) -> String, extra: &[&str]) -> (Vec<u16>, PathBuf, Out) {
     for _ in 0..5 {
-        let ports: Vec<u16> = backends.iter().map(|_| free_port()).collect();
-        let mut text = String::from("# written by tests/scripts.rs\n\n");
-        for (i, (p, b)) in ports.iter().zip(backends).enumerate() {
-            let opt = options.get(i).copied().unwrap_or("");
-            text += &format!("127.0.0.1:{p} -> 127.0.0.1:{b} {opt}\n");
+        let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let config = sb.write("setup.config", &text(&ports));
+        let mut args = vec!["--run-dir", sb.run.to_str().unwrap(), config.to_str().unwrap()];
+        if !extra.is_empty() {
+            args.push("--");
+            args.extend_from_slice(extra);
         }
-        let config = sb.write("setup.config", &text);
-        let out = sb.launch(&config);
+        let out = sb.run("port-forward.sh", &args);
         if out.code != 0 && out.stderr.contains("in use") {
             sb.stop(&["--now"]);
             continue;
@@ -338,6 +356,11 @@ fn launch_two_mappings_forward_refuse_a_second_launch_and_stop() {
     for (n, p) in [(&n1, p1), (&n2, p2)] {
         assert!(stop.stdout.contains(&format!("stopped {n} (pid {p}")), "{}", stop.all());
     }
+    assert!(
+        !stop.stdout.contains("left behind"),
+        "portfwd must remove its own pid file:\n{}",
+        stop.all()
+    );
     assert!(!alive(p1) && !alive(p2));
     assert!(sb.pid_files().is_empty(), "{:?}", sb.pid_files());
     assert!(refused(ports[0]) && refused(ports[1]));
@@ -729,4 +752,201 @@ fn demo_runs_end_to_end() {
         "ports still busy after the demo: {:?}",
         demo_ports_busy()
     );
+}
+
+/// A backend that answers every read with `B2:` and what it read.
+fn tagged(mut s: TcpStream) {
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = s.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        let mut reply = b"B2:".to_vec();
+        reply.extend_from_slice(&buf[..n]);
+        if s.write_all(&reply).is_err() {
+            return;
+        }
+    }
+}
+
+/// Sends `msg` through a new connection to 127.0.0.1:port and returns what comes back (bounded).
+fn ask(port: u16, msg: &[u8]) -> Vec<u8> {
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+        return Vec::new();
+    };
+    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    if s.write_all(msg).is_err() {
+        return Vec::new();
+    }
+    let mut buf = [0u8; 256];
+    match s.read(&mut buf) {
+        Ok(n) => buf[..n].to_vec(),
+        Err(_) => Vec::new(),
+    }
+}
+
+#[test]
+fn every_interface_and_ipv6_names_and_a_reload_of_one_daemon() {
+    let sb = Sandbox::new("names");
+    let b1 = Backend::start(echo);
+    let b2 = Backend::start(tagged);
+    let ipv6 = TcpListener::bind("[::1]:0").is_ok();
+    let (ports, config, out) = launch_lines(
+        &sb,
+        2,
+        |p| {
+            let mut text = format!("{} -> 127.0.0.1:{}\n", p[0], b1.port);
+            if ipv6 {
+                text += &format!("[::1]:{} -> 127.0.0.1:{}\n", p[1], b1.port);
+            }
+            text
+        },
+        &[],
+    );
+    assert_eq!(out.code, 0, "{}", out.all());
+    let any = format!("any_{}", ports[0]);
+    assert!(
+        out.stdout
+            .contains(&format!("started {any}: [::]:{} -> 127.0.0.1:{}", ports[0], b1.port)),
+        "{}",
+        out.all()
+    );
+    if ipv6 {
+        let v6 = format!("v6_--1_{}", ports[1]);
+        assert!(
+            out.stdout.contains(&format!("started {v6}: [::1]:{}", ports[1])),
+            "{}",
+            out.all()
+        );
+        let mut s = TcpStream::connect(("::1", ports[1])).unwrap();
+        s.set_read_timeout(Some(WAIT)).unwrap();
+        echo_once(&mut s, b"over IPv6");
+    } else {
+        eprintln!("no IPv6 loopback here: the [::1] mapping was left out");
+    }
+    assert_eq!(ask(ports[0], b"ping"), b"ping");
+
+    // Each daemon has its own config file: point the first at the other backend and reload it.
+    let conf = sb.run.join(format!("{any}.conf"));
+    let text = fs::read_to_string(&conf).unwrap();
+    fs::write(
+        &conf,
+        text.replace(&format!(":{}\n", b1.port), &format!(":{}\n", b2.port)),
+    )
+    .unwrap();
+    let pid = sb.pid_of(&any).unwrap();
+    // SAFETY: a daemon this test launched.
+    unsafe { libc::kill(pid as i32, libc::SIGHUP) };
+    assert!(
+        wait_until(WAIT, || ask(ports[0], b"ping") == b"B2:ping"),
+        "the reload did not take: {}",
+        sb.log(&any)
+    );
+    assert!(sb.log(&any).contains("reload done"), "{}", sb.log(&any));
+    assert_eq!(sb.pid_of(&any), Some(pid), "a reload keeps the daemon");
+
+    // A relaunch of the original file says that the running daemon's mapping differs.
+    let again = sb.launch(&config);
+    assert_eq!(again.code, 1, "{}", again.all());
+    assert!(again.stderr.contains("with a different mapping in"), "{}", again.all());
+
+    let stop = sb.stop(&[]);
+    assert_eq!(stop.code, 0, "{}", stop.all());
+    sb.assert_nothing_left();
+}
+
+#[test]
+fn options_after_double_dash_reach_the_daemons_and_stop_waits_for_the_drain() {
+    let sb = Sandbox::new("drain");
+    let b = Backend::start(echo);
+    let (ports, _, out) = launch_lines(
+        &sb,
+        1,
+        |p| format!("127.0.0.1:{} -> 127.0.0.1:{}\n", p[0], b.port),
+        &["--drain-timeout", "1"],
+    );
+    assert_eq!(out.code, 0, "{}", out.all());
+    let daemon = sb.pid_of(&name(ports[0])).unwrap();
+    assert!(cmdline(daemon).contains("--drain-timeout 1"), "{}", cmdline(daemon));
+    let mut conn = round_trip(ports[0], b"held across the stop");
+    let mut procs = Vec::new();
+    assert!(wait_until(WAIT, || {
+        procs = connection_processes(daemon);
+        procs.len() >= 2
+    }));
+
+    // SIGTERM with --drain-timeout 1: the daemon waits a second for the connection, then ends it.
+    let start = Instant::now();
+    let stop = sb.stop(&[]);
+    assert_eq!(stop.code, 0, "{}", stop.all());
+    assert!(
+        start.elapsed() >= Duration::from_millis(900),
+        "stopped before the drain timeout"
+    );
+    assert!(
+        stop.stdout
+            .contains(&format!("stopped {} (pid {daemon}, SIGTERM)", name(ports[0]))),
+        "{}",
+        stop.all()
+    );
+    assert!(!stop.stdout.contains("left running"), "{}", stop.all());
+    assert!(
+        procs.iter().all(|&p| !alive(p)),
+        "connection processes alive after the drain timeout"
+    );
+    let mut buf = [0u8; 16];
+    match conn.read(&mut buf) {
+        Ok(0) => {}
+        Ok(n) => panic!("{n} bytes after the drain"),
+        Err(e) => assert!(!matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut), "{e}"),
+    }
+    sb.assert_nothing_left();
+}
+
+#[test]
+fn a_daemon_that_does_not_exit_in_time_is_reported_and_keeps_its_pid_file() {
+    let sb = Sandbox::new("stuck");
+    let b = Backend::start(echo);
+    let (ports, _, out) = launch(&sb, &[b.port], &[]);
+    assert_eq!(out.code, 0, "{}", out.all());
+    let n = name(ports[0]);
+    let daemon = sb.pid_of(&n).unwrap();
+
+    // A stopped process cannot act on SIGTERM: the stop must give up after --timeout, say so,
+    // fail, and keep the pid file (the daemon is still there).
+    // SAFETY: a daemon this test launched.
+    unsafe { libc::kill(daemon as i32, libc::SIGSTOP) };
+    assert!(wait_until(WAIT, || matches!(stat(daemon), Some((_, 'T', _)))));
+    let start = Instant::now();
+    let stop = sb.stop(&["--timeout", "1"]);
+    let took = start.elapsed();
+    assert_eq!(stop.code, 1, "{}", stop.all());
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(8),
+        "took {took:?}"
+    );
+    assert!(
+        stop.stderr
+            .contains(&format!("{n} (pid {daemon}) did not exit within 1s of SIGTERM")),
+        "{}",
+        stop.all()
+    );
+    assert_eq!(sb.pid_of(&n), Some(daemon));
+
+    // Once it runs again it acts on the pending SIGTERM and removes its own pid file.
+    // SAFETY: as above.
+    unsafe { libc::kill(daemon as i32, libc::SIGCONT) };
+    assert!(
+        wait_until(WAIT, || !alive(daemon)),
+        "the daemon did not act on its pending SIGTERM"
+    );
+    assert!(
+        wait_until(WAIT, || sb.pid_files().is_empty()),
+        "portfwd did not remove its pid file on a clean exit: {:?}",
+        sb.pid_files()
+    );
+    let stop = sb.stop(&[]);
+    assert_eq!(stop.code, 0, "{}", stop.all());
+    assert!(stop.stdout.contains("nothing to stop"), "{}", stop.all());
+    sb.assert_nothing_left();
 }
