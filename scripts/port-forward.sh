@@ -204,8 +204,10 @@ for ((i = 0; i < ${#lines[@]}; i++)); do
 done
 
 summary="$started started, $refused already running, $failed failed (run directory $run)"
+hint="stop with: $root/scripts/stop-script.sh --run-dir $run"
 if ((refused + failed > 0)); then
     echo "port-forward.sh: $summary" >&2
+    ((started == 0)) || echo "$hint"
     exit 1
 fi
-echo "$summary; stop with: $root/scripts/stop-script.sh --run-dir $run"
+echo "$summary; $hint"

@@ -74,15 +74,18 @@ impl Sandbox {
     }
 
     /// Runs a script with `PORTFWD_BIN` set to the binary under test, in the sandbox directory.
-    /// Output goes to files, not pipes: a daemon that kept a pipe open would hang the test.
     fn run(&self, name: &str, args: &[&str]) -> Out {
-        let n = {
-            static RUNS: AtomicUsize = AtomicUsize::new(0);
-            RUNS.fetch_add(1, Ordering::SeqCst)
-        };
+        self.spawn(name, args).finish()
+    }
+
+    /// Starts a script; output goes to files, not pipes: a daemon that kept a pipe open would
+    /// hang the test.
+    fn spawn(&self, name: &str, args: &[&str]) -> Running {
+        static RUNS: AtomicUsize = AtomicUsize::new(0);
+        let n = RUNS.fetch_add(1, Ordering::SeqCst);
         let out_path = self.dir.join(format!("out.{n}"));
         let err_path = self.dir.join(format!("err.{n}"));
-        let mut child = Command::new(script(name))
+        let child = Command::new(script(name))
             .args(args)
             .current_dir(&self.dir)
             .env("PORTFWD_BIN", common::BIN)
@@ -92,18 +95,12 @@ impl Sandbox {
             .stderr(fs::File::create(&err_path).unwrap())
             .spawn()
             .unwrap_or_else(|e| panic!("cannot run {name}: {e}"));
-        let status = wait_child(&mut child, SCRIPT_LIMIT);
-        let out = Out {
-            code: status.unwrap_or(-1),
-            stdout: fs::read_to_string(&out_path).unwrap_or_default(),
-            stderr: fs::read_to_string(&err_path).unwrap_or_default(),
-        };
-        assert!(
-            status.is_some(),
-            "{name} {args:?} still running after {SCRIPT_LIMIT:?}:\n{}",
-            out.all()
-        );
-        out
+        Running {
+            what: format!("{name} {args:?}"),
+            child,
+            out_path,
+            err_path,
+        }
     }
 
     fn launch(&self, config: &Path) -> Out {
@@ -192,6 +189,33 @@ impl Drop for Sandbox {
             unsafe { libc::kill(pid as i32, libc::SIGKILL) };
         }
         let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A script started by `Sandbox::spawn`.
+struct Running {
+    what: String,
+    child: Child,
+    out_path: PathBuf,
+    err_path: PathBuf,
+}
+
+impl Running {
+    /// Waits for the script (bounded) and returns what it printed.
+    fn finish(mut self) -> Out {
+        let status = wait_child(&mut self.child, SCRIPT_LIMIT);
+        let out = Out {
+            code: status.unwrap_or(-1),
+            stdout: fs::read_to_string(&self.out_path).unwrap_or_default(),
+            stderr: fs::read_to_string(&self.err_path).unwrap_or_default(),
+        };
+        assert!(
+            status.is_some(),
+            "{} still running after {SCRIPT_LIMIT:?}:\n{}",
+            self.what,
+            out.all()
+        );
+        out
     }
 }
 
@@ -948,5 +972,37 @@ fn a_daemon_that_does_not_exit_in_time_is_reported_and_keeps_its_pid_file() {
     let stop = sb.stop(&[]);
     assert_eq!(stop.code, 0, "{}", stop.all());
     assert!(stop.stdout.contains("nothing to stop"), "{}", stop.all());
+    sb.assert_nothing_left();
+}
+
+#[test]
+fn two_launches_at_once_start_each_mapping_once() {
+    let sb = Sandbox::new("race");
+    let b = Backend::start(echo);
+    let (ports, config, out) = launch(&sb, &[b.port, b.port], &[]);
+    assert_eq!(out.code, 0, "{}", out.all());
+    let stop = sb.stop(&[]);
+    assert_eq!(stop.code, 0, "{}", stop.all());
+
+    // The same file, launched twice at the same moment: the run directory's lock serialises them,
+    // so each mapping is started by one launch and refused by the other.
+    let run = sb.run.to_str().unwrap().to_string();
+    let args = ["--run-dir", run.as_str(), config.to_str().unwrap()];
+    let first = sb.spawn("port-forward.sh", &args);
+    let second = sb.spawn("port-forward.sh", &args);
+    let (a, b2) = (first.finish(), second.finish());
+    let both = format!("{}\n{}", a.all(), b2.all());
+    assert_eq!(both.matches("started 127.0.0.1_").count(), 2, "{both}");
+    assert_eq!(both.matches("already running as pid").count(), 2, "{both}");
+    let mut codes = [a.code, b2.code];
+    codes.sort();
+    assert_eq!(codes, [0, 1], "{both}");
+    assert_eq!(sb.daemons().len(), 2, "{:?}", sb.processes());
+    round_trip(ports[0], b"once");
+    round_trip(ports[1], b"twice");
+
+    let stop = sb.stop(&["--now"]);
+    assert_eq!(stop.code, 0, "{}", stop.all());
+    assert!(stop.stdout.contains("2 stopped"), "{}", stop.all());
     sb.assert_nothing_left();
 }
