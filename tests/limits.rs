@@ -1,0 +1,1045 @@
+//! Issue 4 end to end: limits, timeouts and access control under floods, faults and hostile
+//! clients. The real binary, real sockets on loopback, kernel-picked ports, bounded waits.
+//!
+//! Tests that need root (a fork limit for another uid, `--user`) print why they skip otherwise.
+
+mod common;
+
+use common::*;
+use socket2::{Domain, SockRef, Socket, Type};
+use std::io::{self, ErrorKind, Read, Write};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+const KIB: usize = 1 << 10;
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------------------------
+
+fn is_root() -> bool {
+    // SAFETY: geteuid cannot fail and has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn ipv6_loopback() -> bool {
+    TcpListener::bind("[::1]:0").is_ok()
+}
+
+fn v4(last: u8) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(127, 0, 0, last))
+}
+
+const V6_LOOPBACK: IpAddr = IpAddr::V6(Ipv6Addr::LOCALHOST);
+
+/// Connects to `dst` from the address `src` (any port), like a client on another host would.
+fn connect_from(src: IpAddr, dst: SocketAddr) -> io::Result<TcpStream> {
+    let s = Socket::new(Domain::for_address(dst), Type::STREAM, None)?;
+    s.bind(&SocketAddr::new(src, 0).into())?;
+    s.connect_timeout(&dst.into(), Duration::from_secs(5))?;
+    let t: TcpStream = s.into();
+    t.set_read_timeout(Some(Duration::from_secs(10)))?;
+    Ok(t)
+}
+
+/// Sends `len` pattern bytes through an echo path, half-closes, and checks that exactly the same
+/// bytes come back.
+fn echo_check(s: TcpStream, seed: u64, len: usize) -> io::Result<()> {
+    let mut w = s.try_clone()?;
+    let sender = thread::Builder::new().stack_size(256 * 1024).spawn(move || {
+        let h = send_pattern(&mut w, seed, len)?;
+        w.shutdown(Shutdown::Write)?;
+        Ok::<_, io::Error>(h)
+    })?;
+    let (n, got) = read_hash(&mut &s)?;
+    let sent = sender.join().expect("sender thread")?;
+    if n == len && got == sent {
+        Ok(())
+    } else {
+        Err(io::Error::other(format!(
+            "sent {len} bytes, got {n} back, same bytes: {}",
+            got == sent
+        )))
+    }
+}
+
+/// What a client sees when it reads: the kind of error, or `Ok(n)` for n bytes then EOF.
+fn read_outcome(s: &mut TcpStream) -> Result<usize, ErrorKind> {
+    let (data, end) = read_to_end_or_err(s);
+    end.map(|()| data.len()).map_err(|e| e.kind())
+}
+
+/// Asserts that the forwarder reset this client at once (a refusal or a failed fork).
+fn assert_reset(s: &mut TcpStream, what: &str) {
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    assert_eq!(read_outcome(s), Err(ErrorKind::ConnectionReset), "{what}");
+}
+
+/// Sends SIGUSR1 and returns the stats line it produced.
+fn stats(fwd: &Forwarder) -> String {
+    let marker = " stats live=";
+    let before = fwd.log.lock().unwrap().iter().filter(|l| l.contains(marker)).count();
+    fwd.signal(libc::SIGUSR1);
+    assert!(
+        fwd.wait_log_count(marker, before + 1, Duration::from_secs(5)),
+        "no stats line after SIGUSR1:\n{}",
+        fwd.log_text()
+    );
+    let log = fwd.log.lock().unwrap();
+    log.iter().filter(|l| l.contains(marker)).nth(before).unwrap().clone()
+}
+
+/// The number after `key=` in a log line.
+fn field(line: &str, key: &str) -> u64 {
+    let pat = format!(" {key}=");
+    let at = line.find(&pat).unwrap_or_else(|| panic!("no {key} in {line}")) + pat.len();
+    line[at..]
+        .split(|c: char| !c.is_ascii_digit())
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+fn count_lines(fwd: &Forwarder, needle: &str) -> usize {
+    fwd.log.lock().unwrap().iter().filter(|l| l.contains(needle)).count()
+}
+
+/// CPU time (user + system, all threads) a process has used, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let rest: Vec<&str> = text[text.rfind(')').unwrap() + 2..].split(' ').collect();
+    // After the command: state(3) ... utime(14) stime(15).
+    rest[11].parse::<u64>().unwrap() + rest[12].parse::<u64>().unwrap()
+}
+
+fn clock_ticks_per_sec() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    unsafe { libc::sysconf(libc::_SC_CLK_TCK) as u64 }
+}
+
+fn socket_fds(pid: u32) -> Vec<i32> {
+    fd_targets(pid)
+        .into_iter()
+        .filter(|(_, t)| t.starts_with("socket:"))
+        .map(|(n, _)| n)
+        .collect()
+}
+
+/// A line of /proc/PID/status, without its key: `Uid:\t0\t0\t0\t0` gives `0 0 0 0`.
+fn status(pid: u32, key: &str) -> String {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.starts_with(&format!("{key}:")))
+        .unwrap_or_else(|| panic!("no {key} in /proc/{pid}/status"));
+    line[key.len() + 1..].split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// A duplicate, in this process, of descriptor `fd` of process `pid` (`pidfd_getfd(2)`, Linux 5.6;
+/// needs ptrace rights over `pid`, which a test has over the forwarder it started as itself).
+fn steal_fd(pid: u32, fd: i32) -> io::Result<OwnedFd> {
+    // SAFETY: plain syscalls on integers; the returned descriptors are owned here.
+    unsafe {
+        let pidfd = libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0);
+        if pidfd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let pidfd = OwnedFd::from_raw_fd(pidfd as i32);
+        let dup = libc::syscall(libc::SYS_pidfd_getfd, std::os::fd::AsRawFd::as_raw_fd(&pidfd), fd, 0);
+        if dup < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(OwnedFd::from_raw_fd(dup as i32))
+    }
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("portfwd-limits-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Starts `portfwd EXTRA... --config FILE` where FILE is `lines(ports)` for `n` fresh ports;
+/// returns the forwarder (its `port` is the first) and the ports. Retries if a port was taken.
+fn start_config(name: &str, n: usize, extra: &[&str], lines: impl Fn(&[u16]) -> String) -> (Forwarder, Vec<u16>) {
+    let dir = temp_dir(name);
+    let file = dir.join("setup.config");
+    for _ in 0..5 {
+        let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        std::fs::write(&file, lines(&ports)).unwrap();
+        let mut args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        args.extend(["--config".to_string(), file.display().to_string()]);
+        match Forwarder::spawn(&args, ports[0]) {
+            Ok(f) => {
+                assert!(
+                    f.wait_log_count("listening on", n, Duration::from_secs(5)),
+                    "{}",
+                    f.log_text()
+                );
+                return (f, ports);
+            }
+            Err(e) if e.contains("in use") => continue,
+            Err(e) => panic!("portfwd did not start: {e}"),
+        }
+    }
+    panic!("no free ports after 5 tries");
+}
+
+/// Like `Forwarder::spawn`, for a prepared command (another uid, resource limits).
+fn spawn_command(mut cmd: Command, port: u16) -> Result<Forwarder, String> {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn portfwd");
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let stderr = child.stderr.take().unwrap();
+    let sink = Arc::clone(&log);
+    thread::spawn(move || {
+        for line in io::BufRead::lines(io::BufReader::new(stderr)).map_while(Result::ok) {
+            sink.lock().unwrap().push(line);
+        }
+    });
+    let mut f = Forwarder { child, port, log };
+    let ok = wait_until(Duration::from_secs(10), || {
+        f.log_text().contains("listening on") || !f.alive()
+    });
+    if ok && f.log_text().contains("listening on") {
+        Ok(f)
+    } else {
+        let _ = f.child.kill();
+        let _ = f.child.wait();
+        thread::sleep(Duration::from_millis(50)); // let the reader thread take the last lines
+        Err(f.log_text())
+    }
+}
+
+/// `portfwd ARGS PORT 127.0.0.1 BACKEND` on a fresh port, from a command `make` prepares.
+fn start_with(make: impl Fn() -> Command, args: &[&str], backend: u16) -> Forwarder {
+    for _ in 0..5 {
+        let port = free_port();
+        let mut cmd = make();
+        cmd.args(args)
+            .args([port.to_string(), "127.0.0.1".into(), backend.to_string()]);
+        match spawn_command(cmd, port) {
+            Ok(f) => return f,
+            Err(e) if e.contains("in use") => continue,
+            Err(e) => panic!("portfwd did not start: {e}"),
+        }
+    }
+    panic!("no free port after 5 tries");
+}
+
+/// Sets a resource limit (soft and hard) in a child between fork and exec.
+fn limit_in_child(cmd: &mut Command, resource: libc::__rlimit_resource_t, value: u64) {
+    // SAFETY: the closure runs in the forked child before exec and only calls setrlimit, which is
+    // async-signal-safe, on a value it owns; it allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            let lim = libc::rlimit {
+                rlim_cur: value,
+                rlim_max: value,
+            };
+            if libc::setrlimit(resource, &lim) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// `setpriv` to run the binary as `uid`:`uid` with no supplementary groups.
+fn as_uid(uid: u32) -> Command {
+    let mut cmd = Command::new("setpriv");
+    cmd.args([
+        format!("--reuid={uid}"),
+        format!("--regid={uid}"),
+        "--clear-groups".into(),
+        BIN.into(),
+    ]);
+    cmd
+}
+
+/// Counts the connections a backend accepted, and the most it held at once.
+#[derive(Default)]
+struct Tally {
+    accepted: AtomicUsize,
+    now: AtomicUsize,
+    max: AtomicUsize,
+}
+
+impl Tally {
+    fn enter(&self) {
+        self.accepted.fetch_add(1, Ordering::SeqCst);
+        let n = self.now.fetch_add(1, Ordering::SeqCst) + 1;
+        self.max.fetch_max(n, Ordering::SeqCst);
+    }
+    fn leave(&self) {
+        self.now.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+fn counting_echo(tally: &Arc<Tally>) -> Backend {
+    let t = Arc::clone(tally);
+    Backend::start(move |s| {
+        t.enter();
+        echo(s);
+        t.leave();
+    })
+}
+
+/// Waits until the forwarder has no connection process left (all reaped, none stray).
+fn wait_no_descendants(fwd: &Forwarder, limit: Duration) -> bool {
+    wait_until(limit, || fwd.descendants().is_empty())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Limits
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn flood_of_three_times_max_connections_is_served_in_full_never_above_the_cap() {
+    const CAP: usize = 16;
+    const CLIENTS: usize = 3 * CAP;
+    let tally = Arc::new(Tally::default());
+    let t = Arc::clone(&tally);
+    // Each connection stays at the backend a while, so the cap is reached and clients queue.
+    let backend = Backend::start(move |s| {
+        t.enter();
+        thread::sleep(Duration::from_millis(150));
+        echo(s);
+        t.leave();
+    });
+    let fwd = Forwarder::start(&["--max-connections", &CAP.to_string()], "127.0.0.1", backend.port);
+    let pid = fwd.pid();
+    let addr = fwd.addr();
+    let most_processes = Arc::new(AtomicUsize::new(0));
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let (most, done) = (Arc::clone(&most_processes), Arc::clone(&done));
+        thread::spawn(move || {
+            while !done.load(Ordering::SeqCst) {
+                most.fetch_max(descendants(pid).len(), Ordering::SeqCst);
+                thread::sleep(Duration::from_millis(5));
+            }
+        })
+    };
+    let clients: Vec<_> = (0..CLIENTS as u64)
+        .map(|i| {
+            thread::Builder::new()
+                .stack_size(256 * 1024)
+                .spawn(move || {
+                    let s = TcpStream::connect(addr)?;
+                    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+                    echo_check(s, 1000 + i, 128 * KIB)
+                })
+                .unwrap()
+        })
+        .collect();
+    let failures: Vec<String> = clients
+        .into_iter()
+        .enumerate()
+        .filter_map(|(i, c)| c.join().unwrap().err().map(|e| format!("client {i}: {e}")))
+        .collect();
+    done.store(true, Ordering::SeqCst);
+    sampler.join().unwrap();
+    assert!(failures.is_empty(), "{failures:?}\n{}", fwd.log_text());
+    assert_eq!(tally.accepted.load(Ordering::SeqCst), CLIENTS);
+    let max = tally.max.load(Ordering::SeqCst);
+    println!(
+        "flood: {CLIENTS} clients, cap {CAP}: at most {max} at the backend at once, at most {} processes",
+        most_processes.load(Ordering::SeqCst)
+    );
+    assert!(max <= CAP, "{max} connections at once with --max-connections {CAP}");
+    assert!(most_processes.load(Ordering::SeqCst) <= 2 * CAP);
+    assert!(fwd.wait_log_count("outcome=closed", CLIENTS, Duration::from_secs(10)));
+}
+
+#[test]
+fn max_connections_counts_silent_clients_and_resumes_when_one_leaves() {
+    // With `--dispatch data` a silent client holds a slot in the main process: at the cap, the
+    // next client waits in the backlog (not refused), and is served once a slot frees up.
+    let backend = Backend::start(echo);
+    let (fwd, ports) = start_config("maxconn", 1, &[], |p| {
+        format!("127.0.0.1:{} -> 127.0.0.1:{} max_connections=2\n", p[0], backend.port)
+    });
+    let addr = SocketAddr::from(([127, 0, 0, 1], ports[0]));
+    let silent1 = TcpStream::connect(addr).unwrap();
+    let _silent2 = TcpStream::connect(addr).unwrap();
+    assert!(wait_until(Duration::from_secs(5), || field(&stats(&fwd), "waiting") == 2));
+    // The third is in the kernel's backlog: connected, but nothing reaches the backend.
+    let third = TcpStream::connect(addr).unwrap();
+    third.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut w = third.try_clone().unwrap();
+    w.write_all(b"queued").unwrap();
+    w.shutdown(Shutdown::Write).unwrap();
+    let line = stats(&fwd);
+    assert_eq!((field(&line, "waiting"), field(&line, "accepted")), (2, 2), "{line}");
+    abort(silent1);
+    let mut got = Vec::new();
+    (&third).read_to_end(&mut got).unwrap();
+    assert_eq!(got, b"queued");
+    assert_eq!(field(&stats(&fwd), "accepted"), 3);
+}
+
+#[test]
+fn max_per_source_refuses_the_extra_connection_from_one_address_only() {
+    let backend = Backend::start(echo);
+    let fwd = Forwarder::start(&["--max-per-source", "2"], "127.0.0.1", backend.port);
+    let a1 = connect_from(v4(2), fwd.addr()).unwrap();
+    let _a2 = connect_from(v4(2), fwd.addr()).unwrap();
+    assert!(wait_until(Duration::from_secs(5), || field(&stats(&fwd), "waiting") == 2));
+    assert!(!served_from(v4(2), fwd.addr()), "third connection from 127.0.0.2");
+    assert!(
+        fwd.wait_log_count("outcome=refused reason=max-per-source", 1, Duration::from_secs(5)),
+        "{}",
+        fwd.log_text()
+    );
+    let refused = fwd.log_text();
+    let refused = refused.lines().find(|l| l.contains("reason=max-per-source")).unwrap();
+    assert!(refused.contains("127.0.0.2") && refused.contains(&format!("listen={}", fwd.port)));
+    // Another address is not affected.
+    echo_check(connect_from(v4(3), fwd.addr()).unwrap(), 1, 1000).unwrap();
+    // When one of the two leaves, that address may come again.
+    abort(a1);
+    assert!(wait_until(Duration::from_secs(5), || field(&stats(&fwd), "waiting") == 1));
+    echo_check(connect_from(v4(2), fwd.addr()).unwrap(), 2, 1000).unwrap();
+    assert_eq!(count_lines(&fwd, "outcome=refused"), 1);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Timeouts
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn slow_loris_two_thousand_silent_sockets_are_closed_after_the_first_byte_timeout() {
+    const SILENT: usize = 2000;
+    const TIMEOUT: Duration = Duration::from_secs(3);
+    let backend = Backend::start(echo);
+    let fwd = Forwarder::start(&["--first-byte-timeout", "3"], "127.0.0.1", backend.port);
+    let baseline = socket_fds(fwd.pid()).len();
+    let start = Instant::now();
+    let mut silent = Vec::with_capacity(SILENT);
+    for _ in 0..SILENT {
+        silent.push(TcpStream::connect(fwd.addr()).unwrap());
+    }
+    // While they sit there, normal clients are served.
+    for i in 0..20 {
+        echo_check(fwd.connect(), 10 + i, 16 * KIB).unwrap();
+    }
+    // Not closed early: if the first one's timeout has not passed yet, it is still open.
+    silent[0].set_nonblocking(true).unwrap();
+    let early = silent[0].read(&mut [0u8; 1]);
+    if start.elapsed() < TIMEOUT - Duration::from_millis(500) {
+        assert_eq!(
+            early.unwrap_err().kind(),
+            ErrorKind::WouldBlock,
+            "closed before the timeout"
+        );
+    }
+    silent[0].set_nonblocking(false).unwrap();
+    // After the timeout, the main process holds none of them.
+    assert!(
+        wait_until(TIMEOUT + Duration::from_secs(15), || socket_fds(fwd.pid()).len()
+            <= baseline),
+        "main process still holds {} sockets",
+        socket_fds(fwd.pid()).len()
+    );
+    assert!(start.elapsed() >= TIMEOUT);
+    for (i, s) in silent.iter_mut().enumerate() {
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        assert_eq!(read_outcome(s), Ok(0), "silent client {i} was not closed");
+    }
+    let line = stats(&fwd);
+    assert_eq!(field(&line, "first_byte_timeouts"), SILENT as u64, "{line}");
+    assert_eq!(field(&line, "waiting"), 0, "{line}");
+    // And service goes on.
+    echo_check(fwd.connect(), 99, 64 * KIB).unwrap();
+}
+
+#[test]
+fn first_byte_timeout_from_a_config_line_and_verbose_log() {
+    let backend = Backend::start(echo);
+    let (fwd, ports) = start_config("fbt", 1, &["-v"], |p| {
+        format!(
+            "127.0.0.1:{} -> 127.0.0.1:{} first_byte_timeout=0.5\n",
+            p[0], backend.port
+        )
+    });
+    let addr = SocketAddr::from(([127, 0, 0, 1], ports[0]));
+    let mut silent = TcpStream::connect(addr).unwrap();
+    silent.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    assert_eq!(read_outcome(&mut silent), Ok(0));
+    assert!(fwd.wait_log_count("nothing sent within the first-byte timeout", 1, Duration::from_secs(5)));
+    // A client that speaks in time is served; `off` would keep silent ones forever (not waited for).
+    let s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    echo_check(s, 5, 1000).unwrap();
+}
+
+#[test]
+fn idle_timeout_closes_a_silent_connection_but_not_one_with_one_way_traffic() {
+    // The backend reads everything, answers with the byte count, and passes the FIN on.
+    let backend = Backend::start(|mut s| {
+        let mut n = 0usize;
+        let mut buf = [0u8; 4096];
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(k) => n += k,
+            }
+        }
+        let _ = s.write_all(n.to_string().as_bytes());
+        let _ = s.shutdown(Shutdown::Write);
+    });
+    let (fwd, ports) = start_config("idle", 1, &[], |p| {
+        format!(
+            "127.0.0.1:{} -> 127.0.0.1:{} dispatch=accept idle_timeout=1\n",
+            p[0], backend.port
+        )
+    });
+    let addr = SocketAddr::from(([127, 0, 0, 1], ports[0]));
+
+    // Silent both ways: closed with a FIN each way after about a second. The backend saw EOF
+    // after 0 bytes and answered "0", which can no longer reach the client: shut down both ways.
+    let start = Instant::now();
+    let mut idle = TcpStream::connect(addr).unwrap();
+    idle.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    assert_eq!(read_outcome(&mut idle), Ok(0));
+    let took = start.elapsed();
+    assert!(took >= Duration::from_millis(900), "closed after {took:?}");
+    assert!(
+        fwd.wait_log_count("outcome=idle-timeout", 1, Duration::from_secs(5)),
+        "{}",
+        fwd.log_text()
+    );
+
+    // One byte every 200 ms client→server for 2.5 s: never idle, although the server never sends.
+    let mut busy = TcpStream::connect(addr).unwrap();
+    busy.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    let until = Instant::now() + Duration::from_millis(2500);
+    let mut sent = 0;
+    while Instant::now() < until {
+        busy.write_all(b"x").unwrap();
+        sent += 1;
+        thread::sleep(Duration::from_millis(200));
+    }
+    busy.shutdown(Shutdown::Write).unwrap();
+    let mut answer = String::new();
+    busy.read_to_string(&mut answer).unwrap();
+    assert_eq!(answer, sent.to_string());
+    assert!(fwd.wait_log_count("outcome=closed", 1, Duration::from_secs(5)));
+    assert_eq!(count_lines(&fwd, "outcome=idle-timeout"), 1, "{}", fwd.log_text());
+    assert_eq!(field(&stats(&fwd), "idle_timeout"), 1);
+}
+
+#[test]
+fn keepalive_and_idle_socket_options_on_both_legs() {
+    let backend = Backend::start(echo);
+    let fwd = Forwarder::start(&["--keepalive", "20", "--idle-timeout", "3"], "127.0.0.1", backend.port);
+    let mut c = fwd.connect();
+    c.write_all(b"ping").unwrap();
+    let mut buf = [0u8; 4];
+    c.read_exact(&mut buf).unwrap();
+    let procs = fwd.descendants();
+    assert_eq!(procs.len(), 2, "a connection and its pump");
+    let mut legs = 0;
+    for &pid in &procs {
+        for fd in socket_fds(pid) {
+            let Ok(dup) = steal_fd(pid, fd) else {
+                println!("SKIP keepalive: pidfd_getfd not permitted or not supported");
+                return;
+            };
+            let s = SockRef::from(&dup);
+            let (local, peer) = (s.local_addr().unwrap(), s.peer_addr().unwrap());
+            let (local, peer) = (local.as_socket().unwrap(), peer.as_socket().unwrap());
+            let leg = if local.port() == fwd.port {
+                "client leg"
+            } else if peer.port() == backend.port {
+                "server leg"
+            } else {
+                panic!("unexpected socket {local} -> {peer}");
+            };
+            assert!(s.keepalive().unwrap(), "{leg} of {pid}: SO_KEEPALIVE");
+            assert_eq!(s.tcp_keepalive_time().unwrap(), Duration::from_secs(20), "{leg}");
+            assert_eq!(s.tcp_keepalive_interval().unwrap(), Duration::from_secs(5), "{leg}");
+            assert_eq!(s.tcp_keepalive_retries().unwrap(), 4, "{leg}");
+            assert_eq!(s.read_timeout().unwrap(), Some(Duration::from_secs(3)), "{leg}");
+            legs += 1;
+        }
+    }
+    assert_eq!(legs, 4, "two sockets in each of the two processes");
+    // The kernel runs a keepalive timer on both legs (`ss -o`), where `ss` is installed.
+    if let Ok(out) = Command::new("ss").args(["-tnoH", "state", "established"]).output() {
+        let text = String::from_utf8_lossy(&out.stdout);
+        let ours: Vec<&str> = text
+            .lines()
+            .filter(|l| l.contains(&format!(":{} ", fwd.port)) || l.contains(&format!(":{} ", backend.port)))
+            .collect();
+        let with_timer = ours.iter().filter(|l| l.contains("timer:(keepalive")).count();
+        assert!(with_timer >= 2, "keepalive timers in ss -o:\n{}", ours.join("\n"));
+    }
+    c.shutdown(Shutdown::Write).unwrap();
+    let _ = read_outcome(&mut c);
+
+    // keepalive=off from a config line: no keepalive on either leg.
+    let (off, ports) = start_config("ka-off", 1, &[], |p| {
+        format!("127.0.0.1:{} -> 127.0.0.1:{} keepalive=off\n", p[0], backend.port)
+    });
+    let mut c = TcpStream::connect(("127.0.0.1", ports[0])).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    c.write_all(b"ping").unwrap();
+    c.read_exact(&mut buf).unwrap();
+    let procs = off.descendants();
+    assert_eq!(procs.len(), 2);
+    for &pid in &procs {
+        for fd in socket_fds(pid) {
+            let dup = steal_fd(pid, fd).unwrap();
+            assert!(
+                !SockRef::from(&dup).keepalive().unwrap(),
+                "keepalive=off, fd {fd} of {pid}"
+            );
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Resource exhaustion
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn out_of_descriptors_pauses_without_spinning_and_recovers_by_itself() {
+    const NOFILE: u64 = 32;
+    const SILENT: usize = 60;
+    let backend = Backend::start(echo);
+    let fwd = start_with(
+        || {
+            let mut cmd = Command::new(BIN);
+            limit_in_child(&mut cmd, libc::RLIMIT_NOFILE, NOFILE);
+            cmd
+        },
+        &["--first-byte-timeout", "off", "--accept-threads", "2"],
+        backend.port,
+    );
+    let silent: Vec<TcpStream> = (0..SILENT).map(|_| TcpStream::connect(fwd.addr()).unwrap()).collect();
+    assert!(
+        fwd.wait_log_count("pausing accepts", 1, Duration::from_secs(10)),
+        "{}",
+        fwd.log_text()
+    );
+    // A client with data waits in the backlog meanwhile.
+    let stuck = fwd.connect();
+    let mut w = stuck.try_clone().unwrap();
+    w.write_all(b"waited").unwrap();
+    w.shutdown(Shutdown::Write).unwrap();
+
+    // Stuck, but not busy: under 20% of one core over two seconds (a busy loop would use ~100%).
+    let before = cpu_ticks(fwd.pid());
+    let t0 = Instant::now();
+    thread::sleep(Duration::from_secs(2));
+    let used = (cpu_ticks(fwd.pid()) - before) as f64 / clock_ticks_per_sec() as f64;
+    let share = used / t0.elapsed().as_secs_f64();
+    println!(
+        "descriptor exhaustion: main process used {:.1}% of a core",
+        share * 100.0
+    );
+    assert!(share < 0.2, "{:.0}% of a core while out of descriptors", share * 100.0);
+    assert!(socket_fds(fwd.pid()).len() as u64 <= NOFILE);
+
+    // The silent clients leave; the one in the backlog is served, then new ones.
+    for s in silent {
+        abort(s);
+    }
+    let mut got = Vec::new();
+    (&stuck).read_to_end(&mut got).unwrap();
+    assert_eq!(got, b"waited");
+    echo_check(fwd.connect(), 3, 64 * KIB).unwrap();
+    assert!(fwd.wait_log_count("accepting again", 1, Duration::from_secs(5)));
+    assert_eq!(
+        count_lines(&fwd, "pausing accepts"),
+        1,
+        "logged once:\n{}",
+        fwd.log_text()
+    );
+    assert_eq!(count_lines(&fwd, "accepting again"), 1);
+    let mut fwd = fwd;
+    assert!(fwd.alive());
+}
+
+/// A process of `uid` that only takes up one of that uid's `RLIMIT_NPROC` slots. Killed on drop.
+struct Sleeper(std::process::Child);
+
+impl Sleeper {
+    fn start(uid: u32) -> Sleeper {
+        let mut cmd = Command::new("setpriv");
+        cmd.args([
+            format!("--reuid={uid}"),
+            format!("--regid={uid}"),
+            "--clear-groups".into(),
+            "sleep".into(),
+            "120".into(),
+        ]);
+        let child = cmd.stdin(Stdio::null()).spawn().expect("spawn sleep");
+        // It counts once setpriv has switched to the uid.
+        let pid = child.id();
+        assert!(wait_until(Duration::from_secs(5), || status(pid, "Uid")
+            .starts_with(&uid.to_string())));
+        Sleeper(child)
+    }
+}
+
+impl Drop for Sleeper {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait(); // reaped: its slot is free again
+    }
+}
+
+#[test]
+fn fork_failures_reset_the_client_are_logged_and_service_resumes() {
+    if !is_root() {
+        println!("SKIP fork failure: needs root to run the forwarder as another uid with RLIMIT_NPROC");
+        return;
+    }
+    // RLIMIT_NPROC counts every task of the real uid, so this uid must be used by nothing else.
+    // The limit is set once at start (raising it later would need CAP_SYS_RESOURCE); sleepers of
+    // the same uid fill the slots instead.
+    const UID: u32 = 64999;
+    let tally = Arc::new(Tally::default());
+    let backend = counting_echo(&tally);
+    // The main process and its one accept thread are 2 tasks; one connection is 2 more.
+    let fwd = start_with(
+        || {
+            let mut cmd = as_uid(UID);
+            limit_in_child(&mut cmd, libc::RLIMIT_NPROC, 4);
+            cmd
+        },
+        &["--accept-threads", "1"],
+        backend.port,
+    );
+    assert_eq!(status(fwd.pid(), "Uid"), format!("{UID} {UID} {UID} {UID}"));
+    echo_check(fwd.connect(), 30, 32 * KIB).expect("served while there is room");
+    assert!(wait_no_descendants(&fwd, Duration::from_secs(5)));
+
+    // 1. Room for one process: the connection process connects, but cannot fork its pump. Both
+    //    its sockets are reset and it logs the failure.
+    let first = Sleeper::start(UID);
+    let mut c = fwd.connect();
+    c.write_all(b"no pump for me").unwrap();
+    assert_reset(&mut c, "client whose pump could not be forked");
+    assert!(
+        fwd.wait_log_count("outcome=fork-failed", 1, Duration::from_secs(5)),
+        "{}",
+        fwd.log_text()
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || tally.accepted.load(Ordering::SeqCst) == 2),
+        "the inward connection was made:\n{}",
+        fwd.log_text()
+    );
+
+    // 2. No room at all: the main process cannot fork. The client is reset and nothing reaches
+    //    the backend; the main process logs it and goes on.
+    let second = Sleeper::start(UID);
+    for i in 0..3 {
+        let mut c = fwd.connect();
+        c.write_all(b"no process for me").unwrap();
+        assert_reset(&mut c, &format!("client {i} whose fork failed"));
+    }
+    assert!(
+        fwd.wait_log_count("outcome=fork-failed", 4, Duration::from_secs(5)),
+        "{}",
+        fwd.log_text()
+    );
+    assert_eq!(
+        fwd.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains("error=EAGAIN"))
+            .count(),
+        4
+    );
+    assert_eq!(tally.accepted.load(Ordering::SeqCst), 2);
+
+    // 3. The other processes of the uid end; service resumes by itself. (The limit leaves room
+    //    for one connection: each must be reaped before the next, as a zombie still counts.)
+    drop(first);
+    drop(second);
+    for i in 0..3 {
+        echo_check(fwd.connect(), 40 + i, 32 * KIB).unwrap_or_else(|e| panic!("{e}\n{}", fwd.log_text()));
+        assert!(wait_no_descendants(&fwd, Duration::from_secs(5)));
+    }
+    let line = stats(&fwd);
+    assert_eq!(field(&line, "fork_failed"), 4, "{line}");
+    assert_eq!(field(&line, "closed"), 4, "{line}");
+    let mut fwd = fwd;
+    assert!(fwd.alive());
+}
+
+#[test]
+fn backend_flapping_down_up_down_up_never_stops_the_forwarder() {
+    let listener = listen("127.0.0.1:0");
+    let port = listener.local_addr().unwrap().port();
+    let mut backend = Some(Backend::from_listener(listener, echo));
+    let fwd = Forwarder::start(&["--connect-timeout", "1"], "127.0.0.1", port);
+    let served = Arc::new(AtomicUsize::new(0));
+    let failed = Arc::new(AtomicUsize::new(0));
+    let wrong = Arc::new(Mutex::new(Vec::<String>::new()));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let addr = fwd.addr();
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let (served, failed, wrong, stop) = (
+                Arc::clone(&served),
+                Arc::clone(&failed),
+                Arc::clone(&wrong),
+                Arc::clone(&stop),
+            );
+            thread::spawn(move || {
+                while !stop.load(Ordering::SeqCst) {
+                    let mut s = TcpStream::connect(addr).expect("the forwarder keeps listening");
+                    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                    let _ = s.write_all(b"ping");
+                    let _ = s.shutdown(Shutdown::Write);
+                    match read_to_end_or_err(&mut s) {
+                        (data, Ok(())) if data == b"ping" => served.fetch_add(1, Ordering::SeqCst),
+                        (_, Err(e)) if e.kind() == ErrorKind::ConnectionReset => failed.fetch_add(1, Ordering::SeqCst),
+                        (data, end) => {
+                            wrong.lock().unwrap().push(format!("{data:?} {end:?}"));
+                            0
+                        }
+                    };
+                }
+            })
+        })
+        .collect();
+    let progress = |counter: &AtomicUsize| {
+        let start = counter.load(Ordering::SeqCst);
+        wait_until(Duration::from_secs(10), || counter.load(Ordering::SeqCst) >= start + 5)
+    };
+    assert!(progress(&served), "up");
+    drop(backend.take()); // down: the port refuses connections
+    assert!(progress(&failed), "down");
+    backend.replace(Backend::from_listener(listen(&format!("127.0.0.1:{port}")), echo));
+    assert!(progress(&served), "up again");
+    drop(backend.take());
+    assert!(progress(&failed), "down again");
+    backend.replace(Backend::from_listener(listen(&format!("127.0.0.1:{port}")), echo));
+    assert!(progress(&served), "up at the end");
+    stop.store(true, Ordering::SeqCst);
+    for c in clients {
+        c.join().unwrap();
+    }
+    drop(backend);
+    let wrong = wrong.lock().unwrap();
+    assert!(wrong.is_empty(), "clients neither served nor reset: {wrong:?}");
+    let mut fwd = fwd;
+    assert!(fwd.alive());
+    assert!(fwd.log_text().contains("outcome=connect-failed error=ECONNREFUSED"));
+    assert!(wait_no_descendants(&fwd, Duration::from_secs(10)), "stray processes");
+    println!(
+        "flapping: {} served, {} reset while the backend was down",
+        served.load(Ordering::SeqCst),
+        failed.load(Ordering::SeqCst)
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Access control
+// ---------------------------------------------------------------------------------------------
+
+/// Whether a client from `src` is served through `dst` (echo), or reset at once (refused).
+fn served_from(src: IpAddr, dst: SocketAddr) -> bool {
+    let s = match connect_from(src, dst) {
+        Ok(s) => s,
+        // The reset can come before the connect call has returned.
+        Err(e) if e.kind() == ErrorKind::ConnectionReset => return false,
+        Err(e) => panic!("connect {src} -> {dst}: {e}"),
+    };
+    // Refused clients are reset before they send anything; do not write into a reset socket.
+    s.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+    match s.peek(&mut [0u8; 1]) {
+        Err(e) if e.kind() == ErrorKind::ConnectionReset => return false,
+        Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+        other => panic!("{src} -> {dst}: unexpected {other:?}"),
+    }
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    echo_check(s, 7, 2000).unwrap_or_else(|e| panic!("{src} -> {dst}: {e}"));
+    true
+}
+
+#[test]
+fn allow_and_deny_rules_ipv4_and_ipv6_per_mapping_then_global() {
+    let v6 = ipv6_loopback();
+    if !v6 {
+        println!("SKIP the IPv6 cases: ::1 is not available");
+    }
+    let tally = Arc::new(Tally::default());
+    let backend = counting_echo(&tally);
+    // Global: allow 127.0.0.0/30, deny ::1 (command-line order). Mapping rules come first.
+    let (fwd, ports) = start_config("rules", 2, &["--allow", "127.0.0.0/30", "--deny", "::1"], |p| {
+        format!(
+            "[::]:{} -> 127.0.0.1:{b} allow=::1 deny=127.0.0.2\n[::]:{} -> 127.0.0.1:{b} deny=127.0.0.1\n",
+            p[0],
+            p[1],
+            b = backend.port
+        )
+    });
+    let on = |i: usize, ip: IpAddr| {
+        let dst = if ip.is_ipv6() {
+            SocketAddr::new(V6_LOOPBACK, ports[i])
+        } else {
+            SocketAddr::from(([127, 0, 0, 1], ports[i]))
+        };
+        served_from(ip, dst)
+    };
+    let mut expected_served = 0;
+    let mut expected_refused = Vec::new();
+    let mut check = |i: usize, ip: IpAddr, want: bool, why: &str| {
+        if ip.is_ipv6() && !v6 {
+            return;
+        }
+        assert_eq!(on(i, ip), want, "mapping {i}, client {ip}: {why}");
+        if want {
+            expected_served += 1;
+        } else {
+            expected_refused.push((ports[i], ip));
+        }
+    };
+    check(0, v4(1), true, "global allow 127.0.0.0/30");
+    check(0, v4(2), false, "mapping deny=127.0.0.2 before the global allow");
+    check(0, v4(5), false, "no rule matches and allow rules exist: refused");
+    check(0, V6_LOOPBACK, true, "mapping allow=::1 before the global deny ::1");
+    check(1, v4(1), false, "mapping deny=127.0.0.1 before the global allow");
+    check(1, v4(2), true, "global allow 127.0.0.0/30");
+    check(1, v4(5), false, "no rule matches and allow rules exist: refused");
+    check(1, V6_LOOPBACK, false, "global deny ::1");
+    // Refused clients never reached the backend, and each was logged.
+    assert_eq!(tally.accepted.load(Ordering::SeqCst), expected_served);
+    let n = expected_refused.len();
+    assert!(fwd.wait_log_count("reason=access-denied", n, Duration::from_secs(5)));
+    let log = fwd.log_text();
+    for (port, ip) in &expected_refused {
+        let ip = ip.to_string();
+        assert!(
+            log.lines()
+                .any(|l| l.contains(&ip) && l.contains(&format!("listen={port} outcome=refused reason=access-denied"))),
+            "no refusal logged for {ip} on {port}:\n{log}"
+        );
+    }
+    assert_eq!(field(&stats(&fwd), "refused"), n as u64);
+    assert!(fwd.descendants().is_empty() || wait_no_descendants(&fwd, Duration::from_secs(5)));
+}
+
+#[test]
+fn deny_rules_alone_leave_the_default_open() {
+    let tally = Arc::new(Tally::default());
+    let backend = counting_echo(&tally);
+    let fwd = Forwarder::start(&["--deny", "127.0.0.3", "--deny", "::1/128"], "127.0.0.1", backend.port);
+    assert!(!served_from(v4(3), fwd.addr()));
+    assert!(served_from(v4(4), fwd.addr()));
+    assert!(served_from(v4(1), fwd.addr()));
+    if ipv6_loopback() {
+        assert!(!served_from(V6_LOOPBACK, SocketAddr::new(V6_LOOPBACK, fwd.port)));
+    } else {
+        println!("SKIP the IPv6 case: ::1 is not available");
+    }
+    assert_eq!(tally.accepted.load(Ordering::SeqCst), 2);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Privileges
+// ---------------------------------------------------------------------------------------------
+
+/// A port below 1024 free on 127.0.0.1 right now.
+fn free_privileged_port() -> Option<u16> {
+    (700..1024).rev().find(|&p| TcpListener::bind(("127.0.0.1", p)).is_ok())
+}
+
+#[test]
+fn user_drop_binds_a_privileged_port_then_no_process_runs_as_root() {
+    if !is_root() {
+        println!("SKIP --user: needs root");
+        return;
+    }
+    const UID: u32 = 64998;
+    let backend = Backend::start(echo);
+    let mut fwd = None;
+    for _ in 0..5 {
+        let port = free_privileged_port().expect("a free port below 1024");
+        let args: Vec<String> = ["--user", "64998:64998", "--bind", "127.0.0.1"]
+            .iter()
+            .map(|s| s.to_string())
+            .chain([port.to_string(), "127.0.0.1".into(), backend.port.to_string()])
+            .collect();
+        match Forwarder::spawn(&args, port) {
+            Ok(f) => {
+                fwd = Some(f);
+                break;
+            }
+            Err(e) if e.contains("in use") => continue,
+            Err(e) => panic!("portfwd did not start: {e}"),
+        }
+    }
+    let fwd = fwd.expect("started");
+    assert!(fwd.port < 1024);
+    let mut c = fwd.connect();
+    c.write_all(b"ping").unwrap();
+    c.read_exact(&mut [0u8; 4]).unwrap();
+    let procs = fwd.descendants();
+    assert_eq!(procs.len(), 2);
+    for pid in std::iter::once(fwd.pid()).chain(procs) {
+        let who = format!("{:?} ({pid})", stat(pid).map(|s| s.2));
+        assert_eq!(status(pid, "Uid"), format!("{UID} {UID} {UID} {UID}"), "{who}");
+        assert_eq!(status(pid, "Gid"), format!("{UID} {UID} {UID} {UID}"), "{who}");
+        let groups = status(pid, "Groups");
+        assert!(groups.is_empty() || groups == UID.to_string(), "{who}: groups {groups}");
+        assert_eq!(status(pid, "CapEff"), "0000000000000000", "{who}");
+        assert_eq!(status(pid, "CapPrm"), "0000000000000000", "{who}");
+    }
+    c.shutdown(Shutdown::Write).unwrap();
+    assert_eq!(read_outcome(&mut c), Ok(0));
+}
+
+#[test]
+fn user_that_cannot_be_switched_to_refuses_to_start() {
+    let backend = Backend::start(echo);
+    let port = free_port();
+    let run = |mut cmd: Command| {
+        let out = cmd
+            .args([port.to_string(), "127.0.0.1".into(), backend.port.to_string()])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let mut cmd = Command::new(BIN);
+    cmd.args(["--user", "no-such-user-portfwd"]);
+    let (code, err) = run(cmd);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("no such user 'no-such-user-portfwd'"), "{err}");
+    assert!(TcpStream::connect(("127.0.0.1", port)).is_err(), "nothing listens");
+    if !is_root() {
+        println!("SKIP the failed-switch case: needs root to start as another uid");
+        return;
+    }
+    // Not root: switching to root fails, and portfwd exits instead of running unswitched.
+    let mut cmd = as_uid(64997);
+    cmd.args(["--user", "0:0"]);
+    let (code, err) = run(cmd);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("--user") && err.contains("failed"), "{err}");
+    assert!(!err.contains("listening on"), "{err}");
+    assert!(TcpStream::connect(("127.0.0.1", port)).is_err(), "nothing listens");
+}
