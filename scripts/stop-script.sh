@@ -118,7 +118,7 @@ alive() {
     [[ ${stat:0:1} != Z ]]
 }
 
-# The --drain-timeout a daemon was started with, in whole seconds rounded up plus one (the
+# The --drain-timeout a daemon was started with, in whole seconds rounded up, plus a second (the
 # daemon needs a moment to end what is left), or 0 if it was started without one.
 drain_of() {
     local arg prev="" drain=""
