@@ -749,6 +749,19 @@ fn demo_runs_end_to_end() {
         return;
     }
     let sb = Sandbox::new("demo");
+
+    // A busy port: the demo says which one and starts nothing.
+    let holder = TcpListener::bind("127.0.0.1:8006").unwrap();
+    let out = sb.run("demo.sh", &[]);
+    assert_eq!(out.code, 1, "{}", out.all());
+    assert!(
+        out.stderr.contains("in use") && out.stderr.contains("8006"),
+        "{}",
+        out.all()
+    );
+    assert!(!out.stdout.contains("started"), "{}", out.all());
+    drop(holder);
+
     let out = sb.run("demo.sh", &[]);
     assert_eq!(out.code, 0, "{}", out.all());
     for needle in [
