@@ -70,7 +70,7 @@ pub struct Cli {
     pub idle_timeout: Option<String>,
 
     /// TCP keepalive on both legs: probes after SECS of silence, or `off` [default: 60].
-    #[arg(long, value_name = "SECS", value_parser = checked(options::parse_secs_or_off))]
+    #[arg(long, value_name = "SECS", value_parser = checked(options::parse_keepalive))]
     pub keepalive: Option<String>,
 
     /// Let clients from CIDR in (repeatable; with any allow rule, others are refused).

@@ -30,6 +30,9 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(60);
+/// The longest keepalive idle time the kernel takes (`MAX_TCP_KEEPIDLE`): `setsockopt` refuses a
+/// longer one, and the socket would silently keep the system default (`tcp_keepalive_time`).
+pub const MAX_KEEPALIVE_SECS: u64 = 32_767;
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Options {
@@ -93,7 +96,7 @@ impl Options {
             "max_per_source" => self.max_per_source = parse_count_or_off(value)?,
             "first_byte_timeout" => self.first_byte_timeout = parse_secs_or_off(value)?,
             "idle_timeout" => self.idle_timeout = parse_secs_or_off(value)?,
-            "keepalive" => self.keepalive = parse_secs_or_off(value)?,
+            "keepalive" => self.keepalive = parse_keepalive(value)?,
             "allow" => self.rules.push(Rule::parse(RuleKind::Allow, value)?),
             "deny" => self.rules.push(Rule::parse(RuleKind::Deny, value)?),
             _ => return Err(format!("unknown option '{key}' (known: {})", KEYS.join(", "))),
@@ -164,6 +167,16 @@ pub fn parse_secs_or_off(text: &str) -> Result<Option<Duration>, String> {
     }
 }
 
+/// A keepalive idle time: seconds up to [`MAX_KEEPALIVE_SECS`], or `off` / `0`.
+pub fn parse_keepalive(text: &str) -> Result<Option<Duration>, String> {
+    match parse_secs_or_off(text)? {
+        Some(d) if d.as_secs_f64() > MAX_KEEPALIVE_SECS as f64 => Err(format!(
+            "invalid keepalive '{text}': at most {MAX_KEEPALIVE_SECS} seconds (the kernel's limit)"
+        )),
+        other => Ok(other),
+    }
+}
+
 /// A whole number of at least 1.
 pub fn parse_count(text: &str) -> Result<usize, String> {
     match text.parse::<usize>() {
@@ -217,5 +230,7 @@ mod tests {
         assert!(o.set("max_connections", "0").unwrap_err().contains("at least 1"));
         assert!(o.set("colour", "blue").unwrap_err().contains("unknown option 'colour'"));
         assert!(o.set("allow", "10.0.0.0/33").is_err());
+        assert!(o.set("keepalive", "40000").unwrap_err().contains("at most 32767"));
+        assert!(o.set("keepalive", "32767").is_ok());
     }
 }
