@@ -592,6 +592,25 @@ fn keepalive_and_idle_socket_options_on_both_legs() {
     c.shutdown(Shutdown::Write).unwrap();
     let _ = read_outcome(&mut c);
 
+    // Longer than the kernel takes (32767 s): refused at start, not silently replaced by the
+    // system default of 7200 s.
+    let out = Command::new(BIN)
+        .args(["--keepalive", "40000", "1", "127.0.0.1", "2"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("at most 32767"), "{err}");
+    let dir = temp_dir("ka-max");
+    std::fs::write(dir.join("c"), "1 -> 127.0.0.1:2 keepalive=32768\n").unwrap();
+    let out = Command::new(BIN)
+        .arg("--check-config")
+        .arg(dir.join("c"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("at most 32767"));
+
     // keepalive=off from a config line: no keepalive on either leg.
     let (off, ports) = start_config("ka-off", 1, &[], |p| {
         format!("127.0.0.1:{} -> 127.0.0.1:{} keepalive=off\n", p[0], backend.port)
