@@ -37,6 +37,18 @@ impl Rule {
                 _ => return Err(bad(&format!("prefix must be 0 to {max}"))),
             },
         };
+        // An IPv4-mapped range (`::ffff:10.0.0.0/104`) means those IPv4 clients: clients are
+        // matched by their canonical address, so keep the rule in IPv4 form or it never matches.
+        if let IpAddr::V6(v6) = net
+            && let Some(v4) = v6.to_ipv4_mapped()
+            && prefix >= 96
+        {
+            return Ok(Rule {
+                kind,
+                net: v4.into(),
+                prefix: prefix - 96,
+            });
+        }
         Ok(Rule { kind, net, prefix })
     }
 
@@ -105,6 +117,11 @@ mod tests {
         assert!(!v6.matches("10.0.0.1".parse().unwrap()));
         assert!(r(RuleKind::Allow, "0.0.0.0/0").matches("1.2.3.4".parse().unwrap()));
         assert!(r(RuleKind::Allow, "::1").matches("::1".parse().unwrap()));
+        let mapped = r(RuleKind::Deny, "::ffff:10.0.0.0/104");
+        assert!(mapped.matches("10.9.8.7".parse().unwrap()));
+        assert!(mapped.matches("::ffff:10.9.8.7".parse().unwrap()));
+        assert!(!mapped.matches("11.0.0.1".parse().unwrap()));
+        assert_eq!(mapped.to_string(), "deny=10.0.0.0/8");
         assert!(Rule::parse(RuleKind::Allow, "1.2.3.4/33").is_err());
         assert!(Rule::parse(RuleKind::Allow, "::/129").is_err());
         assert!(Rule::parse(RuleKind::Allow, "example.com").is_err());
