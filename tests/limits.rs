@@ -965,8 +965,21 @@ fn allow_and_deny_rules_ipv4_and_ipv6_per_mapping_then_global() {
 fn deny_rules_alone_leave_the_default_open() {
     let tally = Arc::new(Tally::default());
     let backend = counting_echo(&tally);
-    let fwd = Forwarder::start(&["--deny", "127.0.0.3", "--deny", "::1/128"], "127.0.0.1", backend.port);
+    // An IPv4-mapped IPv6 range stands for those IPv4 clients (of a dual-stack listener too).
+    let fwd = Forwarder::start(
+        &[
+            "--deny",
+            "127.0.0.3",
+            "--deny",
+            "::1/128",
+            "--deny",
+            "::ffff:127.0.0.6/128",
+        ],
+        "127.0.0.1",
+        backend.port,
+    );
     assert!(!served_from(v4(3), fwd.addr()));
+    assert!(!served_from(v4(6), fwd.addr()));
     assert!(served_from(v4(4), fwd.addr()));
     assert!(served_from(v4(1), fwd.addr()));
     if ipv6_loopback() {
