@@ -909,7 +909,7 @@ fn main() {
     let procs = fwd.procs().len();
     let alive = fwd.alive();
     println!(
-        "summary: {}: clients {} held at end {} (peak {}), served at end {}, never answered {}, requests answered {}, errors {} ({}), hold-phase latency p50/p90/p99/max {}/{}/{}/{} µs, forwarder processes {}{}{}",
+        "summary: {}: clients {} held at end {} (peak {}), served at end {}, never answered {}, requests answered {}, errors {} ({}), hold-phase latency p50/p90/p99/max {}/{}/{}/{} µs, forwarder processes after the clients closed {}{}{}",
         a.label,
         fin.spawned,
         fin.held,

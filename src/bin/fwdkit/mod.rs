@@ -382,55 +382,58 @@ impl Fwd {
     }
 
     /// Kill the main process, its descendants and every process group they
-    /// were seen in (which finds orphans re-parented to us), and reap what we
-    /// can. Bounded (10 s).
+    /// are in (which finds those re-parented to us after their parent died),
+    /// and reap what we can. The kill comes first, whatever the machine's
+    /// load; only the sweep after it is bounded (30 s).
     pub fn stop(&mut self) {
         if self.stopped {
             return;
         }
         self.stopped = true;
         let me = std::process::id() as i32;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let mut groups: HashSet<i32> = HashSet::from([self.pgid]);
-        loop {
-            let others: Vec<i32> = MAINS
-                .lock()
-                .map(|m| m.iter().copied().filter(|&p| p != self.pgid).collect())
-                .unwrap_or_default();
-            let all = scan_procs();
-            let mut set = descendants(self.pgid, &all);
-            for p in &set {
-                groups.insert(p.pgrp);
-            }
-            // SAFETY: plain getter.
-            let mine = unsafe { libc::getpgrp() };
-            groups.retain(|&g| g > 1 && g != mine && !others.contains(&g));
-            // Orphans re-parented to us keep their process group, so the
-            // groups seen among the descendants find them.
-            let seen: HashSet<i32> = set.iter().map(|p| p.pid).collect();
-            set.extend(
-                all.iter()
-                    .filter(|p| groups.contains(&p.pgrp) && !seen.contains(&p.pid)),
-            );
-            set.retain(|p| p.pid != me && !others.contains(&p.pid));
-            if set.is_empty() || Instant::now() > deadline {
-                break;
-            }
-            for p in &set {
-                if p.state == 'Z' {
-                    if p.ppid == me {
-                        let mut st = 0;
-                        // SAFETY: reaping a zombie child of ours.
-                        unsafe { libc::waitpid(p.pid, &mut st, libc::WNOHANG) };
-                    }
-                } else {
-                    // SAFETY: a process descending from a forwarder we started.
+        // SAFETY: plain getter.
+        let mine = unsafe { libc::getpgrp() };
+        let others: Vec<i32> = MAINS
+            .lock()
+            .map(|m| m.iter().copied().filter(|&p| p != self.pgid).collect())
+            .unwrap_or_default();
+        // 1. Snapshot the tree while the main process still links it.
+        let tree = descendants(self.pgid, &scan_procs());
+        let mut groups: HashSet<i32> = tree.iter().map(|p| p.pgrp).collect();
+        groups.insert(self.pgid);
+        groups.retain(|&g| g > 1 && g != mine && !others.contains(&g));
+        // 2. Kill every group and every process of the tree.
+        for &g in &groups {
+            // SAFETY: a process group of a forwarder we started.
+            unsafe { libc::kill(-g, libc::SIGKILL) };
+        }
+        for p in tree.iter().filter(|p| p.pid != me && !others.contains(&p.pid)) {
+            // SAFETY: a process descending from a forwarder we started.
+            unsafe { libc::kill(p.pid, libc::SIGKILL) };
+        }
+        let _ = self.child.wait();
+        // 3. Sweep: kill what is left of those groups, reap the zombies that
+        //    were re-parented to us, until nothing is left (bounded).
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            let mut busy = false;
+            for p in scan_procs().iter().filter(|p| groups.contains(&p.pgrp) && p.pid != me) {
+                if p.state != 'Z' {
+                    busy = true;
+                    // SAFETY: as above.
                     unsafe { libc::kill(p.pid, libc::SIGKILL) };
+                } else if p.ppid == me {
+                    busy = true;
+                    let mut st = 0;
+                    // SAFETY: reaping a zombie child of ours.
+                    unsafe { libc::waitpid(p.pid, &mut st, libc::WNOHANG) };
                 }
             }
-            std::thread::sleep(Duration::from_millis(10));
+            if !busy {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
-        let _ = self.child.try_wait();
         if let Ok(mut m) = MAINS.lock() {
             m.retain(|&p| p != self.pgid);
         }
