@@ -21,6 +21,8 @@ Options:
                    kernel.pid_max (the C reference needs 2 processes per
                    connection) and the open-file limit, and spreads clients
                    over 127.0.1.1-127.0.1.4 so ephemeral ports do not run out.
+                   (portfwd is always given --max-connections above the client
+                   count; its default cap is 10,000 live connections.)
                    Needs root; prints what it could not raise.
   --clients N      number of clients (overrides the mode's default)
   --hold-secs S    how long to hold all clients after the ramp
@@ -126,7 +128,9 @@ if [[ -z "$only" || "$only" == reference ]]; then
     run "C reference" target/reference/server || status=1
 fi
 if [[ -z "$only" || "$only" == portfwd ]]; then
-    run portfwd "target/$profile/portfwd" || status=1
+    # portfwd caps live connections per mapping (--max-connections, default
+    # 10,000; the rest wait in the backlog): lift the cap above the client count.
+    run portfwd "target/$profile/portfwd" --max-connections "$((clients + 1000))" || status=1
 fi
 if [[ -z "$only" || "$only" == extra ]]; then
     for spec in "${extras[@]+"${extras[@]}"}"; do
