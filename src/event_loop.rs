@@ -549,6 +549,18 @@ impl EventLoop {
             }
             if let Some(conn) = self.children.remove(&pid) {
                 self.stats.outcomes[Outcome::from_wait_status(status) as usize] += 1;
+                if libc::WIFSIGNALED(status) {
+                    // It died before it could write its own line (a crash, the OOM killer, an
+                    // operator's kill, or `end_connections`): say which connection it was.
+                    let sig = libc::WTERMSIG(status);
+                    let name = nix::sys::signal::Signal::try_from(sig)
+                        .map_or_else(|_| format!("signal-{sig}"), |s| s.as_str().to_string());
+                    log!(
+                        "client={} listen={} outcome=reset error={name} (connection process killed)",
+                        conn.peer,
+                        conn.route.mapping.bind.port()
+                    );
+                }
                 self.release(&conn);
             }
         }
