@@ -874,6 +874,38 @@ fn backend_flapping_down_up_down_up_never_stops_the_forwarder() {
     );
 }
 
+#[test]
+fn a_connection_process_killed_by_a_signal_is_logged_and_the_forwarder_goes_on() {
+    let backend = Backend::start(echo);
+    let fwd = Forwarder::start(&[], "127.0.0.1", backend.port);
+    let mut c = fwd.connect();
+    c.write_all(b"ping").unwrap();
+    c.read_exact(&mut [0u8; 4]).unwrap();
+    let conn = fwd
+        .descendants()
+        .into_iter()
+        .find(|&p| stat(p).is_some_and(|s| s.0 == fwd.pid()))
+        .expect("a connection process");
+    // SAFETY: kill on the process group of a connection this test's forwarder forked.
+    unsafe { libc::kill(-(conn as i32), libc::SIGKILL) };
+    let needle = "outcome=reset error=SIGKILL (connection process killed)";
+    assert!(
+        fwd.wait_log_count(needle, 1, Duration::from_secs(5)),
+        "{}",
+        fwd.log_text()
+    );
+    let log = fwd.log_text();
+    let line = log.lines().find(|l| l.contains(needle)).unwrap();
+    let client = c.local_addr().unwrap().port();
+    assert!(line.contains(&format!(":{client} listen={}", fwd.port)), "{line}");
+    let _ = read_outcome(&mut c);
+    assert!(wait_no_descendants(&fwd, Duration::from_secs(5)));
+    echo_check(fwd.connect(), 8, 64 * KIB).unwrap();
+    assert_eq!(field(&stats(&fwd), "reset"), 1);
+    let mut fwd = fwd;
+    assert!(fwd.alive());
+}
+
 // ---------------------------------------------------------------------------------------------
 // Access control
 // ---------------------------------------------------------------------------------------------
