@@ -231,8 +231,11 @@ def session_procs(sid, include_zombies=False):
         if not d.isdigit():
             continue
         try:
-            with open(f"/proc/{d}/stat") as f:
-                s = f.read()
+            fd = os.open(f"/proc/{d}/stat", os.O_RDONLY)
+            try:
+                s = os.read(fd, 1024).decode("ascii", "replace")
+            finally:
+                os.close(fd)
         except OSError:
             continue
         rest = s[s.rfind(")") + 2:].split()
@@ -469,6 +472,8 @@ def wrk(port, conns, dur, close):
     if m:
         errs += int(m.group(1))
     res["errors"] = errs
+    if not res["rate"]:
+        res["p50"] = res["p99"] = None   # no request completed: no latency
     if res["rate"] is None:
         log("  wrk failed:", rc, out[-300:], err[-300:])
     return res
@@ -563,7 +568,7 @@ def idle_memory(row, bport, nconn, settle):
                 if res["open_errors"] > 50:
                     break
         # wait (bounded) until the backend holds all of them
-        end = time.time() + 60
+        end = time.time() + 30
         while time.time() < end and established_on(bport) - base_est < len(socks):
             time.sleep(0.1)
         held = established_on(bport) - base_est
@@ -578,7 +583,7 @@ def idle_memory(row, bport, nconn, settle):
                     last, stable_since = n, time.time()
                 elif time.time() - stable_since > 1.0:
                     break
-                time.sleep(0.2)
+                time.sleep(0.5)
         time.sleep(settle)
         m1 = mem_sample()
         procs1 = srv.procs() if srv else []
@@ -591,6 +596,8 @@ def idle_memory(row, bport, nconn, settle):
         res["parts_kib_per_conn"] = (m1["parts"] - m0["parts"]) / n
         res["tcpmem_kib_per_conn"] = (m1["tcp_mem_kib"] - m0["tcp_mem_kib"]) / n
         res["pss_kib_per_conn"] = (pss1 - pss0) / n if srv else None
+        for k in ("AnonPages", "KernelStack", "PageTables", "Slab"):
+            res[k.lower() + "_kib_per_conn"] = (m1[k] - m0[k]) / n
         for s in socks:
             s.close()
         socks = []
@@ -618,7 +625,7 @@ def idle_memory(row, bport, nconn, settle):
                     last, stable_since = n, time.time()
                 elif time.time() - stable_since > 1.5:
                     break
-                time.sleep(0.2)
+                time.sleep(0.5)
             res["leftover_procs"] = len(srv.procs()) - len(procs0)
         else:
             res["leftover_procs"] = None
@@ -683,7 +690,7 @@ def profile(row, kind, bport, dur, outdir):
                 f.write(txt + "\n")
             else:
                 rc3, rep, rep_err = run(["perf", "report", "-i", data, "--no-children",
-                                         "--stdio", "--sort", "dso,sym", "-g", "none",
+                                         "--stdio", "--sort", "comm,dso,sym", "-g", "none",
                                          "--percent-limit", "0.8"], 180)
                 rc4, repc, _ = run(["perf", "report", "-i", data, "--no-children", "-n",
                                     "--stdio", "--sort", "comm", "-g", "none"], 180)
@@ -700,10 +707,15 @@ def profile(row, kind, bport, dur, outdir):
                         f.write(f"; {reqs} requests = {cpu_s * 1e6 / reqs:.0f} CPU-us per "
                                 f"new connection")
                     f.write("\n")
-                f.write("## perf report --sort comm\n")
-                f.write("\n".join([l for l in repc.splitlines()
-                                   if l.strip() and not l.startswith("#")][:10]) + "\n")
-                f.write("## perf report --sort dso,sym (>= 0.8% of the forwarder's samples)\n")
+                f.write("## perf report --sort comm (percent, samples"
+                        + (", CPU-us per new connection" if reqs else "") + ")\n")
+                for l in [l for l in repc.splitlines()
+                          if l.strip() and not l.startswith("#")][:10]:
+                    v = l.split()
+                    if reqs and len(v) >= 3 and v[1].isdigit():
+                        l += f"   {int(v[1]) / freq * 1e6 / reqs:8.1f} us/conn"
+                    f.write(l + "\n")
+                f.write("## perf report --sort comm,dso,sym (>= 0.8% of the forwarder's samples)\n")
                 f.write("\n".join([l for l in rep.splitlines()
                                    if l.strip() and not l.startswith("#")][:45]) + "\n")
         log(f"  profile written: {os.path.relpath(path, ROOT)}")
@@ -729,21 +741,21 @@ def main():
                     help="comma-separated subset of tests")
     ap.add_argument("--out", default=None, help="raw CSV path (default bench/results/raw-<stamp>.csv)")
     args = ap.parse_args()
+    global LOG, PORTFWD, CREF
 
-    global LOG
     q = args.quick
     P = {
         "reps": 1 if q else 3,
-        "iperf_dur": 1 if q else 3,
+        "iperf_dur": 1 if q else 2,
         "wrk_dur": 1 if q else 3,
         "wrk_close_conns": 32,
         "wrk_ka_conns": 8,
         "redis_clients": 2000,
-        "redis_n": 10000 if q else 40000,
+        "redis_n": 10000 if q else 20000,
         "fb_samples": 40 if q else 150,
         "mem_conns": 500 if q else 2000,
         "mem_reps": 1 if q else 3,
-        "profile_dur": 4 if q else 6,
+        "profile_dur": 4 if q else 5,
     }
     rows = [r for r in args.rows.split(",") if r]
     tests = set(t for t in args.tests.split(",") if t)
@@ -763,6 +775,20 @@ def main():
             notes.append(f"{r}: {exe} not installed, row skipped")
             rows.remove(r)
 
+    # Run from a copy, so a rebuild during the run cannot swap the binary under us.
+    bins = {}
+    for name, path in (("portfwd", PORTFWD), ("cref", CREF)):
+        if name in rows:
+            st = os.stat(path)
+            dst = os.path.join(TMP, name + "-bin")
+            shutil.copy2(path, dst)
+            bins[name] = {"path": os.path.relpath(path, ROOT), "size": st.st_size,
+                          "mtime_utc": datetime.datetime.fromtimestamp(
+                              st.st_mtime, datetime.timezone.utc).strftime("%H:%M:%S")}
+            if name == "portfwd":
+                PORTFWD = dst
+            else:
+                CREF = dst
     os.makedirs(RESULTS, exist_ok=True)
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S")
     raw_path = args.out or os.path.join(RESULTS, f"raw-{stamp}{'-quick' if q else ''}.csv")
@@ -865,7 +891,7 @@ def main():
         def t_redis(row, rep):
             srv, port = start_forwarder(row, rds.port)
             try:
-                time.sleep(0.2)
+                time.sleep(0.5)
                 r = redis_bench(port, P["redis_clients"], P["redis_n"])
             finally:
                 if srv:
@@ -891,7 +917,7 @@ def main():
         def t_fb(row, rep):
             srv, port = start_forwarder(row, lport)
             try:
-                time.sleep(0.2)
+                time.sleep(0.5)
                 s = first_byte(port, lst, P["fb_samples"], time.time() + 30)
             finally:
                 if srv:
@@ -913,6 +939,8 @@ def main():
             for k, unit in (("sys_kib_per_conn", "KiB"), ("raw_avail_kib_per_conn", "KiB"),
                             ("parts_kib_per_conn", "KiB"), ("tcpmem_kib_per_conn", "KiB"),
                             ("pss_kib_per_conn", "KiB"), ("leftover_procs", "count"),
+                            ("anonpages_kib_per_conn", "KiB"), ("kernelstack_kib_per_conn", "KiB"),
+                            ("pagetables_kib_per_conn", "KiB"), ("slab_kib_per_conn", "KiB"),
                             ("procs_held", "count"), ("held", "count"),
                             ("still_established", "count"), ("open_errors", "count")):
                 rec(row, "mem_" + k, rep, r.get(k), unit)
@@ -933,7 +961,8 @@ def main():
                         finally:
                             ip.stop()
                     else:
-                        p = profile(row, kind, web.port, P["profile_dur"], RESULTS)
+                        dur = P["profile_dur"] if "strace" not in kind else 2
+                        p = profile(row, kind, web.port, dur, RESULTS)
                     if p:
                         profiles.append(os.path.relpath(p, ROOT))
                 except Exception as e:
@@ -976,6 +1005,7 @@ def main():
         "mem_total_kib": meminfo().get("MemTotal"),
         "loadavg_end": open("/proc/loadavg").read().strip(),
         "git_rev": rev,
+        "binaries": bins,
         "versions": {
             "socat": ver(["socat", "-V"])[:80] if shutil.which("socat") else "",
             "haproxy": ver(["haproxy", "-v"]),

@@ -279,6 +279,17 @@ def main():
           f"| {'–' if left is None else fmt(left, 0)} "
           f"| {fmt(s.get((r, 'mem_still_established')), 0)} |")
     A("")
+    A("Where the system-wide figure goes (growth per connection of each /proc/meminfo "
+      "field, KiB; median):")
+    A("")
+    A("| forwarder | AnonPages | KernelStack | PageTables | Slab |")
+    A("|---|---|---|---|---|")
+    for r in rows:
+        A(f"| {LABELS[r]} | {fmt(s.get((r, 'mem_anonpages_kib_per_conn')), 1)} "
+          f"| {fmt(s.get((r, 'mem_kernelstack_kib_per_conn')), 1)} "
+          f"| {fmt(s.get((r, 'mem_pagetables_kib_per_conn')), 1)} "
+          f"| {fmt(s.get((r, 'mem_slab_kib_per_conn')), 1)} |")
+    A("")
     A("*system*: drop of MemAvailable plus the free pages parked in per-CPU lists "
       "(`count:` of the pagesets in /proc/zoneinfo) between before and while holding, "
       "divided by the number of connections; it includes the client's and the backend's "
