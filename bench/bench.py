@@ -878,6 +878,8 @@ def main():
                 if srv:
                     srv.stop()
             log(f"  {row:8s} rep {rep}: {r}")
+            if srv and (not r["rate"] or r["errors"]):
+                log(f"  {row} log tail: {srv.tail(300)!r}")
             rec(row, "ka_rps", rep, r["rate"], "req/s")
             rec(row, "ka_p50_ms", rep, r["p50"], "ms")
             rec(row, "ka_p99_ms", rep, r["p99"], "ms")
@@ -897,6 +899,8 @@ def main():
                 if srv:
                     srv.stop()
             log(f"  {row:8s} rep {rep}: {r}")
+            if srv and (not r["rate"] or r["errors"]):
+                log(f"  {row} log tail: {srv.tail(300)!r}")
             rec(row, "redis_rps", rep, r["rate"], "req/s")
             rec(row, "redis_errors", rep, r["errors"], "count")
             time.sleep(1.0)  # let the backend drop the closed clients

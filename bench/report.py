@@ -136,16 +136,18 @@ def plots(s, rows, stamp):
               for r in rows]
 
     def grouped(fname, title, ylabel, series, log=False):
-        fig, ax = plt.subplots(figsize=(9, 4.2))
+        fig, ax = plt.subplots(figsize=(9, 4.6))
         n = len(series)
         width = 0.8 / n
         for i, (lab, metric, hatch) in enumerate(series):
             vals = [s.get((r, metric)) or 0 for r in rows]
+            if log:
+                vals = [v if v > 0 else float("nan") for v in vals]
             xs = [j + (i - (n - 1) / 2) * width for j in range(len(rows))]
             bars = ax.bar(xs, vals, width, label=lab, color=colors, hatch=hatch,
                           edgecolor="black", linewidth=0.5)
             for x, v in zip(xs, vals):
-                if v:
+                if v and v == v:
                     ax.annotate(fmt(v), (x, v), ha="center", va="bottom", fontsize=7,
                                 rotation=90 if n > 1 else 0, xytext=(0, 2),
                                 textcoords="offset points")
@@ -156,7 +158,8 @@ def plots(s, rows, stamp):
         if log:
             ax.set_yscale("log")
         if n > 1:
-            ax.legend(fontsize=8)
+            ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.09), ncol=n,
+                      frameon=False)
         ax.margins(y=0.2)
         fig.tight_layout()
         path = os.path.join(DOCS, fname)
