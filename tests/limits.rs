@@ -582,7 +582,29 @@ fn idle_timeout_closes_a_silent_connection_but_not_one_with_one_way_traffic() {
     assert_eq!(answer, sent.to_string());
     assert!(fwd.wait_log_count("outcome=closed", 1, Duration::from_secs(5)));
     assert_eq!(count_lines(&fwd, "outcome=idle-timeout"), 1, "{}", fwd.log_text());
-    assert_eq!(field(&stats(&fwd), "idle_timeout"), 1);
+
+    // Bytes first, then silence: idle from the last byte on (the pump is past its first read).
+    let mut quiet = TcpStream::connect(addr).unwrap();
+    quiet.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    quiet.write_all(b"abc").unwrap();
+    let start = Instant::now();
+    assert_eq!(read_outcome(&mut quiet), Ok(0));
+    assert!(
+        start.elapsed() >= Duration::from_millis(900),
+        "closed after {:?}",
+        start.elapsed()
+    );
+    assert!(
+        fwd.wait_log_count("c2s=3 s2c=0", 1, Duration::from_secs(5)),
+        "{}",
+        fwd.log_text()
+    );
+    let log = fwd.log_text();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("c2s=3 s2c=0") && l.contains("outcome=idle-timeout"))
+    );
+    assert_eq!(field(&stats(&fwd), "idle_timeout"), 2);
 }
 
 #[test]
