@@ -590,14 +590,14 @@ def idle_memory(row, bport, nconn, settle):
         pss1 = pss_kib(procs1)
         res["held"] = held
         res["procs_held"] = len(procs1)
-        n = max(len(socks), 1)
-        res["sys_kib_per_conn"] = (m0["avail_adj"] - m1["avail_adj"]) / n
-        res["raw_avail_kib_per_conn"] = (m0["MemAvailable"] - m1["MemAvailable"]) / n
-        res["parts_kib_per_conn"] = (m1["parts"] - m0["parts"]) / n
-        res["tcpmem_kib_per_conn"] = (m1["tcp_mem_kib"] - m0["tcp_mem_kib"]) / n
-        res["pss_kib_per_conn"] = (pss1 - pss0) / n if srv else None
+        nc = max(len(socks), 1)
+        res["sys_kib_per_conn"] = (m0["avail_adj"] - m1["avail_adj"]) / nc
+        res["raw_avail_kib_per_conn"] = (m0["MemAvailable"] - m1["MemAvailable"]) / nc
+        res["parts_kib_per_conn"] = (m1["parts"] - m0["parts"]) / nc
+        res["tcpmem_kib_per_conn"] = (m1["tcp_mem_kib"] - m0["tcp_mem_kib"]) / nc
+        res["pss_kib_per_conn"] = (pss1 - pss0) / nc if srv else None
         for k in ("AnonPages", "KernelStack", "PageTables", "Slab"):
-            res[k.lower() + "_kib_per_conn"] = (m1[k] - m0[k]) / n
+            res[k.lower() + "_kib_per_conn"] = (m1[k] - m0[k]) / nc
         for s in socks:
             s.close()
         socks = []
@@ -629,6 +629,15 @@ def idle_memory(row, bport, nconn, settle):
             res["leftover_procs"] = len(srv.procs()) - len(procs0)
         else:
             res["leftover_procs"] = None
+        # Drift check: memory once the forwarder is gone too. Other work on the
+        # machine moves MemAvailable; held - mean(before, after) cancels a
+        # linear drift.
+        if srv:
+            srv.stop()
+        time.sleep(settle)
+        m2 = mem_sample()
+        res["sys_drift_corr_kib_per_conn"] = (
+            (m0["avail_adj"] + m2["avail_adj"]) / 2 - m1["avail_adj"]) / nc
     finally:
         for s in socks:
             s.close()
@@ -801,6 +810,8 @@ def main():
     signal.signal(signal.SIGHUP, on_signal)
 
     t_start = time.time()
+    load_start = open("/proc/loadavg").read().strip()
+    procs_start = sum(1 for d in os.listdir("/proc") if d.isdigit())
     log(f"rows: {rows}; tests: {sorted(tests)}; params: {P}; nofile: {nofile}")
     for n in notes:
         log("note:", n)
@@ -941,6 +952,7 @@ def main():
             log(f"  {row:8s} rep {rep}: " + ", ".join(
                 f"{k}={v:.1f}" if isinstance(v, float) else f"{k}={v}" for k, v in r.items()))
             for k, unit in (("sys_kib_per_conn", "KiB"), ("raw_avail_kib_per_conn", "KiB"),
+                            ("sys_drift_corr_kib_per_conn", "KiB"),
                             ("parts_kib_per_conn", "KiB"), ("tcpmem_kib_per_conn", "KiB"),
                             ("pss_kib_per_conn", "KiB"), ("leftover_procs", "count"),
                             ("anonpages_kib_per_conn", "KiB"), ("kernelstack_kib_per_conn", "KiB"),
@@ -1007,7 +1019,10 @@ def main():
         "cpu": cpu,
         "ncpu": os.cpu_count(),
         "mem_total_kib": meminfo().get("MemTotal"),
+        "loadavg_start": load_start,
         "loadavg_end": open("/proc/loadavg").read().strip(),
+        "procs_start": procs_start,
+        "procs_end": sum(1 for d in os.listdir("/proc") if d.isdigit()),
         "git_rev": rev,
         "binaries": bins,
         "versions": {

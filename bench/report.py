@@ -136,6 +136,8 @@ def plots(s, rows, stamp):
               for r in rows]
 
     def grouped(fname, title, ylabel, series, log=False):
+        if not any((s.get((r, m)) or 0) > 0 for _l, m, _h in series for r in rows):
+            return
         fig, ax = plt.subplots(figsize=(9, 4.6))
         n = len(series)
         width = 0.8 / n
@@ -228,8 +230,15 @@ def main():
     A(f"- date (UTC): {stamp}; wall time of the measurements {meta.get('duration_s', '?')} s"
       f"{'; **quick mode**' if meta.get('quick') else ''}")
     A(f"- machine: {meta.get('ncpu', '?')} CPUs ({meta.get('cpu', '?')}), "
-      f"{(meta.get('mem_total_kib') or 0) // 1024} MiB RAM, Linux {meta.get('kernel', '?')}; "
-      f"load average at the end: {meta.get('loadavg_end', '?')}")
+      f"{(meta.get('mem_total_kib') or 0) // 1024} MiB RAM, Linux {meta.get('kernel', '?')}")
+    A(f"- other work on the machine: load average (1/5/15 min) {' '.join(str(meta.get('loadavg_start', '?')).split()[:3])} "
+      f"at the start and {' '.join(str(meta.get('loadavg_end', '?')).split()[:3])} at the end; "
+      f"{meta.get('procs_start', '?')} processes on the machine at the start, "
+      f"{meta.get('procs_end', '?')} at the end")
+    bins = meta.get("binaries") or {}
+    for k, v in bins.items():
+        A(f"- {k}: `{v.get('path')}`, {v.get('size')} bytes, built {v.get('mtime_utc')} UTC "
+          "(the run uses a copy taken at its start)")
     A(f"- portfwd at git {meta.get('git_rev') or '(no commit)'}; peers: " + "; ".join(
         v for v in meta.get("versions", {}).values() if v))
     for n in meta.get("notes", []):
@@ -269,14 +278,15 @@ def main():
       else "### Memory for idle connections")
     A("")
     A("| forwarder | system KiB/conn | PSS of forwarder KiB/conn | cross-check KiB/conn "
-      "| raw MemAvailable KiB/conn | processes while held | leftover processes after close "
-      "| backend connections still open after close |")
-    A("|---|---|---|---|---|---|---|---|")
+      "| drift-corrected system KiB/conn | raw MemAvailable KiB/conn | processes while held "
+      "| leftover processes after close | backend connections still open after close |")
+    A("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         left = s.get((r, "mem_leftover_procs"))
         A(f"| {LABELS[r]} | {cell(s, r, 'mem_sys_kib_per_conn', 1)} "
           f"| {cell(s, r, 'mem_pss_kib_per_conn', 1, ratio=False)} "
           f"| {cell(s, r, 'mem_parts_kib_per_conn', 1, ratio=False)} "
+          f"| {cell(s, r, 'mem_sys_drift_corr_kib_per_conn', 1, ratio=False)} "
           f"| {cell(s, r, 'mem_raw_avail_kib_per_conn', 1, ratio=False)} "
           f"| {fmt(s.get((r, 'mem_procs_held')), 0)} "
           f"| {'–' if left is None else fmt(left, 0)} "
@@ -297,7 +307,10 @@ def main():
       "(`count:` of the pagesets in /proc/zoneinfo) between before and while holding, "
       "divided by the number of connections; it includes the client's and the backend's "
       "side, which is what *direct* measures alone. *cross-check*: growth of AnonPages + "
-      "KernelStack + PageTables + Slab from /proc/meminfo. *PSS*: growth of the sum of "
+      "KernelStack + PageTables + Slab from /proc/meminfo. *drift-corrected*: the same "
+      "system figure taken against the mean of the samples before opening and after the "
+      "forwarder was stopped, which cancels a steady drift caused by other work on the "
+      "machine. *raw MemAvailable*: without the per-CPU pages. *PSS*: growth of the sum of "
       "`Pss:` in /proc/PID/smaps_rollup over the forwarder's processes (its session). "
       "*leftover*: forwarder processes beyond the ones it had before the connections "
       "opened, counted once the client sockets are closed and the process count has been "
