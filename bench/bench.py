@@ -748,9 +748,13 @@ def main():
                     help="comma-separated subset of: " + ",".join(ROWS))
     ap.add_argument("--tests", default="iperf,connrate,keepalive,redis,firstbyte,memory,profile",
                     help="comma-separated subset of tests")
+    ap.add_argument("--portfwd", default=None, metavar="PATH",
+                    help="portfwd binary to measure (default target/release/portfwd)")
     ap.add_argument("--out", default=None, help="raw CSV path (default bench/results/raw-<stamp>.csv)")
     args = ap.parse_args()
     global LOG, PORTFWD, CREF
+    if args.portfwd:
+        PORTFWD = os.path.abspath(args.portfwd)
 
     q = args.quick
     P = {
@@ -791,7 +795,8 @@ def main():
             st = os.stat(path)
             dst = os.path.join(TMP, name + "-bin")
             shutil.copy2(path, dst)
-            bins[name] = {"path": os.path.relpath(path, ROOT), "size": st.st_size,
+            bins[name] = {"path": os.path.relpath(path, ROOT) if path.startswith(ROOT)
+                          else path, "size": st.st_size,
                           "mtime_utc": datetime.datetime.fromtimestamp(
                               st.st_mtime, datetime.timezone.utc).strftime("%H:%M:%S")}
             if name == "portfwd":
@@ -1005,8 +1010,15 @@ def main():
         rev = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"],
                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                              text=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", ROOT, "status", "--porcelain", "--", "src",
+                                "Cargo.toml", "Cargo.lock"], stdout=subprocess.PIPE,
+                               stderr=subprocess.DEVNULL, text=True).stdout.strip()
+        if dirty:
+            rev += " + uncommitted changes in src/"
     except Exception:
         rev = ""
+    if args.portfwd:
+        rev = f"(binary given with --portfwd: {args.portfwd})"
     meta = {
         "date_utc": stamp,
         "duration_s": round(time.time() - t_start),

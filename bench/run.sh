@@ -4,7 +4,7 @@ set -euo pipefail
 
 usage() {
     cat <<'EOF'
-usage: bench/run.sh [--quick] [--no-install] [--rows LIST] [--tests LIST]
+usage: bench/run.sh [--quick] [--no-install] [--rows LIST] [--tests LIST] [--portfwd PATH]
 
 Benchmarks portfwd against direct (no forwarder), the C reference of the
 seed's server, socat (fork), rinetd, haproxy (mode tcp) and nginx stream, on
@@ -21,6 +21,8 @@ loopback only, and writes:
                  direct,portfwd,cref,socat,rinetd,haproxy,nginx
   --tests LIST   comma-separated subset of
                  iperf,connrate,keepalive,redis,firstbyte,memory,profile
+  --portfwd PATH measure this portfwd binary instead of building
+                 target/release/portfwd
   -h, --help     this text
 
 Installs missing peers with apt-get (socat rinetd haproxy nginx
@@ -37,13 +39,14 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 INSTALL=1
 PYARGS=()
+PORTFWD_BIN=""
 while [ $# -gt 0 ]; do
     case "$1" in
         -h|--help) usage; exit 0 ;;
         --quick) PYARGS+=(--quick) ;;
         --no-install) INSTALL=0 ;;
-        --rows|--tests) [ $# -ge 2 ] || { echo "$1 needs a value" >&2; exit 2; }
-                        PYARGS+=("$1" "$2"); shift ;;
+        --rows|--tests|--portfwd) [ $# -ge 2 ] || { echo "$1 needs a value" >&2; exit 2; }
+                        PYARGS+=("$1" "$2"); [ "$1" = --portfwd ] && PORTFWD_BIN="$2"; shift ;;
         *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
@@ -100,11 +103,14 @@ if [ -z "$PY" ]; then
 fi
 
 # ---- binaries
-if command -v cargo >/dev/null; then
+if [ -n "$PORTFWD_BIN" ]; then
+    log "measuring the given portfwd binary: $PORTFWD_BIN"
+elif command -v cargo >/dev/null; then
     log "cargo build --release"
     if ! cargo build --release 2>&1 | tail -n 3; then :; fi
 fi
-if [ -x target/release/portfwd ]; then
+if [ -n "$PORTFWD_BIN" ]; then :
+elif [ -x target/release/portfwd ]; then
     log "portfwd: $(ls -l --time-style=+%H:%M:%S target/release/portfwd | awk '{print $6}') target/release/portfwd"
 else
     log "target/release/portfwd missing: its row will be skipped"
