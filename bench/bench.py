@@ -649,6 +649,55 @@ def idle_memory(row, bport, nconn, settle):
 # ----------------------------------------------------------------- profile
 
 
+def perf_by_syscall(data, freq, reqs):
+    """From `perf script` call chains: for each process name (comm), which
+    syscall (or page fault) each sample was under; returns report lines."""
+    rc, out, _err = run(["perf", "script", "-i", data, "-F", "comm,ip,sym"], 300)
+    if rc != 0 or not out:
+        return []
+    from collections import Counter
+    tot, by = Counter(), Counter()
+    comm, frames = None, []
+
+    def flush():
+        if comm is None:
+            return
+        tot[comm] += 1
+        key = "user space / other"
+        for f in frames:
+            m = re.match(r"__(?:x64|do)_sys_(\w+)", f)
+            if m:
+                key = "syscall " + m.group(1)
+                break
+            if "exc_page_fault" in f:
+                key = "page fault"
+                break
+            if f in ("ret_from_fork", "schedule_tail", "ret_from_fork_asm"):
+                key = "return from fork"
+                break
+        by[(comm, key)] += 1
+    for line in out.splitlines():
+        if not line.strip():
+            flush()
+            comm, frames = None, []
+        elif not line[0].isspace():
+            flush()
+            comm, frames = line.split()[0], []
+        else:
+            p = line.split()
+            if len(p) >= 2:
+                frames.append(p[1].split("+")[0])
+    flush()
+    lines = []
+    for c, t in tot.most_common(8):
+        lines.append(f"{c}: {t} samples" + (f" = {t / freq * 1e6 / reqs:.0f} CPU-us per "
+                                             f"connection" if reqs else ""))
+        for (cc, k), v in by.most_common():
+            if cc == c and v / t >= 0.02:
+                lines.append(f"    {v / t * 100:5.1f}%  {k}")
+    return lines
+
+
 def profile(row, kind, bport, dur, outdir):
     """Profile only the forwarder's own processes while it carries one workload:
     the forwarder runs under `perf record -g` (or `strace -f -c`), which follow
@@ -724,6 +773,9 @@ def profile(row, kind, bport, dur, outdir):
                     if reqs and len(v) >= 3 and v[1].isdigit():
                         l += f"   {int(v[1]) / freq * 1e6 / reqs:8.1f} us/conn"
                     f.write(l + "\n")
+                f.write("## where each process kind spends its samples (syscall or page "
+                        "fault the sample was under, from the call chains)\n")
+                f.write("\n".join(perf_by_syscall(data, freq, reqs)) + "\n")
                 f.write("## perf report --sort comm,dso,sym (>= 0.8% of the forwarder's samples)\n")
                 f.write("\n".join([l for l in rep.splitlines()
                                    if l.strip() and not l.startswith("#")][:45]) + "\n")
