@@ -17,7 +17,7 @@ one after the other, with the seed's parameters: a new client every 2 ms,
 Default (CI size): 1,000 clients, held 3 s.
 
 Options:
-  --full           the seed's 20,000 concurrent clients, held 10 s; raises
+  --full           the seed's 20,000 concurrent clients, held 15 s; raises
                    kernel.pid_max (the C reference needs 2 processes per
                    connection) and the open-file limit, and spreads clients
                    over 127.0.1.1-127.0.1.4 so ephemeral ports do not run out.
@@ -73,7 +73,7 @@ case "$only" in ""|reference|portfwd|extra) ;; *) die "--only must be reference,
 
 if [[ $full -eq 1 ]]; then
     clients=${clients:-20000}
-    hold=${hold:-10}
+    hold=${hold:-15}
     load_args+=(--sources 127.0.1.1,127.0.1.2,127.0.1.3,127.0.1.4 --max-secs 900)
     need_fds=$((clients * 2 + 8192))
     # The C reference keeps ~2 processes per connection alive (plus zombies):
