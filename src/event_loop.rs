@@ -594,57 +594,53 @@ impl EventLoop {
             }
         };
         // Open what is new before changing anything.
-        let mut opened: Vec<(Mapping, Vec<Target>, Socket)> = Vec::new();
-        for (mapping, targets) in mappings.iter().zip(targets) {
-            if self.slot_of(mapping.bind).is_some() {
+        let mut kept_routes: Vec<(usize, Route)> = Vec::new();
+        let mut opened: Vec<(Route, Socket)> = Vec::new();
+        for (mapping, targets) in mappings.into_iter().zip(targets) {
+            let route = Route { mapping, targets };
+            if let Some(slot) = self.slot_of(route.mapping.bind) {
+                kept_routes.push((slot, route));
                 continue;
             }
-            match listener::open(mapping.bind) {
-                Ok(socket) => opened.push((mapping.clone(), targets, socket)),
+            match listener::open(route.mapping.bind) {
+                Ok(socket) => opened.push((route, socket)),
                 Err(e) => {
+                    let m = &route.mapping;
                     log!(
                         "reload rejected: {path_text}:{}: cannot listen on {}: {e}",
-                        mapping.line,
-                        mapping.bind
+                        m.line,
+                        m.bind
                     );
                     return;
                 }
             }
         }
-        let (mut kept, mut removed) = (0, 0);
-        for slot in 0..self.services.len() {
-            let Some(service) = &self.services[slot] else { continue };
-            match mappings.iter().position(|m| m.bind == service.route.mapping.bind) {
-                Some(i) => {
-                    let targets = config::resolve(&mappings[i..=i]).map(|mut t| t.remove(0));
-                    let service = self.services[slot].as_mut().expect("checked");
-                    match targets {
-                        Ok(targets) => {
-                            service.route = Rc::new(Route {
-                                mapping: mappings[i].clone(),
-                                targets,
-                            })
-                        }
-                        Err(_) => log!("reload: {} keeps its old target (resolution failed)", service.local),
-                    }
-                    kept += 1;
-                }
-                None => {
-                    let service = self.services[slot].take().expect("checked");
-                    let _ = self.epoll.delete(service.listener.as_fd());
-                    log!(
-                        "reload: closed {} -> {}",
-                        service.local,
-                        service.route.mapping.target_label()
-                    );
-                    removed += 1;
-                }
+        let kept = kept_routes.len();
+        let mut listed = vec![false; self.services.len()];
+        for (slot, route) in kept_routes {
+            // New connections take the new target and options; those in flight keep theirs.
+            self.services[slot].as_mut().expect("slot_of found it").route = Rc::new(route);
+            listed[slot] = true;
+        }
+        let mut removed = 0;
+        for (entry, listed) in self.services.iter_mut().zip(listed) {
+            if listed {
+                continue;
+            }
+            if let Some(service) = entry.take() {
+                let _ = self.epoll.delete(service.listener.as_fd());
+                log!(
+                    "reload: closed {} -> {}",
+                    service.local,
+                    service.route.mapping.target_label()
+                );
+                removed += 1;
             }
         }
         let added = opened.len();
-        for (mapping, targets, socket) in opened {
-            let label = mapping.target_label();
-            match Service::new(socket, Route { mapping, targets }).and_then(|s| self.add_service(s)) {
+        for (route, socket) in opened {
+            let label = route.mapping.target_label();
+            match Service::new(socket, route).and_then(|s| self.add_service(s)) {
                 Ok(()) => log!(
                     "reload: listening on {} -> {label}",
                     self.services.last().unwrap().as_ref().unwrap().local

@@ -143,16 +143,14 @@ fn restore_signals(old: &libc::sigset_t) {
     unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, old, std::ptr::null_mut()) };
 }
 
-/// Gives a child the signal state of a fresh process: default dispositions (the main process's
-/// handlers write to descriptors the child is about to close), SIGPIPE ignored so that a write to a
-/// closed peer is an `EPIPE` error, and an empty mask.
+/// Gives a child the signal state it needs: default dispositions for the signals the main process
+/// handles (their handlers write to a descriptor the child is about to close, and a reused
+/// descriptor number would receive those bytes), and an empty mask. SIGPIPE stays ignored (Rust's
+/// runtime ignores it at start), so a write to a closed peer is an `EPIPE` error.
 fn reset_signals() {
-    for sig in 1..32 {
-        if sig != libc::SIGKILL && sig != libc::SIGSTOP {
-            sys::set_signal(sig, libc::SIG_DFL);
-        }
+    for &sig in crate::signals::HANDLED_SIGNALS.iter() {
+        sys::set_signal(sig, libc::SIG_DFL);
     }
-    sys::set_signal(libc::SIGPIPE, libc::SIG_IGN);
     sys::unblock_all_signals();
 }
 

@@ -114,6 +114,10 @@ fn drain(pr: RawFd, dst: RawFd, mut len: usize, meter: &Meter<'_>, stop: &dyn Fn
     Ok(())
 }
 
+// Cold and out of line: its 16 KiB buffer must not enlarge (and, through stack probes, dirty) the
+// frame of every pump, only of the rare one whose descriptors refuse splice.
+#[cold]
+#[inline(never)]
 fn copy_loop(src: RawFd, dst: RawFd, meter: &Meter<'_>, stop: &dyn Fn() -> bool) -> End {
     let mut buf = [0u8; COPY_BUF];
     loop {

@@ -33,6 +33,9 @@ const HANDLED: [(libc::c_int, Signal); 6] = [
     (SIGUSR1, Signal::Stats),
 ];
 
+/// The signal numbers whose dispositions [`Signals::install`] changes.
+pub const HANDLED_SIGNALS: [libc::c_int; 6] = [SIGCHLD, SIGTERM, SIGINT, SIGQUIT, SIGHUP, SIGUSR1];
+
 pub struct Signals {
     wake: UnixStream,
     flags: Vec<(Arc<AtomicBool>, Signal)>,
@@ -44,6 +47,7 @@ impl Signals {
         let (wake, write) = UnixStream::pair()?;
         wake.set_nonblocking(true)?;
         let mut flags = Vec::new();
+        debug_assert!(HANDLED.iter().zip(HANDLED_SIGNALS).all(|((a, _), b)| *a == b));
         for (sig, what) in HANDLED {
             let flag = Arc::new(AtomicBool::new(false));
             signal_hook::flag::register(sig, Arc::clone(&flag))?;

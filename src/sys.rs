@@ -262,14 +262,37 @@ pub fn unblock_all_signals() {
     }
 }
 
-/// `fork(2)` through libc. Returns 0 in the child and the child's pid in the parent.
+/// The fork system call itself (`clone` with only `SIGCHLD`, which is what `fork(2)` asks of the
+/// kernel). Returns 0 in the child and the child's pid in the parent.
+///
+/// glibc's `fork()` wrapper also runs the `pthread_atfork` machinery: it takes and re-initialises
+/// the allocator's and stdio's locks and updates its thread bookkeeping, in the parent and in the
+/// child. Those writes land on libc's data pages, so after every fork both processes take private
+/// copies of them, and every connection process would carry a dozen extra pages for state it never
+/// uses. Our children never allocate, lock or use stdio, so they need none of it.
 ///
 /// # Safety
-/// When the calling process has other threads, the child may only make async-signal-safe calls
-/// (this module's functions) until it leaves through [`exit`].
+/// The child may only make async-signal-safe calls on data prepared before the call (this
+/// module's functions), never allocate, lock, or use thread-specific libc state (its thread
+/// descriptor still names the parent's thread), and must leave through [`exit`].
 pub unsafe fn fork() -> SysResult<libc::pid_t> {
-    // SAFETY: delegated to the caller, see above.
-    check(unsafe { libc::fork() })
+    // SAFETY: delegated to the caller, see above. With no CLONE_VM and a null stack pointer, the
+    // child gets a copy-on-write copy of the address space and continues on its copy of this stack.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            libc::SIGCHLD as libc::c_ulong,
+            0 as libc::c_ulong,
+            std::ptr::null_mut::<libc::c_int>(),
+            std::ptr::null_mut::<libc::c_int>(),
+            0 as libc::c_ulong,
+        )
+    };
+    if ret < 0 {
+        Err(Errno::last())
+    } else {
+        Ok(ret as libc::pid_t)
+    }
 }
 
 /// `_exit(2)`: leaves without running destructors or atexit handlers, as a forked child must.
