@@ -135,6 +135,7 @@ pub fn run(cli: Cli) -> Result<(), StartError> {
     };
     let settings = Settings {
         accept_threads: cli.accept_threads.map_or_else(num_cpus, usize::from),
+        max_connections: base.max_connections,
         verbose: cli.verbose,
         drain_timeout_ms,
         global_rules: cli.rules.clone(),

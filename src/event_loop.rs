@@ -46,6 +46,8 @@ pub struct Service {
     /// back (when a slot frees up, or at `retry_at`).
     unfinished: bool,
     retry_at: Option<u64>,
+    /// At a connection cap: logged once when it starts.
+    capped: bool,
 }
 
 impl Service {
@@ -59,6 +61,7 @@ impl Service {
             per_source: HashMap::new(),
             unfinished: false,
             retry_at: None,
+            capped: false,
         })
     }
 }
@@ -81,6 +84,9 @@ struct Waiting {
 /// Settings of the process as a whole (the command line's, not a mapping's).
 pub struct Settings {
     pub accept_threads: usize,
+    /// Live connections of the whole process at most (the command line's `--max-connections`);
+    /// each mapping also has its own cap (`max_connections=` on its line, which defaults to this).
+    pub max_connections: usize,
     pub verbose: bool,
     /// After SIGTERM/SIGINT, how long established connections may go on (`None`: as long as they
     /// like; the main process exits at once and leaves them to finish).
@@ -117,6 +123,8 @@ pub struct EventLoop {
     deadlines: BinaryHeap<Reverse<(u64, RawFd)>>,
     /// Live connection processes.
     children: HashMap<libc::pid_t, Conn>,
+    /// Waiting sockets and connection processes of every listener, for the process-wide cap.
+    live_total: usize,
     /// Sockets that became active while forking was failing; dispatched when the backoff ends.
     deferred: Vec<Waiting>,
     fork_backoff_until: u64,
@@ -142,6 +150,7 @@ impl EventLoop {
             waiting: HashMap::new(),
             deadlines: BinaryHeap::new(),
             children: HashMap::new(),
+            live_total: 0,
             deferred: Vec::new(),
             fork_backoff_until: 0,
             starved: false,
@@ -257,19 +266,27 @@ impl EventLoop {
             service.retry_at = Some(self.fork_backoff_until.max(now + 1));
             return;
         }
-        // At the cap, leave clients in the kernel's backlog: they are served as slots free up.
-        let budget = service
-            .route
-            .mapping
-            .options
-            .max_connections
-            .saturating_sub(service.live);
+        // At a cap, leave clients in the kernel's backlog: they are served as slots free up.
+        let cap = service.route.mapping.options.max_connections;
+        let budget = cap
+            .saturating_sub(service.live)
+            .min(self.settings.max_connections.saturating_sub(self.live_total));
         service.retry_at = None;
         service.unfinished = false;
         if budget == 0 {
             service.unfinished = true;
+            if !service.capped {
+                service.capped = true;
+                let (live, total, max) = (service.live, self.live_total, self.settings.max_connections);
+                log!(
+                    "{}: at max_connections ({live} of {cap} here, {total} of {max} in all); \
+                     new clients wait in the backlog",
+                    service.local
+                );
+            }
             return;
         }
+        service.capped = false;
         let burst = self.pool.accept_burst(&service.listener, budget);
         if !burst.drained {
             service.unfinished = true;
@@ -333,6 +350,7 @@ impl EventLoop {
             return;
         }
         service.live += 1;
+        self.live_total += 1;
         *service.per_source.entry(ip).or_insert(0) += 1;
         let conn = Conn {
             slot,
@@ -381,15 +399,20 @@ impl EventLoop {
             self.release(&waiting.conn);
             return; // dropping the socket closes it
         }
-        if sys::monotonic_ms() < self.fork_backoff_until {
-            self.deferred.push(waiting);
-            return;
-        }
         self.dispatch(waiting.socket, waiting.conn);
     }
 
     /// "Reset the event trigger fd to blocking mode, and remove it from epoll; fork".
     fn dispatch(&mut self, socket: Socket, conn: Conn) {
+        if sys::monotonic_ms() < self.fork_backoff_until {
+            // A fork just failed: this client waits (out of the epoll set) until the pause ends.
+            self.deferred.push(Waiting {
+                socket,
+                conn,
+                deadline: None,
+            });
+            return;
+        }
         let _ = socket.set_nonblocking(false);
         let route = &conn.route;
         let options = &route.mapping.options;
@@ -421,6 +444,7 @@ impl EventLoop {
 
     /// A connection is over (or never started): free its slot under the limits.
     fn release(&mut self, conn: &Conn) {
+        self.live_total -= 1;
         let Some(service) = self.services.get_mut(conn.slot).and_then(Option::as_mut) else {
             return;
         };
@@ -465,7 +489,10 @@ impl EventLoop {
             let due = match &self.services[slot] {
                 Some(s) if s.unfinished => match s.retry_at {
                     Some(t) => t <= now,
-                    None => s.live < s.route.mapping.options.max_connections,
+                    None => {
+                        s.live < s.route.mapping.options.max_connections
+                            && self.live_total < self.settings.max_connections
+                    }
                 },
                 _ => false,
             };

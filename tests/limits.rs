@@ -435,6 +435,47 @@ fn max_connections_counts_silent_clients_and_resumes_when_one_leaves() {
 }
 
 #[test]
+fn the_command_line_cap_counts_every_mapping_of_the_process() {
+    // `--max-connections 2` caps the whole process; each line may allow more for itself, but the
+    // two mappings together still hold at most two, and the cap is logged once.
+    let backend = Backend::start(echo);
+    let (fwd, ports) = start_config("maxconn-total", 2, &["--max-connections", "2"], |p| {
+        format!(
+            "127.0.0.1:{} -> 127.0.0.1:{b} max_connections=5\n127.0.0.1:{} -> 127.0.0.1:{b} max_connections=5\n",
+            p[0],
+            p[1],
+            b = backend.port
+        )
+    });
+    let a = SocketAddr::from(([127, 0, 0, 1], ports[0]));
+    let b = SocketAddr::from(([127, 0, 0, 1], ports[1]));
+    let silent_a = TcpStream::connect(a).unwrap();
+    let _silent_b = TcpStream::connect(b).unwrap();
+    assert!(wait_until(Duration::from_secs(5), || field(&stats(&fwd), "waiting") == 2));
+    let third = TcpStream::connect(b).unwrap();
+    third.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut w = third.try_clone().unwrap();
+    w.write_all(b"queued").unwrap();
+    w.shutdown(Shutdown::Write).unwrap();
+    assert!(
+        fwd.wait_log_count(
+            "at max_connections (1 of 5 here, 2 of 2 in all)",
+            1,
+            Duration::from_secs(5)
+        ),
+        "{}",
+        fwd.log_text()
+    );
+    let line = stats(&fwd);
+    assert_eq!((field(&line, "waiting"), field(&line, "accepted")), (2, 2), "{line}");
+    abort(silent_a);
+    let mut got = Vec::new();
+    (&third).read_to_end(&mut got).unwrap();
+    assert_eq!(got, b"queued");
+    assert_eq!(count_lines(&fwd, "at max_connections"), 1, "{}", fwd.log_text());
+}
+
+#[test]
 fn max_per_source_refuses_the_extra_connection_from_one_address_only() {
     let backend = Backend::start(echo);
     let fwd = Forwarder::start(&["--max-per-source", "2"], "127.0.0.1", backend.port);
