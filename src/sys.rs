@@ -155,24 +155,15 @@ pub fn set_abortive_close(fd: RawFd) {
 
 /// Sets a send timeout, so a blocked write wakes up now and then to look at shared state.
 pub fn set_send_timeout(fd: RawFd, secs: libc::time_t) {
-    let tv = libc::timeval {
-        tv_sec: secs,
-        tv_usec: 0,
-    };
-    // SAFETY: `tv` is live and its exact size is passed.
-    unsafe {
-        libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_SNDTIMEO,
-            (&tv as *const libc::timeval).cast(),
-            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-        )
-    };
+    set_timeout(fd, libc::SO_SNDTIMEO, secs);
 }
 
 /// Sets a receive timeout, so a blocked read wakes up now and then to look at shared state.
 pub fn set_recv_timeout(fd: RawFd, secs: libc::time_t) {
+    set_timeout(fd, libc::SO_RCVTIMEO, secs);
+}
+
+fn set_timeout(fd: RawFd, option: libc::c_int, secs: libc::time_t) {
     let tv = libc::timeval {
         tv_sec: secs,
         tv_usec: 0,
@@ -182,7 +173,7 @@ pub fn set_recv_timeout(fd: RawFd, secs: libc::time_t) {
         libc::setsockopt(
             fd,
             libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
+            option,
             (&tv as *const libc::timeval).cast(),
             std::mem::size_of::<libc::timeval>() as libc::socklen_t,
         )

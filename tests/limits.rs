@@ -194,36 +194,6 @@ fn start_config(name: &str, n: usize, extra: &[&str], lines: impl Fn(&[u16]) -> 
     panic!("no free ports after 5 tries");
 }
 
-/// Like `Forwarder::spawn`, for a prepared command (another uid, resource limits).
-fn spawn_command(mut cmd: Command, port: u16) -> Result<Forwarder, String> {
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn portfwd");
-    let log = Arc::new(Mutex::new(Vec::new()));
-    let stderr = child.stderr.take().unwrap();
-    let sink = Arc::clone(&log);
-    thread::spawn(move || {
-        for line in io::BufRead::lines(io::BufReader::new(stderr)).map_while(Result::ok) {
-            sink.lock().unwrap().push(line);
-        }
-    });
-    let mut f = Forwarder { child, port, log };
-    let ok = wait_until(Duration::from_secs(10), || {
-        f.log_text().contains("listening on") || !f.alive()
-    });
-    if ok && f.log_text().contains("listening on") {
-        Ok(f)
-    } else {
-        let _ = f.child.kill();
-        let _ = f.child.wait();
-        thread::sleep(Duration::from_millis(50)); // let the reader thread take the last lines
-        Err(f.log_text())
-    }
-}
-
 /// `portfwd ARGS PORT 127.0.0.1 BACKEND` on a fresh port, from a command `make` prepares.
 fn start_with(make: impl Fn() -> Command, args: &[&str], backend: u16) -> Forwarder {
     for _ in 0..5 {
@@ -231,7 +201,7 @@ fn start_with(make: impl Fn() -> Command, args: &[&str], backend: u16) -> Forwar
         let mut cmd = make();
         cmd.args(args)
             .args([port.to_string(), "127.0.0.1".into(), backend.to_string()]);
-        match spawn_command(cmd, port) {
+        match Forwarder::spawn_command(cmd, port) {
             Ok(f) => return f,
             Err(e) if e.contains("in use") => continue,
             Err(e) => panic!("portfwd did not start: {e}"),

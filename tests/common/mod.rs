@@ -57,8 +57,14 @@ impl Forwarder {
 
     /// Spawns with exactly `args`; waits for "listening on". Err carries the log on failure.
     pub fn spawn(args: &[String], port: u16) -> Result<Forwarder, String> {
-        let mut child = Command::new(BIN)
-            .args(args)
+        let mut cmd = Command::new(BIN);
+        cmd.args(args);
+        Forwarder::spawn_command(cmd, port)
+    }
+
+    /// Like `spawn`, for a prepared command (another uid, resource limits, a wrapper).
+    pub fn spawn_command(mut cmd: Command, port: u16) -> Result<Forwarder, String> {
+        let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -81,7 +87,7 @@ impl Forwarder {
         } else {
             let _ = f.child.kill();
             let _ = f.child.wait();
-            thread::sleep(Duration::from_millis(50));
+            thread::sleep(Duration::from_millis(50)); // let the reader thread take the last lines
             Err(f.log_text())
         }
     }
