@@ -313,6 +313,16 @@ def run(argv, timeout):
 
 
 def start_forwarder(row, bport, wrap=None):
+    """start_forwarder_once, retried once on a fresh port if it does not come up."""
+    try:
+        return start_forwarder_once(row, bport, wrap)
+    except RuntimeError as e:
+        log(f"  {row} did not start ({e}); retrying once on another port")
+        time.sleep(1.0)
+        return start_forwarder_once(row, bport, wrap)
+
+
+def start_forwarder_once(row, bport, wrap=None):
     """Start forwarder `row` towards 127.0.0.1:bport; returns (Server|None, port).
     `wrap` (a list) is put in front of the command, e.g. perf record ... --."""
     if row == "direct":
@@ -799,7 +809,8 @@ def main():
     ap.add_argument("--rows", default=",".join(ROWS),
                     help="comma-separated subset of: " + ",".join(ROWS))
     ap.add_argument("--tests", default="iperf,connrate,keepalive,redis,firstbyte,memory,profile",
-                    help="comma-separated subset of tests")
+                    help="comma-separated subset of tests; add 'strace' for an strace -f -c "
+                         "profile of portfwd (slow)")
     ap.add_argument("--portfwd", default=None, metavar="PATH",
                     help="portfwd binary to measure (default target/release/portfwd)")
     ap.add_argument("--out", default=None, help="raw CSV path (default bench/results/raw-<stamp>.csv)")
@@ -1005,7 +1016,7 @@ def main():
         log(f"== {P['mem_conns']} idle connections: memory and leftovers")
 
         def t_mem(row, rep):
-            r = idle_memory(row, web.port, P["mem_conns"], 1.0 if q else 2.0)
+            r = idle_memory(row, web.port, P["mem_conns"], 1.0)
             log(f"  {row:8s} rep {rep}: " + ", ".join(
                 f"{k}={v:.1f}" if isinstance(v, float) else f"{k}={v}" for k, v in r.items()))
             for k, unit in (("sys_kib_per_conn", "KiB"), ("raw_avail_kib_per_conn", "KiB"),
@@ -1024,7 +1035,8 @@ def main():
     if "profile" in tests:
         log("== profiles (perf record -g / strace -f -c of the forwarder) for portfwd and haproxy")
         for row in [r for r in ("portfwd", "haproxy") if r in rows]:
-            kinds = ("connrate", "tput1") + (("connrate-strace",) if row == "portfwd" else ())
+            kinds = ("connrate", "tput1") + (("connrate-strace",) if row == "portfwd"
+                                             and "strace" in tests else ())
             for kind in kinds:
                 try:
                     if kind == "tput1":

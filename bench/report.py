@@ -217,7 +217,7 @@ def main():
     A("")
     A("## How to reproduce")
     A("")
-    A("    bench/run.sh            # full run, about 10 minutes on 2 cores")
+    A("    bench/run.sh            # full run, about 12 minutes on 2 cores")
     A("    bench/run.sh --quick    # smoke run, 2 minutes, fewer and shorter repetitions")
     A("")
     A("`run.sh` installs the missing peers with apt-get, builds portfwd "

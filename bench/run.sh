@@ -21,6 +21,7 @@ loopback only, and writes:
                  direct,portfwd,cref,socat,rinetd,haproxy,nginx
   --tests LIST   comma-separated subset of
                  iperf,connrate,keepalive,redis,firstbyte,memory,profile
+                 (add strace for an strace -f -c profile of portfwd)
   --portfwd PATH measure this portfwd binary instead of building
                  target/release/portfwd
   -h, --help     this text
@@ -29,7 +30,7 @@ Installs missing peers with apt-get (socat rinetd haproxy nginx
 libnginx-mod-stream iperf3 wrk redis-server redis-tools python3-matplotlib,
 linux-perf for the profiles), builds portfwd with `cargo build --release` and
 the C reference from tests/reference/server.c if it exists (its row is skipped
-with a note otherwise). A full run takes about 10-12 minutes on 2 cores.
+with a note otherwise). A full run takes about 12 minutes on 2 cores.
 Every server is started in the foreground with its own config in a temp dir
 and killed by pid; nothing is left running.
 EOF
