@@ -708,23 +708,45 @@ def perf_by_syscall(data, freq, reqs):
     return lines
 
 
+def other_procs_named(prefixes, exclude_sid):
+    """Processes with these name prefixes that are not the forwarder's (other
+    work on the shared machine, which a system-wide profile would mix in)."""
+    n = 0
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            fd = os.open(f"/proc/{d}/stat", os.O_RDONLY)
+            try:
+                st = os.read(fd, 1024).decode("ascii", "replace")
+            finally:
+                os.close(fd)
+        except OSError:
+            continue
+        comm = st[st.find("(") + 1:st.rfind(")")]
+        rest = st[st.rfind(")") + 2:].split()
+        if comm.startswith(prefixes) and int(rest[3]) != exclude_sid:
+            n += 1
+    return n
+
+
 def profile(row, kind, bport, dur, outdir):
-    """Profile only the forwarder's own processes while it carries one workload:
-    the forwarder runs under `perf record -g` (or `strace -f -c`), which follow
-    its forks; the machine is shared, so a system-wide profile would mostly
-    show other work."""
+    """Where the CPU goes while forwarder `row` carries one workload.
+
+    perf: `perf record -a -g` over the whole machine in the middle of the load
+    (sampling the forwarder's processes with inheritance under-counts
+    short-lived children, e.g. their exit), attributed by process name.
+    strace (kind ending in -strace): the forwarder runs under `strace -f -c`."""
     tool = "strace" if kind.endswith("-strace") else "perf"
     if not shutil.which(tool):
         return None
     load_kind = kind.replace("-strace", "")
     data = os.path.join(TMP, f"{tool}-{row}-{kind}.out")
-    freq = 999
-    if tool == "perf":
-        wrap = ["perf", "record", "-g", "-F", str(freq), "-o", data, "--"]
-    else:
-        wrap = ["strace", "-f", "-c", "-o", data, "--"]
+    freq = 499
+    wrap = ["strace", "-f", "-c", "-o", data, "--"] if tool == "strace" else None
     srv, port = start_forwarder(row, bport, wrap=wrap)
     path = os.path.join(outdir, f"profile-{row}-{kind}.txt")
+    prefixes = ("portfwd",) if row == "portfwd" else (row,)
     try:
         time.sleep(0.5)
         if load_kind == "connrate":
@@ -732,21 +754,46 @@ def profile(row, kind, bport, dur, outdir):
                     f"http://127.0.0.1:{port}/"]
         else:
             load = ["iperf3", "-c", "127.0.0.1", "-p", str(port), "-t", str(dur)]
-        rc, load_out, load_err = run(load, dur + 30)
-        # stop the tool with SIGINT: it writes its data and ends the forwarder
+        others0 = other_procs_named(prefixes, srv.pid)
+        loadp = subprocess.Popen(load, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                 stdin=subprocess.DEVNULL, text=True)
+        window = max(1, dur - 2)
+        rec_err = ""
+        if tool == "perf":
+            time.sleep(1.0)
+            _rc, _o, rec_err = run(["perf", "record", "-a", "-g", "-F", str(freq), "-o", data,
+                                    "--", "sleep", str(window)], window + 60)
         try:
-            os.kill(srv.pid, signal.SIGINT)
-            srv.p.wait(timeout=60)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            pass
+            load_out, _ = loadp.communicate(timeout=dur + 30)
+        except subprocess.TimeoutExpired:
+            loadp.kill()
+            load_out, _ = loadp.communicate()
+        others1 = other_procs_named(prefixes, srv.pid)
+        if tool == "strace":
+            try:
+                os.kill(srv.pid, signal.SIGINT)
+                srv.p.wait(timeout=60)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                pass
         srv.stop()
         reqs = None
         m = re.search(r"(\d+) requests in", load_out)
         if m:
             reqs = int(m.group(1))
+        rps = None
+        m = re.search(r"Requests/sec:\s+([\d.]+)", load_out)
+        if m:
+            rps = float(m.group(1))
         with open(path, "w") as f:
-            f.write(f"# {row} under `{' '.join(load[:-1])} ...` for {dur}s; "
-                    f"the forwarder ran under `{' '.join(wrap[:-1])}` (follows forks)\n")
+            if tool == "strace":
+                f.write(f"# {row} under `{' '.join(load[:-1])} ...` for {dur}s; the forwarder "
+                        f"ran under `strace -f -c` (follows forks; slows it down)\n")
+            else:
+                f.write(f"# {row} under `{' '.join(load[:-1])} ...` for {dur}s; "
+                        f"`perf record -a -g -F {freq}` over the whole machine for {window}s "
+                        f"in the middle of it\n")
+            f.write(f"# other processes named {'/'.join(prefixes)}* on the machine (not this "
+                    f"forwarder's): {others0} before, {others1} after\n")
             f.write("## load generator output\n" + load_out[-1200:] + "\n")
             if tool == "strace":
                 try:
@@ -757,36 +804,37 @@ def profile(row, kind, bport, dur, outdir):
                         f"{f' ({reqs} requests, one connection each)' if reqs else ''}\n")
                 f.write(txt + "\n")
             else:
-                rc3, rep, rep_err = run(["perf", "report", "-i", data, "--no-children",
-                                         "--stdio", "--sort", "comm,dso,sym", "-g", "none",
-                                         "--percent-limit", "0.8"], 180)
-                rc4, repc, _ = run(["perf", "report", "-i", data, "--no-children", "-n",
+                conns = rps * window if rps else None
+                _rc, repc, _ = run(["perf", "report", "-i", data, "--no-children", "-n",
                                     "--stdio", "--sort", "comm", "-g", "none"], 180)
-                n = 0
+                _rc, rep, _ = run(["perf", "report", "-i", data, "--no-children",
+                                   "--stdio", "--sort", "comm,dso,sym", "-g", "none",
+                                   "--percent-limit", "0.8"], 180)
+                total = mine = 0
+                rows_c = []
                 for l in repc.splitlines():
                     v = l.split()
                     if len(v) >= 3 and v[0].endswith("%") and v[1].isdigit():
-                        n += int(v[1])
-                if n:
-                    cpu_s = n / freq
-                    f.write(f"## CPU time of the forwarder's processes: about {n} samples at "
-                            f"{freq} Hz = {cpu_s:.2f} CPU-s in {dur} s")
-                    if reqs:
-                        f.write(f"; {reqs} requests = {cpu_s * 1e6 / reqs:.0f} CPU-us per "
-                                f"new connection")
-                    f.write("\n")
-                f.write("## perf report --sort comm (percent, samples"
-                        + (", CPU-us per new connection" if reqs else "") + ")\n")
-                for l in [l for l in repc.splitlines()
-                          if l.strip() and not l.startswith("#")][:10]:
-                    v = l.split()
-                    if reqs and len(v) >= 3 and v[1].isdigit():
-                        l += f"   {int(v[1]) / freq * 1e6 / reqs:8.1f} us/conn"
+                        total += int(v[1])
+                        if v[2].startswith(prefixes):
+                            mine += int(v[1])
+                        rows_c.append((l, int(v[1])))
+                f.write(f"## all samples: {total} at {freq} Hz = {total / freq:.2f} CPU-s in "
+                        f"{window} s on {os.cpu_count()} CPUs; processes named "
+                        f"{'/'.join(prefixes)}*: {mine / freq:.2f} CPU-s")
+                if conns:
+                    f.write(f"; at {rps:.0f} new connections/s that is "
+                            f"{mine / freq * 1e6 / conns:.0f} CPU-us per connection")
+                f.write("\n## perf report --sort comm (percent, samples"
+                        + (", CPU-us per new connection" if conns else "") + ")\n")
+                for l, n in rows_c[:12]:
+                    if conns:
+                        l += f"   {n / freq * 1e6 / conns:8.1f} us/conn"
                     f.write(l + "\n")
                 f.write("## where each process kind spends its samples (syscall or page "
                         "fault the sample was under, from the call chains)\n")
-                f.write("\n".join(perf_by_syscall(data, freq, reqs)) + "\n")
-                f.write("## perf report --sort comm,dso,sym (>= 0.8% of the forwarder's samples)\n")
+                f.write("\n".join(perf_by_syscall(data, freq, conns)) + "\n")
+                f.write("## perf report --sort comm,dso,sym (>= 0.8% of all samples)\n")
                 f.write("\n".join([l for l in rep.splitlines()
                                    if l.strip() and not l.startswith("#")][:45]) + "\n")
         log(f"  profile written: {os.path.relpath(path, ROOT)}")
@@ -856,7 +904,8 @@ def main():
     for name, path in (("portfwd", PORTFWD), ("cref", CREF)):
         if name in rows:
             st = os.stat(path)
-            dst = os.path.join(TMP, name + "-bin")
+            os.makedirs(os.path.join(TMP, "bin"), exist_ok=True)
+            dst = os.path.join(TMP, "bin", "portfwd" if name == "portfwd" else "server")
             shutil.copy2(path, dst)
             bins[name] = {"path": os.path.relpath(path, ROOT) if path.startswith(ROOT)
                           else path, "size": st.st_size,
@@ -1033,7 +1082,7 @@ def main():
 
     profiles = []
     if "profile" in tests:
-        log("== profiles (perf record -g / strace -f -c of the forwarder) for portfwd and haproxy")
+        log("== profiles (perf record -a -g during the load) for portfwd and haproxy")
         for row in [r for r in ("portfwd", "haproxy") if r in rows]:
             kinds = ("connrate", "tput1") + (("connrate-strace",) if row == "portfwd"
                                              and "strace" in tests else ())

@@ -369,8 +369,10 @@ def main():
     if prof:
         A("## Profiles")
         A("")
-        A("`perf stat -a` and `perf record -a -g` (whole system, so client, forwarder and "
-          "backend all appear) while one forwarder carries one workload. Full reports: "
+        A("`perf record -a -g` over the whole machine while one forwarder carries one "
+          "workload, attributed by process name (client, backend and any other work on the "
+          "machine appear under their own names; each file says how many other processes "
+          "with the forwarder's name were running). Full reports: "
           + ", ".join(f"`{p}`" for p in prof) + ".")
         A("")
         for p in prof:
