@@ -347,3 +347,57 @@ mod tests {
         assert_eq!(lines, ["[::]:7005 -> 127.0.0.1:8005", "[::]:7006 -> 127.0.0.1:8006"]);
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Lines built from the pieces the grammar cares about, so that inputs get past the first
+    /// checks and reach every branch, mixed with arbitrary text.
+    fn line() -> impl Strategy<Value = String> {
+        let piece = prop_oneof![
+            Just("->".to_string()),
+            Just(":".to_string()),
+            Just("[".to_string()),
+            Just("]".to_string()),
+            Just("#".to_string()),
+            Just("=".to_string()),
+            Just(" ".to_string()),
+            Just("\t".to_string()),
+            Just("::1".to_string()),
+            Just("127.0.0.1".to_string()),
+            Just("dispatch".to_string()),
+            Just("allow".to_string()),
+            Just("/".to_string()),
+            "[0-9]{1,6}",
+            "[a-z]{1,8}",
+            any::<String>(),
+        ];
+        proptest::collection::vec(piece, 0..12).prop_map(|p| p.concat())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 4000, ..ProptestConfig::default() })]
+
+        #[test]
+        fn no_input_makes_the_parser_panic(lines in proptest::collection::vec(line(), 0..6)) {
+            let text = lines.join("\n");
+            match parse(&text, &Options::default()) {
+                Ok(mappings) => {
+                    // Whatever parses prints back to a line that parses to the same mapping.
+                    for m in mappings {
+                        let again = parse(&m.canonical(), &Options::default()).expect("canonical parses");
+                        prop_assert_eq!((again[0].bind, &again[0].host, again[0].port), (m.bind, &m.host, m.port));
+                    }
+                }
+                Err(errors) => {
+                    for e in errors {
+                        prop_assert!(e.line >= 1 && e.col >= 1, "{e}");
+                        prop_assert!(!e.message.is_empty());
+                    }
+                }
+            }
+        }
+    }
+}
