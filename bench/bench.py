@@ -659,7 +659,7 @@ def idle_memory(row, bport, nconn, settle):
 # ----------------------------------------------------------------- profile
 
 
-def perf_by_syscall(data, freq, reqs):
+def perf_by_syscall(data, freq, reqs, unit="connection"):
     """From `perf script` call chains: for each process name (comm), which
     syscall (or page fault) each sample was under; returns report lines."""
     rc, out, _err = run(["perf", "script", "-i", data, "-F", "comm,ip,sym"], 300)
@@ -701,7 +701,7 @@ def perf_by_syscall(data, freq, reqs):
     lines = []
     for c, t in tot.most_common(8):
         lines.append(f"{c}: {t} samples" + (f" = {t / freq * 1e6 / reqs:.0f} CPU-us per "
-                                             f"connection" if reqs else ""))
+                                             f"{unit}" if reqs else ""))
         for (cc, k), v in by.most_common():
             if cc == c and v / t >= 0.02:
                 lines.append(f"    {v / t * 100:5.1f}%  {k}")
@@ -752,6 +752,9 @@ def profile(row, kind, bport, dur, outdir):
         if load_kind == "connrate":
             load = ["wrk", "-t1", "-c32", f"-d{dur}s", "-H", "Connection: close",
                     f"http://127.0.0.1:{port}/"]
+        elif load_kind == "keepalive":
+            load = ["wrk", "-t1", "-c8", f"-d{dur}s", "--latency",
+                    f"http://127.0.0.1:{port}/"]
         else:
             load = ["iperf3", "-c", "127.0.0.1", "-p", str(port), "-t", str(dur)]
         others0 = other_procs_named(prefixes, srv.pid)
@@ -759,10 +762,12 @@ def profile(row, kind, bport, dur, outdir):
                                  stdin=subprocess.DEVNULL, text=True)
         window = max(1, dur - 2)
         rec_err = ""
+        stat_err = ""
         if tool == "perf":
             time.sleep(1.0)
             _rc, _o, rec_err = run(["perf", "record", "-a", "-g", "-F", str(freq), "-o", data,
                                     "--", "sleep", str(window)], window + 60)
+
         try:
             load_out, _ = loadp.communicate(timeout=dur + 30)
         except subprocess.TimeoutExpired:
@@ -795,6 +800,9 @@ def profile(row, kind, bport, dur, outdir):
             f.write(f"# other processes named {'/'.join(prefixes)}* on the machine (not this "
                     f"forwarder's): {others0} before, {others1} after\n")
             f.write("## load generator output\n" + load_out[-1200:] + "\n")
+            if stat_err:
+                f.write("## perf stat -a for 1 s right after the sampling window (whole "
+                        "machine)\n" + stat_err.strip() + "\n")
             if tool == "strace":
                 try:
                     txt = open(data).read()
@@ -823,17 +831,22 @@ def profile(row, kind, bport, dur, outdir):
                         f"{window} s on {os.cpu_count()} CPUs; processes named "
                         f"{'/'.join(prefixes)}*: {mine / freq:.2f} CPU-s")
                 if conns:
-                    f.write(f"; at {rps:.0f} new connections/s that is "
-                            f"{mine / freq * 1e6 / conns:.0f} CPU-us per connection")
+                    unit = "request" if load_kind == "keepalive" else "new connection"
+                    f.write(f"; at {rps:.0f} {unit}s/s that is "
+                            f"{mine / freq * 1e6 / conns:.0f} CPU-us per {unit}")
+                unit = "request" if load_kind == "keepalive" else "new connection"
                 f.write("\n## perf report --sort comm (percent, samples"
-                        + (", CPU-us per new connection" if conns else "") + ")\n")
+                        + (f", CPU-us per {unit}" if conns else "") + ")\n")
                 for l, n in rows_c[:12]:
                     if conns:
-                        l += f"   {n / freq * 1e6 / conns:8.1f} us/conn"
+                        l += (f"   {n / freq * 1e6 / conns:8.1f} us/"
+                              + ("request" if load_kind == "keepalive" else "conn"))
                     f.write(l + "\n")
                 f.write("## where each process kind spends its samples (syscall or page "
                         "fault the sample was under, from the call chains)\n")
-                f.write("\n".join(perf_by_syscall(data, freq, conns)) + "\n")
+                f.write("\n".join(perf_by_syscall(
+                    data, freq, conns, "request" if load_kind == "keepalive" else "connection"))
+                    + "\n")
                 f.write("## perf report --sort comm,dso,sym (>= 0.8% of all samples)\n")
                 f.write("\n".join([l for l in rep.splitlines()
                                    if l.strip() and not l.startswith("#")][:45]) + "\n")
@@ -1084,7 +1097,7 @@ def main():
     if "profile" in tests:
         log("== profiles (perf record -a -g during the load) for portfwd and haproxy")
         for row in [r for r in ("portfwd", "haproxy") if r in rows]:
-            kinds = ("connrate", "tput1") + (("connrate-strace",) if row == "portfwd"
+            kinds = ("connrate", "tput1", "keepalive") + (("connrate-strace",) if row == "portfwd"
                                              and "strace" in tests else ())
             for kind in kinds:
                 try:

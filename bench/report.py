@@ -332,6 +332,12 @@ def main():
         A("")
         A("portfwd was not measured in this run (see the notes above).")
         A("")
+    ana = os.path.join(RESULTS, f"analysis-{stamp}.md")
+    if os.path.exists(ana):
+        A("## Analysis of this run")
+        A("")
+        A(open(ana).read().strip())
+        A("")
     A("## Method")
     A("")
     A(f"- Repetitions: {P.get('reps', '?')} per figure (memory: {P.get('mem_reps', '?')}); "
@@ -400,12 +406,6 @@ def main():
                     shown += 1
             A("```")
             A("")
-    ana = os.path.join(RESULTS, f"analysis-{stamp}.md")
-    if os.path.exists(ana):
-        A("## Analysis of this run")
-        A("")
-        A(open(ana).read().strip())
-        A("")
     with open(os.path.join(DOCS, "benchmarks.md"), "w") as f:
         f.write("\n".join(L) + "\n")
     print("wrote docs/benchmarks.md,", ", ".join("docs/" + p for p in pngs),
