@@ -939,6 +939,20 @@ def main():
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGHUP, on_signal)
 
+    # the sources the binary was built from: taken at the start of the run
+    try:
+        rev = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"],
+                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                             text=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", ROOT, "status", "--porcelain", "--", "src",
+                                "Cargo.toml", "Cargo.lock"], stdout=subprocess.PIPE,
+                               stderr=subprocess.DEVNULL, text=True).stdout.strip()
+        if dirty:
+            rev += " + uncommitted changes in src/"
+    except Exception:
+        rev = ""
+    if args.portfwd:
+        rev = f"(binary given with --portfwd: {args.portfwd})"
     t_start = time.time()
     load_start = open("/proc/loadavg").read().strip()
     procs_start = sum(1 for d in os.listdir("/proc") if d.isdigit())
@@ -1132,19 +1146,6 @@ def main():
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
                 break
-    try:
-        rev = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"],
-                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                             text=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", ROOT, "status", "--porcelain", "--", "src",
-                                "Cargo.toml", "Cargo.lock"], stdout=subprocess.PIPE,
-                               stderr=subprocess.DEVNULL, text=True).stdout.strip()
-        if dirty:
-            rev += " + uncommitted changes in src/"
-    except Exception:
-        rev = ""
-    if args.portfwd:
-        rev = f"(binary given with --portfwd: {args.portfwd})"
     meta = {
         "date_utc": stamp,
         "duration_s": round(time.time() - t_start),
