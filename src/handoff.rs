@@ -168,6 +168,9 @@ struct Shared {
     s2c_error: AtomicI32,
     /// Set by either pump when the connection went idle and both sockets were shut down.
     idle: AtomicU32,
+    /// Set by a pump just before it passes a FIN on (c2s: to the server; s2c: to the client).
+    c2s_fin: AtomicU32,
+    s2c_fin: AtomicU32,
     /// `CLOCK_MONOTONIC` ms of the last byte each way, for the idle timeout.
     last_c2s: AtomicU64,
     last_s2c: AtomicU64,
@@ -196,6 +199,24 @@ impl Shared {
         let _ = sys::shutdown(server, libc::SHUT_RDWR);
         true
     }
+}
+
+/// Whether an end-of-file just read from `fd` was really a reset. A socket reports an error once:
+/// when the other pump's write to the same socket took the RST's error first, a read afterwards
+/// sees only end-of-file. A FIN leaves the connection in CLOSE_WAIT (or TIME_WAIT or CLOSING when
+/// we had sent ours first); it is in CLOSE after a FIN only once our own FIN went out and was
+/// acknowledged, and the other pump raises `our_fin` before it sends that FIN.
+fn eof_was_reset(fd: RawFd, our_fin: &AtomicU32) -> bool {
+    sys::tcp_state(fd) == Some(sys::TCP_CLOSE) && our_fin.load(Ordering::SeqCst) == 0
+}
+
+/// Ends a connection as an abort: both sockets armed to send a RST on their last close, the pump
+/// child killed and reaped (its copies close with it).
+fn abort_both(client: RawFd, server: RawFd, child: libc::pid_t) {
+    sys::set_abortive_close(client);
+    sys::set_abortive_close(server);
+    sys::kill(child, libc::SIGKILL);
+    let _ = sys::wait_for(child);
 }
 
 /// Turns on TCP keepalive: probes after `idle` seconds of silence, then every `idle / 4` seconds
@@ -344,10 +365,14 @@ fn pump_server_to_client(client: RawFd, server: RawFd, shared: &Shared, idle_ms:
     let end = pump::run(server, client, &shared.s2c, &shared.last_s2c, &stop);
     let error = match end {
         _ if shared.idle.load(Ordering::SeqCst) != 0 => sys::exit(0),
-        End::Eof => match sys::shutdown(client, libc::SHUT_WR) {
-            Ok(()) => sys::exit(0),
-            Err(e) => e,
-        },
+        End::Eof if !eof_was_reset(server, &shared.c2s_fin) => {
+            shared.s2c_fin.store(1, Ordering::SeqCst);
+            match sys::shutdown(client, libc::SHUT_WR) {
+                Ok(()) => sys::exit(0),
+                Err(e) => e,
+            }
+        }
+        End::Eof => Errno::ECONNRESET,
         End::ReadFailed(e) | End::WriteFailed(e) => e,
         End::Stopped => Errno::ECANCELED,
     };
@@ -382,15 +407,31 @@ fn pump_client_to_server(
             let _ = sys::wait_for(child);
             Outcome::IdleTimeout
         }
-        End::Eof if !aborted() && sys::shutdown(server, libc::SHUT_WR).is_ok() => {
-            // Our direction is done; the other flows until the server ends it (or aborts).
-            let _ = sys::wait_for(child);
-            if aborted() {
-                error = Some(Errno::from_raw(shared.s2c_error.load(Ordering::SeqCst)));
-                Outcome::Reset
-            } else {
-                Outcome::Closed
+        End::Eof if !aborted() && !eof_was_reset(client, &shared.s2c_fin) => {
+            shared.c2s_fin.store(1, Ordering::SeqCst);
+            match sys::shutdown(server, libc::SHUT_WR) {
+                Ok(()) => {
+                    // Our direction is done; the other flows until the server ends it (or aborts).
+                    let _ = sys::wait_for(child);
+                    if aborted() {
+                        error = Some(Errno::from_raw(shared.s2c_error.load(Ordering::SeqCst)));
+                        Outcome::Reset
+                    } else {
+                        Outcome::Closed
+                    }
+                }
+                Err(e) => {
+                    error = Some(e);
+                    abort_both(client, server, child);
+                    Outcome::Reset
+                }
             }
+        }
+        End::Eof if !aborted() => {
+            // The client reset, and the other pump's write took the error.
+            error = Some(Errno::ECONNRESET);
+            abort_both(client, server, child);
+            Outcome::Reset
         }
         End::Eof | End::Stopped => {
             let _ = sys::wait_for(child);
@@ -398,12 +439,8 @@ fn pump_client_to_server(
             Outcome::Reset
         }
         End::ReadFailed(e) | End::WriteFailed(e) => {
-            // Abort both sides: the last close of each socket sends a RST.
             error = Some(e);
-            sys::set_abortive_close(client);
-            sys::set_abortive_close(server);
-            sys::kill(child, libc::SIGKILL);
-            let _ = sys::wait_for(child);
+            abort_both(client, server, child);
             Outcome::Reset
         }
     };

@@ -134,6 +134,27 @@ pub fn take_socket_error(fd: RawFd) -> SysResult<libc::c_int> {
     Ok(value)
 }
 
+/// `TCP_CLOSE` of the kernel's TCP states, as `tcp_state` reports them.
+pub const TCP_CLOSE: u8 = 7;
+
+/// The TCP state of a socket (`tcpi_state` of `TCP_INFO`), or `None` if it cannot be read.
+pub fn tcp_state(fd: RawFd) -> Option<u8> {
+    // SAFETY: a zeroed tcp_info is a valid value; the kernel fills at most `len` bytes of it.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: `info` and `len` are live and describe the buffer's size.
+    let ret = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&mut info as *mut libc::tcp_info).cast(),
+            &mut len,
+        )
+    };
+    (ret == 0 && len >= 1).then_some(info.tcpi_state)
+}
+
 /// Arranges for the next `close` of the last reference to `fd` to send a TCP RST instead of a FIN:
 /// `SO_LINGER` with a zero timeout. This is how an abort is passed on.
 pub fn set_abortive_close(fd: RawFd) {
