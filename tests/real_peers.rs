@@ -7,6 +7,7 @@ use common::*;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::process::{Child, Command, Stdio};
+use std::thread;
 use std::time::Duration;
 
 /// A helper process started by a test, killed by pid when dropped.
@@ -112,7 +113,10 @@ fn smtp_dialogue_with_a_real_server_that_speaks_first() {
     let mut r = BufReader::new(s.try_clone().unwrap());
     let mut w = s;
     let mut line = String::new();
-    r.read_line(&mut line).unwrap();
+    if let Err(e) = r.read_line(&mut line) {
+        thread::sleep(Duration::from_millis(200)); // let the connection's log line arrive
+        panic!("banner: {e}; forwarder log:\n{}", fwd.log_text());
+    }
     assert!(line.starts_with("220 "), "banner: {line}");
     let mut say = |cmd: &str, code: &str| {
         w.write_all(cmd.as_bytes()).unwrap();
