@@ -97,10 +97,21 @@ fn splice_loop(
     }
 }
 
-/// Moves exactly `len` bytes from the pipe to `dst`, through partial writes and interruptions.
-fn drain(pr: RawFd, dst: RawFd, mut len: usize, meter: &Meter<'_>, stop: &dyn Fn() -> bool) -> Result<(), End> {
+/// Moves exactly `len` bytes from the pipe to `dst`.
+fn drain(pr: RawFd, dst: RawFd, len: usize, meter: &Meter<'_>, stop: &dyn Fn() -> bool) -> Result<(), End> {
+    deliver(len, meter, stop, |left| sys::splice(pr, dst, left, libc::SPLICE_F_MOVE))
+}
+
+/// Delivers `len` bytes with `send` (given how many are left, it returns how many it moved),
+/// through partial writes and interruptions.
+fn deliver(
+    mut len: usize,
+    meter: &Meter<'_>,
+    stop: &dyn Fn() -> bool,
+    mut send: impl FnMut(usize) -> SysResult<usize>,
+) -> Result<(), End> {
     while len > 0 {
-        match sys::splice(pr, dst, len, libc::SPLICE_F_MOVE) {
+        match send(len) {
             Ok(n) => {
                 len -= n;
                 meter.add(n);
@@ -136,23 +147,10 @@ fn copy_loop(src: RawFd, dst: RawFd, meter: &Meter<'_>, stop: &dyn Fn() -> bool)
     }
 }
 
-fn write_all(dst: RawFd, mut data: &[u8], meter: &Meter<'_>, stop: &dyn Fn() -> bool) -> Result<(), End> {
-    while !data.is_empty() {
-        let r: SysResult<usize> = sys::write(dst, data);
-        match r {
-            Ok(n) => {
-                data = &data[n..];
-                meter.add(n);
-            }
-            Err(Errno::EINTR | Errno::EAGAIN) => {
-                if stop() {
-                    return Err(End::Stopped);
-                }
-            }
-            Err(e) => return Err(End::WriteFailed(e)),
-        }
-    }
-    Ok(())
+fn write_all(dst: RawFd, data: &[u8], meter: &Meter<'_>, stop: &dyn Fn() -> bool) -> Result<(), End> {
+    deliver(data.len(), meter, stop, |left| {
+        sys::write(dst, &data[data.len() - left..])
+    })
 }
 
 /// Where a pump records its progress: bytes delivered and when the last of them went.
