@@ -29,21 +29,34 @@ fn have(cmd: &str) -> bool {
         .is_ok()
 }
 
-/// Starts a Python server on a kernel-chosen port; returns it once it accepts connections.
-fn python_server(args: &[&str], port: u16) -> Proc {
-    let child = Command::new("python3")
-        .args(args)
-        .stdout(Stdio::null())
+/// Starts a Python server that binds port 0 itself and prints the port the kernel gave it on its
+/// first line of output (so no other test can take the port between choosing and binding it).
+/// Returns the process and the port, once the server is listening.
+fn python_server(script: &str) -> (Proc, u16) {
+    let mut child = Command::new("python3")
+        .args(["-u", "-W", "ignore", "-c", script])
+        .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .expect("python3");
+    let stdout = child.stdout.take().unwrap();
     let p = Proc(child);
-    assert!(
-        wait_until(Duration::from_secs(10), || TcpStream::connect(("127.0.0.1", port))
-            .is_ok()),
-        "python server on {port} did not come up"
-    );
-    p
+    let (tx, rx) = std::sync::mpsc::channel();
+    thread::spawn(move || {
+        // The first line is the port; the rest (smtpd prints each message) is read and dropped, so
+        // the server never writes into a closed pipe.
+        let mut lines = BufReader::new(stdout).lines();
+        let _ = tx.send(lines.next().and_then(Result::ok).unwrap_or_default());
+        lines.for_each(drop);
+    });
+    let line = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("python server did not come up");
+    let port = line
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("python server said {line:?}"));
+    (p, port)
 }
 
 #[test]
@@ -55,19 +68,15 @@ fn curl_through_the_forwarder_to_a_real_http_server() {
     std::fs::create_dir_all(&dir).unwrap();
     let body: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
     std::fs::write(dir.join("blob.bin"), &body).unwrap();
-    let port = free_port();
-    let _http = python_server(
-        &[
-            "-m",
-            "http.server",
-            "--bind",
-            "127.0.0.1",
-            "--directory",
-            dir.to_str().unwrap(),
-            &port.to_string(),
-        ],
-        port,
+    let script = format!(
+        "import functools, http.server\n\
+         h = functools.partial(http.server.SimpleHTTPRequestHandler, directory={dir:?})\n\
+         s = http.server.ThreadingHTTPServer(('127.0.0.1', 0), h)\n\
+         print(s.server_address[1])\n\
+         s.serve_forever()\n",
+        dir = dir.to_str().unwrap()
     );
+    let (_http, port) = python_server(&script);
     let fwd = Forwarder::start(&[], "127.0.0.1", port);
     let out = dir.join("got.bin");
     let status = Command::new("curl")
@@ -93,19 +102,11 @@ fn curl_through_the_forwarder_to_a_real_http_server() {
 
 #[test]
 fn smtp_dialogue_with_a_real_server_that_speaks_first() {
-    let port = free_port();
-    let _smtp = python_server(
-        &[
-            "-W",
-            "ignore",
-            "-m",
-            "smtpd",
-            "-n",
-            "-c",
-            "DebuggingServer",
-            &format!("127.0.0.1:{port}"),
-        ],
-        port,
+    let (_smtp, port) = python_server(
+        "import asyncore, smtpd\n\
+         s = smtpd.DebuggingServer(('127.0.0.1', 0), None)\n\
+         print(s.socket.getsockname()[1])\n\
+         asyncore.loop()\n",
     );
     let fwd = Forwarder::start(&["--dispatch", "accept"], "127.0.0.1", port);
     let s = fwd.connect();
