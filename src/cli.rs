@@ -53,7 +53,8 @@ pub struct Cli {
     #[arg(long, value_name = "SECS", value_parser = checked(options::parse_secs))]
     pub connect_timeout: Option<String>,
 
-    /// Live connections per mapping at most; further clients wait in the backlog [default: 10000].
+    /// Live connections of the whole process at most (and of each config line, unless the line sets
+    /// its own); further clients wait in the backlog [default: 10000].
     #[arg(long, value_name = "N", value_parser = checked(options::parse_count))]
     pub max_connections: Option<String>,
 
