@@ -101,6 +101,16 @@ struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
+    /// The usual set-up of a scenario: a backend running `handler` on 127.0.0.1, the forwarder in
+    /// front of it, and a client connected to the forwarder. Keep the first two alive while the
+    /// client is in use.
+    fn through(&self, handler: Handler) -> Result<(Backend, fwdkit::Fwd, TcpStream), Obs> {
+        let b = Backend::start(lo(0), handler).map_err(|e| Obs::err(e.to_string()))?;
+        let f = self.launch(Ipv4Addr::LOCALHOST, b.port()).start().map_err(Obs::err)?;
+        let c = connect(f.port).map_err(|e| Obs::err(format!("connect: {e}")))?;
+        Ok((b, f, c))
+    }
+
     fn launch(&self, host: Ipv4Addr, host_port: u16) -> Launch<'_> {
         Launch {
             spec: self.spec,
@@ -654,17 +664,9 @@ fn sc_half_close(cx: &Ctx) -> Obs {
         }
         let _ = tx.send(Ev::ReadDone(got.len(), end, at));
     });
-    let b = match Backend::start(lo(0), handler) {
-        Ok(b) => b,
-        Err(e) => return Obs::err(e.to_string()),
-    };
-    let f = match cx.launch(Ipv4Addr::LOCALHOST, b.port()).start() {
-        Ok(f) => f,
-        Err(e) => return Obs::err(e),
-    };
-    let mut c = match connect(f.port) {
-        Ok(c) => c,
-        Err(e) => return Obs::err(format!("connect: {e}")),
+    let (_b, _f, mut c) = match cx.through(handler) {
+        Ok(set) => set,
+        Err(obs) => return obs,
     };
     let _ = c.write_all(&pattern(1000, 7));
     let shut_at = Instant::now();
@@ -708,17 +710,9 @@ fn sc_server_closes_first(cx: &Ctx) -> Obs {
         }
         // dropping s closes: the server closes first
     });
-    let b = match Backend::start(lo(0), handler) {
-        Ok(b) => b,
-        Err(e) => return Obs::err(e.to_string()),
-    };
-    let f = match cx.launch(Ipv4Addr::LOCALHOST, b.port()).start() {
-        Ok(f) => f,
-        Err(e) => return Obs::err(e),
-    };
-    let mut c = match connect(f.port) {
-        Ok(c) => c,
-        Err(e) => return Obs::err(format!("connect: {e}")),
+    let (_b, _f, mut c) = match cx.through(handler) {
+        Ok(set) => set,
+        Err(obs) => return obs,
     };
     let _ = c.write_all(b"hello\n");
     let (reply, short) = read_exact_within(&mut c, 4, Duration::from_secs(5));
@@ -779,17 +773,9 @@ fn sc_backend_reset(cx: &Ctx) -> Obs {
         let _ = tx.send(Instant::now());
         drop(s); // close with linger 0: RST
     });
-    let b = match Backend::start(lo(0), handler) {
-        Ok(b) => b,
-        Err(e) => return Obs::err(e.to_string()),
-    };
-    let f = match cx.launch(Ipv4Addr::LOCALHOST, b.port()).start() {
-        Ok(f) => f,
-        Err(e) => return Obs::err(e),
-    };
-    let mut c = match connect(f.port) {
-        Ok(c) => c,
-        Err(e) => return Obs::err(format!("connect: {e}")),
+    let (_b, _f, mut c) = match cx.through(handler) {
+        Ok(set) => set,
+        Err(obs) => return obs,
     };
     let _ = c.write_all(b"hello\n");
     let (got, end) = read_to_end_within(&mut c, usize::MAX, Duration::from_millis(100) + cx.wait);
