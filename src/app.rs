@@ -91,9 +91,10 @@ fn mappings(cli: &Cli, base: &Options) -> Result<(Vec<Mapping>, Vec<Vec<Target>>
     ))
 }
 
+/// Makes a path absolute against the current directory (the daemon changes to `/`).
 fn absolute(path: &Option<PathBuf>) -> Result<Option<PathBuf>, StartError> {
     path.as_ref()
-        .map(|p| daemon::absolute(p).map_err(|e| format!("{}: {e}", p.display()).into()))
+        .map(|p| std::path::absolute(p).map_err(|e| format!("{}: {e}", p.display()).into()))
         .transpose()
 }
 

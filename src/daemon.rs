@@ -119,8 +119,3 @@ impl Drop for PidFile {
         }
     }
 }
-
-/// Makes a path absolute against the current directory (the daemon changes to `/`).
-pub fn absolute(path: &Path) -> io::Result<PathBuf> {
-    std::path::absolute(path)
-}

@@ -103,6 +103,18 @@ impl Totals {
 }
 
 impl Plan<'_> {
+    /// A connection's log line up to its target: `ts=... portfwd[PID]: client=... listen=...`.
+    fn line_start(&self) -> Line {
+        let mut line = Line::stamped();
+        line.push(b" ").push(self.line.as_bytes());
+        line
+    }
+
+    /// The target named in the log line of a connection that never reached one.
+    fn first_target_label(&self) -> &[u8] {
+        self.targets.first().map_or("-", |t| t.label.as_str()).as_bytes()
+    }
+
     /// Formats the start of a connection's log line (`client=... listen=...`), in the parent.
     pub fn describe(peer: &std::net::SocketAddr, listen_port: u16) -> Line {
         let mut line = Line::new();
@@ -210,11 +222,16 @@ fn eof_was_reset(fd: RawFd, our_fin: &AtomicU32) -> bool {
     sys::tcp_state(fd) == Some(sys::TCP_CLOSE) && our_fin.load(Ordering::SeqCst) == 0
 }
 
-/// Ends a connection as an abort: both sockets armed to send a RST on their last close, the pump
-/// child killed and reaped (its copies close with it).
-fn abort_both(client: RawFd, server: RawFd, child: libc::pid_t) {
+/// Arms both sockets to send a RST on their last close.
+fn reset_both(client: RawFd, server: RawFd) {
     sys::set_abortive_close(client);
     sys::set_abortive_close(server);
+}
+
+/// Ends a connection as an abort: both sockets reset on their last close, the pump child killed
+/// and reaped (its copies close with it).
+fn abort_both(client: RawFd, server: RawFd, child: libc::pid_t) {
+    reset_both(client, server);
     sys::kill(child, libc::SIGKILL);
     let _ = sys::wait_for(child);
 }
@@ -249,15 +266,13 @@ fn connection_process(plan: &Plan<'_>) -> ! {
     let client = CLIENT_FD;
     let _ = sys::setsockopt_int(client, libc::IPPROTO_TCP, libc::TCP_NODELAY, 1);
 
-    let mut line = Line::stamped();
-    line.push(b" ").push(plan.line.as_bytes());
+    let mut line = plan.line_start();
 
     let (server, target) = match connect_any(plan.targets, plan.connect_timeout_ms) {
         Ok(found) => found,
         Err(e) => {
             sys::set_abortive_close(client);
-            line.key("target")
-                .push(plan.targets.first().map_or("-", |t| t.label.as_str()).as_bytes());
+            line.key("target").push(plan.first_target_label());
             finish(&mut line, plan, 0, 0, Outcome::ConnectFailed, Some(e))
         }
     };
@@ -277,8 +292,7 @@ fn connection_process(plan: &Plan<'_>) -> ! {
 
     let page = sys::shared_page();
     if page.is_null() {
-        sys::set_abortive_close(client);
-        sys::set_abortive_close(server);
+        reset_both(client, server);
         finish(&mut line, plan, 0, 0, Outcome::ForkFailed, Some(Errno::last()))
     }
     // SAFETY: the page is fresh, zero-filled, page-aligned and large enough for `Shared`, whose
@@ -298,8 +312,7 @@ fn connection_process(plan: &Plan<'_>) -> ! {
         Ok(0) => pump_server_to_client(client, server, shared, plan.idle_timeout_ms),
         Ok(pid) => pump_client_to_server(client, server, pid, shared, &mut line, plan),
         Err(e) => {
-            sys::set_abortive_close(client);
-            sys::set_abortive_close(server);
+            reset_both(client, server);
             finish(&mut line, plan, 0, 0, Outcome::ForkFailed, Some(e))
         }
     }
@@ -377,8 +390,7 @@ fn pump_server_to_client(client: RawFd, server: RawFd, shared: &Shared, idle_ms:
         End::Stopped => Errno::ECANCELED,
     };
     shared.s2c_error.store(error as i32, Ordering::SeqCst);
-    sys::set_abortive_close(client);
-    sys::set_abortive_close(server);
+    reset_both(client, server);
     shared.aborted.store(1, Ordering::SeqCst);
     let _ = sys::shutdown(client, libc::SHUT_RD);
     sys::exit(1)
@@ -472,10 +484,8 @@ fn emit_line(line: &mut Line, plan: &Plan<'_>, c2s: u64, s2c: u64, outcome: Outc
 
 /// Logs, from the main process, a connection whose fork failed (the caller resets the client).
 pub fn log_fork_failed(plan: &Plan<'_>, error: Errno) {
-    let mut line = Line::stamped();
-    line.push(b" ").push(plan.line.as_bytes());
-    line.key("target")
-        .push(plan.targets.first().map_or("-", |t| t.label.as_str()).as_bytes());
+    let mut line = plan.line_start();
+    line.key("target").push(plan.first_target_label());
     emit_line(&mut line, plan, 0, 0, Outcome::ForkFailed, Some(error));
 }
 
