@@ -105,10 +105,16 @@ impl Ctx<'_> {
     /// front of it, and a client connected to the forwarder. Keep the first two alive while the
     /// client is in use.
     fn through(&self, handler: Handler) -> Result<(Backend, fwdkit::Fwd, TcpStream), Obs> {
-        let b = Backend::start(lo(0), handler).map_err(|e| Obs::err(e.to_string()))?;
-        let f = self.launch(Ipv4Addr::LOCALHOST, b.port()).start().map_err(Obs::err)?;
+        let (b, f) = self.fronted(handler)?;
         let c = connect(f.port).map_err(|e| Obs::err(format!("connect: {e}")))?;
         Ok((b, f, c))
+    }
+
+    /// A backend running `handler` on 127.0.0.1 and the forwarder in front of it.
+    fn fronted(&self, handler: Handler) -> Result<(Backend, fwdkit::Fwd), Obs> {
+        let b = Backend::start(lo(0), handler).map_err(|e| Obs::err(e.to_string()))?;
+        let f = self.launch(Ipv4Addr::LOCALHOST, b.port()).start().map_err(Obs::err)?;
+        Ok((b, f))
     }
 
     fn launch(&self, host: Ipv4Addr, host_port: u16) -> Launch<'_> {
@@ -538,13 +544,9 @@ fn sc_seed_case2(cx: &Ctx) -> Obs {
 }
 
 fn sc_echo_1mib(cx: &Ctx) -> Obs {
-    let b = match Backend::start(lo(0), echo_handler()) {
-        Ok(b) => b,
-        Err(e) => return Obs::err(e.to_string()),
-    };
-    let f = match cx.launch(Ipv4Addr::LOCALHOST, b.port()).start() {
-        Ok(f) => f,
-        Err(e) => return Obs::err(e),
+    let (_b, f) = match cx.fronted(echo_handler()) {
+        Ok(set) => set,
+        Err(obs) => return obs,
     };
     const N: usize = 1 << 20;
     let data = pattern(N, 0x5eed);
@@ -577,13 +579,9 @@ fn sc_echo_1mib(cx: &Ctx) -> Obs {
 }
 
 fn sc_echo_100(cx: &Ctx) -> Obs {
-    let b = match Backend::start(lo(0), echo_handler()) {
-        Ok(b) => b,
-        Err(e) => return Obs::err(e.to_string()),
-    };
-    let f = match cx.launch(Ipv4Addr::LOCALHOST, b.port()).start() {
-        Ok(f) => f,
-        Err(e) => return Obs::err(e),
+    let (_b, f) = match cx.fronted(echo_handler()) {
+        Ok(set) => set,
+        Err(obs) => return obs,
     };
     const CLIENTS: usize = 100;
     const ROUNDS: usize = 10;
@@ -800,13 +798,9 @@ fn sc_backend_reset(cx: &Ctx) -> Obs {
 }
 
 fn sc_short_200(cx: &Ctx) -> Obs {
-    let b = match Backend::start(lo(0), echo_handler()) {
-        Ok(b) => b,
-        Err(e) => return Obs::err(e.to_string()),
-    };
-    let f = match cx.launch(Ipv4Addr::LOCALHOST, b.port()).start() {
-        Ok(f) => f,
-        Err(e) => return Obs::err(e),
+    let (b, f) = match cx.fronted(echo_handler()) {
+        Ok(set) => set,
+        Err(obs) => return obs,
     };
     let base_fds = f.fd_count().unwrap_or(0);
     let t0 = Instant::now();
