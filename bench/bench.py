@@ -245,6 +245,46 @@ def session_procs(sid, include_zombies=False):
     return out
 
 
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu_s(srv):
+    """CPU seconds (user + system) used so far by a forwarder's session: every process still in
+    it (zombies too), plus what its main process has collected from the children it reaped
+    (cutime + cstime, which include their own reaped children). Children reaped by someone else
+    (orphans of a forwarder that does not wait) are missed."""
+    ticks = 0
+    for pid in session_procs(srv.pid, include_zombies=True):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                s = f.read()
+        except OSError:
+            continue
+        rest = s[s.rfind(")") + 2:].split()
+        ticks += int(rest[11]) + int(rest[12])          # utime stime
+        if pid == srv.pid:
+            ticks += int(rest[13]) + int(rest[14])      # cutime cstime
+    return ticks / CLK_TCK
+
+
+def fork_floor(rounds):
+    """(cpu_us, wall_us) per clone+exit+wait of a trivial process (bench/forkfloor.c), or None."""
+    src = os.path.join(ROOT, "bench", "forkfloor.c")
+    exe = os.path.join(TMP, "forkfloor")
+    if not os.path.exists(exe):
+        for static in (["-static"], []):
+            if run(["cc", "-O2", *static, "-o", exe, src], 60)[0] == 0:
+                break
+        else:
+            return None
+    rc, out, err = run([exe, str(rounds)], 120)
+    if rc != 0:
+        log("  forkfloor failed:", err[-300:])
+        return None
+    cpu, wall = (float(x) for x in out.split())
+    return cpu, wall
+
+
 def pss_kib(pids):
     tot = 0
     for pid in pids:
@@ -468,6 +508,8 @@ def wrk(port, conns, dur, close):
     res = {"rc": rc}
     m = re.search(r"Requests/sec:\s+([\d.]+)", out)
     res["rate"] = float(m.group(1)) if m else None
+    m = re.search(r"(\d+) requests in", out)
+    res["requests"] = int(m.group(1)) if m else None
     for pct in ("50", "99"):
         m = re.search(rf"^\s+{pct}%\s+(\S+)", out, re.M)
         res["p" + pct] = _wrk_ms(m.group(1)) if m else None
@@ -869,7 +911,7 @@ def main():
     ap.add_argument("--quick", action="store_true", help="short smoke run (1-2 min)")
     ap.add_argument("--rows", default=",".join(ROWS),
                     help="comma-separated subset of: " + ",".join(ROWS))
-    ap.add_argument("--tests", default="iperf,connrate,keepalive,redis,firstbyte,memory,profile",
+    ap.add_argument("--tests", default="iperf,connrate,keepalive,redis,firstbyte,forkfloor,memory,profile",
                     help="comma-separated subset of tests; add 'strace' for an strace -f -c "
                          "profile of portfwd (slow)")
     ap.add_argument("--portfwd", default=None, metavar="PATH",
@@ -893,6 +935,7 @@ def main():
         "mem_conns": 500 if q else 2000,
         "mem_reps": 1 if q else 3,
         "profile_dur": 4 if q else 5,
+        "fork_rounds": 1000 if q else 3000,
     }
     rows = [r for r in args.rows.split(",") if r]
     tests = set(t for t in args.tests.split(",") if t)
@@ -1011,13 +1054,21 @@ def main():
 
         def t_close(row, rep):
             srv, port = start_forwarder(row, web.port)
+            cpu = None
             try:
+                cpu0 = tree_cpu_s(srv) if srv else None
                 r = wrk(port, P["wrk_close_conns"], P["wrk_dur"], close=True)
+                if srv and r.get("requests"):
+                    # let the last connections' processes finish and be reaped
+                    time.sleep(0.3)
+                    cpu = (tree_cpu_s(srv) - cpu0) * 1e6 / r["requests"]
             finally:
                 if srv:
                     srv.stop()
+            r["cpu_us_per_conn"] = None if cpu is None else round(cpu, 1)
             log(f"  {row:8s} rep {rep}: {r}")
             rec(row, "connrate_rps", rep, r["rate"], "req/s")
+            rec(row, "connrate_cpu_us", rep, cpu, "CPU-us/conn")
             rec(row, "connrate_errors", rep, r["errors"], "count")
             rec(row, "connrate_read_errors", rep, r.get("read_errors"), "count")
         each_rep("connrate", t_close, P["reps"])
@@ -1087,6 +1138,15 @@ def main():
                 rec(row, "firstbyte_ms", rep, v, "ms")
         each_rep("firstbyte", t_fb, P["reps"])
         lst.close()
+
+    if "forkfloor" in tests:
+        log("== fork floor: clone + exit + wait of a trivial process (bench/forkfloor.c)")
+        for rep in range(P["reps"]):
+            ff = fork_floor(P["fork_rounds"])
+            log(f"  rep {rep}: {ff} (cpu_us, wall_us per round)")
+            if ff:
+                rec("direct", "forkfloor_cpu_us", rep, ff[0], "CPU-us")
+                rec("direct", "forkfloor_wall_us", rep, ff[1], "us")
 
     if "memory" in tests:
         log(f"== {P['mem_conns']} idle connections: memory and leftovers")

@@ -122,6 +122,34 @@ def targets(s, rows):
     return out
 
 
+def fork_floor_section(s, rows):
+    """The ceiling that the cost of a process puts on a two-fork forwarder, from this run."""
+    f = s.get(("direct", "forkfloor_cpu_us"))
+    if not f:
+        return []
+    cpus = os.cpu_count() or 1
+    ceiling = cpus * 1e6 / (2 * f)
+    out = ["## The fork floor", "",
+           f"The cheapest process this machine can make, a raw `clone(SIGCHLD)` of a static "
+           f"C program that exits at once and is reaped (`bench/forkfloor.c`), costs "
+           f"**{f:.0f} CPU-µs** per round here (median; wall "
+           f"{fmt(s.get(('direct', 'forkfloor_wall_us')), 0)} µs). A forwarder that forks twice "
+           f"per connection spends at least twice that, so on {cpus} CPUs it cannot exceed "
+           f"**{ceiling:,.0f} new connections/s** even if its TCP work, the client's and the "
+           f"backend's cost nothing."]
+    socat = s.get(("socat", "connrate_rps"))
+    if socat:
+        out[-1] += (f" The target of 2.5 × socat is {2.5 * socat:,.0f} conn/s: "
+                    f"{2.5 * socat / ceiling:.0%} of that ceiling.")
+    pf, sc = s.get(("portfwd", "connrate_cpu_us")), s.get(("socat", "connrate_cpu_us"))
+    if pf:
+        out[-1] += (f" portfwd used {pf:,.0f} CPU-µs per connection in the connection-rate "
+                    f"test, {pf / (2 * f):.1f} × its two bare forks")
+        out[-1] += f"; socat, which forks once, {sc:,.0f}." if sc else "."
+    out.append("")
+    return out
+
+
 def plots(s, rows, stamp):
     try:
         import matplotlib
@@ -257,12 +285,19 @@ def main():
     A("### Throughput and request rates")
     A("")
     A("| forwarder | 1 stream Gbit/s | 4 streams Gbit/s | new conn per request, req/s "
-      "| kept-alive req/s | 2,000 clients req/s | 2,000 clients errors |")
-    A("|---|---|---|---|---|---|---|")
+      "| forwarder CPU-µs per new conn | kept-alive req/s | 2,000 clients req/s "
+      "| 2,000 clients errors |")
+    A("|---|---|---|---|---|---|---|---|")
     for r in rows:
         A(f"| {LABELS[r]} | {cell(s, r, 'tput1_gbps', 2)} | {cell(s, r, 'tput4_gbps', 2)} "
-          f"| {cell(s, r, 'connrate_rps', 0)} | {cell(s, r, 'ka_rps', 0)} "
+          f"| {cell(s, r, 'connrate_rps', 0)} | {fmt(s.get((r, 'connrate_cpu_us')), 0)} "
+          f"| {cell(s, r, 'ka_rps', 0)} "
           f"| {cell(s, r, 'redis_rps', 0)} | {fmt(s.get((r, 'redis_errors_sum')), 0)} |")
+    A("")
+    A("*CPU-µs per new conn*: user + system time of the forwarder's processes during the "
+      "connection-rate test (the processes still alive, plus the children its main process "
+      "reaped) divided by the requests wrk completed. The C reference does not reap its "
+      "children, so its figure misses them.")
     A("")
     A("### Latency")
     A("")
@@ -332,6 +367,8 @@ def main():
         A("")
         A("portfwd was not measured in this run (see the notes above).")
         A("")
+    for line in fork_floor_section(s, rows):
+        A(line)
     ana = os.path.join(RESULTS, f"analysis-{stamp}.md")
     if os.path.exists(ana):
         A("## Analysis of this run")

@@ -20,7 +20,8 @@ loopback only, and writes:
   --rows LIST    comma-separated subset of
                  direct,portfwd,cref,socat,rinetd,haproxy,nginx
   --tests LIST   comma-separated subset of
-                 iperf,connrate,keepalive,redis,firstbyte,memory,profile
+                 iperf,connrate,keepalive,redis,firstbyte,forkfloor,memory,
+                 profile
                  (add strace for an strace -f -c profile of portfwd)
   --portfwd PATH measure this portfwd binary instead of building
                  target/release/portfwd
