@@ -54,12 +54,17 @@ pub fn ensure_std_fds() {
     }
 }
 
-/// One malloc arena for every thread. The accept threads allocate little, and each extra arena is a
-/// 64 MiB reservation whose page tables and dirty pages every forked connection process would
-/// otherwise copy.
+/// One malloc arena for every thread, growing only by `brk`. The accept threads allocate little,
+/// and each extra arena is a 64 MiB reservation whose page tables and dirty pages every forked
+/// connection process would otherwise copy; the brk heap is kept out of them altogether.
 pub fn lean_malloc() {
-    // SAFETY: mallopt only sets an allocator parameter; called before any thread exists.
-    unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) };
+    // SAFETY: mallopt only sets allocator parameters; called before any thread exists.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+        // Large blocks from the brk heap too, not from mappings of their own: the heap is kept
+        // out of connection processes as it grows (fork_memory::Exclusions), other mappings not.
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+    }
 }
 
 /// `--check-config FILE`: prints each mapping as a canonical line.
@@ -186,7 +191,7 @@ fn serve(
         Err(e) => fail!("cannot install signal handlers: {e}"),
     };
     for s in &services {
-        let labels: Vec<&str> = s.route.targets.iter().map(|t| t.label.as_str()).collect();
+        let labels: Vec<&str> = s.route.targets.iter().map(|t| t.label()).collect();
         log!(
             "listening on {} -> {} ({}) dispatch={} pid={}",
             s.local,

@@ -8,7 +8,8 @@
 use crate::accept_pool::AcceptPool;
 use crate::access;
 use crate::config::{self, Mapping};
-use crate::handoff::{self, OUTCOMES, Outcome, Plan, Totals};
+use crate::fork_memory::{Exclusions, LaunchPad};
+use crate::handoff::{self, OUTCOMES, Outcome, Plan, Targets, Totals};
 use crate::listener;
 use crate::log;
 use crate::options::{Dispatch, Options};
@@ -135,6 +136,10 @@ pub struct EventLoop {
     pool: AcceptPool,
     signals: Signals,
     totals: &'static Totals,
+    /// Where each connection process starts: its plan and its stack (see `fork_memory`).
+    pad: LaunchPad<Plan>,
+    /// The heap and stack the connection processes do not get.
+    exclusions: Exclusions,
     settings: Settings,
     stats: Stats,
 }
@@ -158,6 +163,10 @@ impl EventLoop {
             pool: AcceptPool::new(settings.accept_threads)?,
             signals,
             totals: Totals::map()?,
+            pad: LaunchPad::new()?,
+            // The accept threads exist now, with their own stacks already excluded; from here on
+            // the main process forks only through `handoff`.
+            exclusions: Exclusions::start(),
             settings,
             stats: Stats::default(),
         };
@@ -418,7 +427,7 @@ impl EventLoop {
         let options = &route.mapping.options;
         let plan = Plan {
             client: socket.as_raw_fd(),
-            targets: &route.targets,
+            targets: Targets::new(&route.targets),
             connect_timeout_ms: options.connect_timeout.as_millis().max(1) as u64,
             line: Plan::describe(&conn.peer, route.mapping.bind.port()),
             accepted_ms: conn.accepted_ms,
@@ -426,7 +435,8 @@ impl EventLoop {
             keepalive_secs: options.keepalive.map_or(0, |t| t.as_secs().max(1) as u32),
             totals: self.totals,
         };
-        match handoff::hand_off(&plan) {
+        self.exclusions.refresh();
+        match handoff::hand_off(&mut self.pad, plan) {
             Ok(pid) => {
                 self.children.insert(pid, conn);
             }

@@ -9,7 +9,10 @@
 //! Everything a child needs is prepared before `fork()` ([`Plan`]): the main process has accept
 //! threads, so after the fork a child makes only raw syscalls (`sys`) on that data and leaves with
 //! `_exit`. It never allocates, locks, resolves names or returns into the caller's stack frames.
+//! The plan is plain data copied into a [`LaunchPad`], and the child starts on the pad's stack:
+//! it does not get the main process's heap or stack at all (see `fork_memory`).
 
+use crate::fork_memory::LaunchPad;
 use crate::log::Line;
 use crate::pump::{self, End};
 use crate::sys;
@@ -61,12 +64,34 @@ impl Outcome {
     }
 }
 
-/// What a connection process needs, prepared by the main process before it forks.
-pub struct Plan<'a> {
+/// Inward addresses a plan carries at most: a name that resolves to more is tried on its first 16.
+pub const MAX_TARGETS: usize = 16;
+
+/// Inward addresses, tried in order, by value.
+#[derive(Clone, Copy)]
+pub struct Targets([Option<Target>; MAX_TARGETS]);
+
+impl Targets {
+    pub fn new(targets: &[Target]) -> Targets {
+        let mut slots = [None; MAX_TARGETS];
+        for (slot, target) in slots.iter_mut().zip(targets) {
+            *slot = Some(*target);
+        }
+        Targets(slots)
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &Target> {
+        self.0.iter().flatten()
+    }
+}
+
+/// What a connection process needs, prepared by the main process before it forks. Plain data, so
+/// that it can be copied whole into the launch pad the child starts from.
+#[derive(Clone, Copy)]
+pub struct Plan {
     /// The accepted client socket (blocking). Owned by the caller, who closes it after the fork.
     pub client: RawFd,
-    /// Inward addresses, tried in order.
-    pub targets: &'a [Target],
+    pub targets: Targets,
     pub connect_timeout_ms: u64,
     /// `ts=... portfwd[PID]: client=... listen=...`: the start of the connection's log line.
     pub line: Line,
@@ -102,7 +127,7 @@ impl Totals {
     }
 }
 
-impl Plan<'_> {
+impl Plan {
     /// A connection's log line up to its target: `ts=... portfwd[PID]: client=... listen=...`.
     fn line_start(&self) -> Line {
         let mut line = Line::stamped();
@@ -112,7 +137,7 @@ impl Plan<'_> {
 
     /// The target named in the log line of a connection that never reached one.
     fn first_target_label(&self) -> &[u8] {
-        self.targets.first().map_or("-", |t| t.label.as_str()).as_bytes()
+        self.targets.iter().next().map_or("-", Target::label).as_bytes()
     }
 
     /// Formats the start of a connection's log line (`client=... listen=...`), in the parent.
@@ -123,20 +148,25 @@ impl Plan<'_> {
     }
 }
 
-/// Forks the connection process for `plan`. In the parent, returns the child's pid; the caller then
-/// closes its copy of the client socket. On a fork failure, returns the error; the caller resets the
-/// client. Signals are blocked across the fork so that no handler of the main process (signal-hook's
-/// self-pipe writer) ever runs in the child.
-pub fn hand_off(plan: &Plan<'_>) -> Result<libc::pid_t, Errno> {
+/// Forks the connection process for `plan`, which starts on `pad`'s stack with its own copy of
+/// the plan. In the parent, returns the child's pid; the caller then closes its copy of the client
+/// socket. On a fork failure, returns the error; the caller resets the client. Signals are blocked
+/// across the fork so that no handler of the main process (signal-hook's self-pipe writer) ever
+/// runs in the child.
+pub fn hand_off(pad: &mut LaunchPad<Plan>, plan: Plan) -> Result<libc::pid_t, Errno> {
+    let plan: *const Plan = pad.load(plan);
     let old = block_signals();
-    // SAFETY: the child branch runs `connection_process`, which only makes async-signal-safe calls
-    // on `plan` (prepared above) and leaves through `_exit`.
-    let forked = unsafe { sys::fork() };
-    if let Ok(0) = forked {
-        connection_process(plan);
-    }
+    // SAFETY: the child runs `child_entry` on the pad's stack, below the plan just loaded there;
+    // it only makes async-signal-safe calls on that plan and leaves through `_exit`.
+    let forked = unsafe { sys::fork_onto(pad.stack_top(), child_entry, plan as *mut libc::c_void) };
     restore_signals(&old);
     forked
+}
+
+extern "C" fn child_entry(plan: *mut libc::c_void) -> libc::c_int {
+    // SAFETY: `plan` points at the plan `hand_off` loaded into the launch pad just before the
+    // fork; this process has its own copy of the pad, which nothing else writes.
+    connection_process(unsafe { &*(plan as *const Plan) })
 }
 
 fn block_signals() -> libc::sigset_t {
@@ -247,7 +277,7 @@ fn set_keepalive(fd: RawFd, idle: u32) {
     let _ = sys::setsockopt_int(fd, libc::IPPROTO_TCP, libc::TCP_KEEPCNT, 4);
 }
 
-fn connection_process(plan: &Plan<'_>) -> ! {
+fn connection_process(plan: &Plan) -> ! {
     reset_signals();
     // Its own process group: a terminal's Ctrl-C for the main process does not cut connections,
     // and `kill -- -PID` ends one connection's two processes.
@@ -268,7 +298,7 @@ fn connection_process(plan: &Plan<'_>) -> ! {
 
     let mut line = plan.line_start();
 
-    let (server, target) = match connect_any(plan.targets, plan.connect_timeout_ms) {
+    let (server, target) = match connect_any(&plan.targets, plan.connect_timeout_ms) {
         Ok(found) => found,
         Err(e) => {
             sys::set_abortive_close(client);
@@ -276,7 +306,7 @@ fn connection_process(plan: &Plan<'_>) -> ! {
             finish(&mut line, plan, 0, 0, Outcome::ConnectFailed, Some(e))
         }
     };
-    line.key("target").push(target.label.as_bytes());
+    line.key("target").push(target.label().as_bytes());
     let _ = sys::setsockopt_int(server, libc::IPPROTO_TCP, libc::TCP_NODELAY, 1);
     if plan.keepalive_secs > 0 {
         set_keepalive(client, plan.keepalive_secs);
@@ -321,10 +351,10 @@ fn connection_process(plan: &Plan<'_>) -> ! {
 extern "C" fn on_sigchld(_: libc::c_int) {}
 
 /// Tries each address in turn, within `timeout_ms` in all. Returns the blocking socket.
-fn connect_any(targets: &[Target], timeout_ms: u64) -> Result<(RawFd, &Target), Errno> {
+fn connect_any(targets: &Targets, timeout_ms: u64) -> Result<(RawFd, &Target), Errno> {
     let deadline = sys::monotonic_ms() + timeout_ms;
     let mut last = Errno::EHOSTUNREACH;
-    for target in targets {
+    for target in targets.iter() {
         let family = if target.addr.is_ipv4() {
             libc::AF_INET
         } else {
@@ -346,7 +376,7 @@ fn connect_any(targets: &[Target], timeout_ms: u64) -> Result<(RawFd, &Target), 
 }
 
 fn connect_one(fd: RawFd, target: &Target, deadline: u64) -> Result<(), Errno> {
-    match sys::connect(fd, &target.sockaddr) {
+    match sys::connect(fd, &target.addr) {
         Ok(()) => return Ok(()),
         Err(Errno::EINPROGRESS) => {}
         Err(e) => return Err(e),
@@ -403,7 +433,7 @@ fn pump_client_to_server(
     child: libc::pid_t,
     shared: &Shared,
     line: &mut Line,
-    plan: &Plan<'_>,
+    plan: &Plan,
 ) -> ! {
     sys::set_process_name(b"portfwd-c2s\0");
     // A write blocked on a server that does not read wakes now and then to see whether the other
@@ -464,14 +494,14 @@ fn pump_client_to_server(
 
 /// Writes the connection's log line and exits with the outcome as status. Exiting closes the
 /// sockets: a FIN already sent, or a RST where an abortive close was armed.
-fn finish(line: &mut Line, plan: &Plan<'_>, c2s: u64, s2c: u64, outcome: Outcome, error: Option<Errno>) -> ! {
+fn finish(line: &mut Line, plan: &Plan, c2s: u64, s2c: u64, outcome: Outcome, error: Option<Errno>) -> ! {
     emit_line(line, plan, c2s, s2c, outcome, error);
     sys::exit(outcome as i32)
 }
 
 /// Completes and writes a connection's log line:
 /// `... client=ADDR listen=PORT target=ADDR c2s=N s2c=N ms=N outcome=WORD [error=ERRNO]`.
-fn emit_line(line: &mut Line, plan: &Plan<'_>, c2s: u64, s2c: u64, outcome: Outcome, error: Option<Errno>) {
+fn emit_line(line: &mut Line, plan: &Plan, c2s: u64, s2c: u64, outcome: Outcome, error: Option<Errno>) {
     line.key("c2s").num(c2s).key("s2c").num(s2c);
     line.key("ms").num(sys::monotonic_ms().saturating_sub(plan.accepted_ms));
     line.key("outcome").push(outcome.name().as_bytes());
@@ -483,7 +513,7 @@ fn emit_line(line: &mut Line, plan: &Plan<'_>, c2s: u64, s2c: u64, outcome: Outc
 }
 
 /// Logs, from the main process, a connection whose fork failed (the caller resets the client).
-pub fn log_fork_failed(plan: &Plan<'_>, error: Errno) {
+pub fn log_fork_failed(plan: &Plan, error: Errno) {
     let mut line = plan.line_start();
     line.key("target").push(plan.first_target_label());
     emit_line(&mut line, plan, 0, 0, Outcome::ForkFailed, Some(error));

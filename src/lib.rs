@@ -14,6 +14,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod event_loop;
+pub mod fork_memory;
 pub mod handoff;
 pub mod listener;
 pub mod log;

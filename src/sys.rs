@@ -220,8 +220,9 @@ pub fn tcp_socket(family: libc::c_int) -> SysResult<RawFd> {
     check(unsafe { libc::socket(family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK, 0) })
 }
 
-/// `connect(2)` to an address prepared before the fork.
-pub fn connect(fd: RawFd, addr: &socket2::SockAddr) -> SysResult<()> {
+/// `connect(2)` to an address prepared before the fork (the `sockaddr` is built on the stack).
+pub fn connect(fd: RawFd, addr: &std::net::SocketAddr) -> SysResult<()> {
+    let addr = socket2::SockAddr::from(*addr);
     // SAFETY: `addr` is a live, initialised socket address of `addr.len()` bytes.
     check(unsafe { libc::connect(fd, addr.as_ptr().cast(), addr.len()) }).map(drop)
 }
@@ -305,6 +306,80 @@ pub unsafe fn fork() -> SysResult<libc::pid_t> {
     } else {
         Ok(ret as libc::pid_t)
     }
+}
+
+/// Forks a child that starts in `entry(arg)` on a stack of its own (`stack_top`, the high end of a
+/// mapping every child inherits), instead of continuing on the caller's stack: glibc's `clone()`
+/// with only `SIGCHLD`, which like [`fork`] runs no `pthread_atfork` handlers. The main process
+/// excludes its own stack from its children (`fork_memory`), so they must not run on it. Returns
+/// the child's pid in the parent; the child never returns here.
+///
+/// # Safety
+/// As for [`fork`], and: `stack_top` is 16-byte aligned, with enough writable memory below it for
+/// `entry`; `entry` must not return (it leaves through [`exit`]); `arg` stays valid in the child's
+/// copy of the address space, i.e. it points into memory the child inherits.
+pub unsafe fn fork_onto(
+    stack_top: *mut u8,
+    entry: extern "C" fn(*mut libc::c_void) -> libc::c_int,
+    arg: *mut libc::c_void,
+) -> SysResult<libc::pid_t> {
+    // SAFETY: delegated to the caller, see above. Without CLONE_VM the child gets a copy-on-write
+    // copy of the address space and glibc's wrapper switches it to `stack_top` before `entry`.
+    check(unsafe { libc::clone(entry, stack_top.cast(), libc::SIGCHLD, arg) })
+}
+
+/// Maps `len` bytes of private, zero-filled memory with an inaccessible guard page below it.
+/// Returns the start of the usable part (just above the guard), or null on failure.
+pub fn map_with_guard(len: usize) -> *mut u8 {
+    let page = page_size();
+    // SAFETY: a new anonymous mapping; no existing memory is affected.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len + page,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return std::ptr::null_mut();
+    }
+    // SAFETY: the first page of the mapping just made; nothing refers to it yet.
+    if unsafe { libc::mprotect(p, page, libc::PROT_NONE) } != 0 {
+        // SAFETY: unmapping the mapping made above, which nothing refers to.
+        unsafe { libc::munmap(p, len + page) };
+        return std::ptr::null_mut();
+    }
+    // SAFETY: `page` bytes into a mapping of `len + page` bytes.
+    unsafe { p.cast::<u8>().add(page) }
+}
+
+/// `madvise(MADV_DONTFORK)` on the pages covering `[start, end)`: children forked afterwards do not
+/// get them at all (not even copy-on-write). Contents are not changed.
+pub fn exclude_from_children(start: usize, end: usize) -> SysResult<()> {
+    // Only whole pages inside the range: rounding the start down could take in the end of a
+    // neighbouring mapping (the initial break may share a page with static data).
+    let page = page_size();
+    let (start, end) = (start.next_multiple_of(page), end.next_multiple_of(page));
+    if end <= start {
+        return Ok(());
+    }
+    // SAFETY: madvise with MADV_DONTFORK only changes how fork treats the range; it fails (and we
+    // report it) if part of the range is not mapped.
+    check(unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTFORK) }).map(drop)
+}
+
+/// The current end of the heap that `malloc` grows with `brk(2)` (glibc's cached value: no syscall).
+pub fn program_break() -> usize {
+    // SAFETY: sbrk(0) only reads the current break.
+    unsafe { libc::sbrk(0) as usize }
+}
+
+pub fn page_size() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    unsafe { libc::sysconf(libc::_SC_PAGESIZE) as usize }
 }
 
 /// `_exit(2)`: leaves without running destructors or atexit handlers, as a forked child must.

@@ -1,27 +1,45 @@
 //! Addresses: parsing ports and hosts, and resolving the inward target once, before any fork.
 //!
 //! A forked child may not call the resolver (it allocates and may lock), so every address a child
-//! will connect to is resolved here at start-up and kept as a ready `sockaddr` with its log label.
+//! will connect to is resolved here at start-up and kept, with its log label, as plain data.
 
-use socket2::SockAddr;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 
-/// One resolved inward address, ready for `connect(2)` in a child.
-#[derive(Clone, Debug)]
+/// Room for a label: `[ffff:...:ffff%4294967295]:65535` is 62 bytes.
+const LABEL_CAP: usize = 64;
+
+/// One resolved inward address, ready for `connect(2)` in a child. Plain data (`Copy`, no heap):
+/// a connection's plan carries its targets into the child by value.
+#[derive(Clone, Copy)]
 pub struct Target {
     pub addr: SocketAddr,
-    pub sockaddr: SockAddr,
-    /// `127.0.0.1:8005` or `[::1]:8005`, as written in log lines.
-    pub label: String,
+    label: [u8; LABEL_CAP],
+    label_len: u8,
 }
 
 impl Target {
     pub fn new(addr: SocketAddr) -> Self {
-        Target {
+        let mut target = Target {
             addr,
-            sockaddr: SockAddr::from(addr),
-            label: addr.to_string(),
-        }
+            label: [0; LABEL_CAP],
+            label_len: 0,
+        };
+        let text = addr.to_string();
+        let n = text.len().min(LABEL_CAP);
+        target.label[..n].copy_from_slice(&text.as_bytes()[..n]);
+        target.label_len = n as u8;
+        target
+    }
+
+    /// `127.0.0.1:8005` or `[::1]:8005`, as written in log lines.
+    pub fn label(&self) -> &str {
+        std::str::from_utf8(&self.label[..self.label_len as usize]).unwrap_or("?")
+    }
+}
+
+impl std::fmt::Debug for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.label())
     }
 }
 

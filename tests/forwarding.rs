@@ -285,6 +285,54 @@ fn a_pump_holds_only_its_two_sockets_and_its_pipe() {
     assert_eq!(seen, ["portfwd-c2s", "portfwd-s2c"]);
 }
 
+/// The mappings of a process, as (range, region name) pairs from /proc/PID/maps.
+fn regions(pid: u32) -> Vec<(String, String)> {
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
+    maps.lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f[0].to_string(), f.get(5).unwrap_or(&"").to_string())
+        })
+        .collect()
+}
+
+#[test]
+fn pumps_get_neither_the_main_heap_nor_the_main_stack() {
+    let backend = Backend::start(echo);
+    let fwd = Forwarder::start(&[], "127.0.0.1", backend.port);
+    // Enough connections to grow the main process's heap after start-up, which must be kept out
+    // of later children too.
+    let mut clients: Vec<TcpStream> = (0..300).map(|_| fwd.connect()).collect();
+    for c in &mut clients {
+        c.write_all(b"x").unwrap();
+    }
+    for c in &mut clients {
+        c.read_exact(&mut [0u8; 1]).unwrap();
+    }
+    assert!(wait_until(Duration::from_secs(10), || fwd.descendants().len() == 600));
+    let main = regions(fwd.pid());
+    assert!(
+        main.iter().any(|(_, r)| r == "[heap]"),
+        "the main process has a heap: {main:?}"
+    );
+    assert!(main.iter().any(|(_, r)| r == "[stack]"), "and a stack: {main:?}");
+    let heap: Vec<&String> = main.iter().filter(|(_, r)| r == "[heap]").map(|(a, _)| a).collect();
+    for pid in fwd.descendants() {
+        let mine = regions(pid);
+        let shared: Vec<_> = mine
+            .iter()
+            .filter(|(a, r)| r == "[heap]" || r == "[stack]" || heap.contains(&a))
+            .collect();
+        assert!(
+            shared.is_empty(),
+            "{pid} {:?} inherited {shared:?}",
+            stat(pid).map(|s| s.2)
+        );
+    }
+    drop(clients);
+    assert!(wait_until(Duration::from_secs(10), || fwd.descendants().is_empty()));
+}
+
 fn server_first(mut s: TcpStream) {
     s.write_all(b"220 hello from the server\r\n").unwrap();
     let mut buf = [0u8; 64];
