@@ -33,7 +33,7 @@ impl AcceptPool {
             // Accepting needs little stack; a small one keeps the main process (which every fork
             // copies the page tables of) small.
             .stack_size(128 * 1024)
-            .start_handler(|_| exclude_stack_from_fork())
+            .start_handler(|_| crate::fork_memory::exclude_thread_memory(true))
             .build()
             .map_err(io::Error::other)?;
         Ok(AcceptPool { pool })
@@ -95,26 +95,4 @@ fn accept_until_empty(listener: &Socket, left: &AtomicUsize) -> (Vec<(Socket, So
 
 fn peer_addr(addr: &SockAddr) -> SocketAddr {
     addr.as_socket().unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)))
-}
-
-/// Marks the calling accept thread's stack `MADV_DONTFORK`: connection processes (forked from the
-/// main thread) never run on it, so neither its pages nor the page tables that map them need
-/// copying at each fork. This is safe only because `sys::fork` is the raw system call: glibc's
-/// `fork()` wrapper walks every thread's descriptor, which lives in that stack, in the child.
-/// Best effort: if it fails, the stack is simply copied as before.
-fn exclude_stack_from_fork() {
-    // SAFETY: pthread_getattr_np fills `attr` for the calling thread; pthread_attr_getstack reads
-    // it; the attr is destroyed after use. madvise(MADV_DONTFORK) changes no memory contents.
-    unsafe {
-        let mut attr: libc::pthread_attr_t = std::mem::zeroed();
-        if libc::pthread_getattr_np(libc::pthread_self(), &mut attr) != 0 {
-            return;
-        }
-        let mut addr: *mut libc::c_void = std::ptr::null_mut();
-        let mut size: libc::size_t = 0;
-        if libc::pthread_attr_getstack(&attr, &mut addr, &mut size) == 0 {
-            libc::madvise(addr, size, libc::MADV_DONTFORK);
-        }
-        libc::pthread_attr_destroy(&mut attr);
-    }
 }

@@ -60,6 +60,89 @@ impl<T: Copy> LaunchPad<T> {
     }
 }
 
+/// Keeps the calling thread's own memory out of children forked later: its alternate signal stack
+/// (Rust's runtime gives every thread one, for its stack-overflow message) and, with `with_stack`
+/// (threads other than the main one), its stack; each with the guard page below it. Children run
+/// on a launch pad and never on these, so they need neither the pages nor the mappings (a child
+/// that faults so hard that Rust's handler would want its alternate stack dies of it either way).
+/// Best effort, like [`Exclusions`]. Safe only because children are forked with the raw system
+/// call: glibc's `fork()` wrapper walks every thread's descriptor, which lives in its stack.
+pub fn exclude_thread_memory(with_stack: bool) {
+    let mut regions = Vec::new();
+    // SAFETY: sigaltstack with a null new stack only reads the current one into `alt`.
+    let mut alt: libc::stack_t = unsafe { std::mem::zeroed() };
+    if unsafe { libc::sigaltstack(std::ptr::null(), &mut alt) } == 0 && alt.ss_flags & libc::SS_DISABLE == 0 {
+        regions.push(alt.ss_sp as usize);
+    }
+    if with_stack {
+        // SAFETY: pthread_getattr_np fills `attr` for the calling thread; pthread_attr_getstack
+        // reads it; the attr is destroyed after use.
+        unsafe {
+            let mut attr: libc::pthread_attr_t = std::mem::zeroed();
+            if libc::pthread_getattr_np(libc::pthread_self(), &mut attr) == 0 {
+                let mut addr: *mut libc::c_void = std::ptr::null_mut();
+                let mut size: libc::size_t = 0;
+                if libc::pthread_attr_getstack(&attr, &mut addr, &mut size) == 0 {
+                    regions.push(addr as usize);
+                }
+                libc::pthread_attr_destroy(&mut attr);
+            }
+        }
+    }
+    let Some(maps) = Mappings::read() else {
+        return;
+    };
+    for addr in regions {
+        if let Some(m) = maps.containing(addr) {
+            let _ = sys::exclude_from_children(m.start, m.end);
+            if let Some(guard) = maps.ending_at(m.start).filter(|g| g.perms.starts_with("---")) {
+                let _ = sys::exclude_from_children(guard.start, guard.end);
+            }
+        }
+    }
+}
+
+/// One line of /proc/self/maps.
+struct Mapping {
+    start: usize,
+    end: usize,
+    perms: String,
+    name: String,
+}
+
+struct Mappings(Vec<Mapping>);
+
+impl Mappings {
+    fn read() -> Option<Mappings> {
+        let text = std::fs::read_to_string("/proc/self/maps").ok()?;
+        let parse = |line: &str| {
+            let mut fields = line.split_whitespace();
+            let (start, end) = fields.next()?.split_once('-')?;
+            let perms = fields.next()?.to_string();
+            let name = fields.nth(3).unwrap_or("").to_string();
+            Some(Mapping {
+                start: usize::from_str_radix(start, 16).ok()?,
+                end: usize::from_str_radix(end, 16).ok()?,
+                perms,
+                name,
+            })
+        };
+        Some(Mappings(text.lines().filter_map(parse).collect()))
+    }
+
+    fn containing(&self, addr: usize) -> Option<&Mapping> {
+        self.0.iter().find(|m| m.start <= addr && addr < m.end)
+    }
+
+    fn ending_at(&self, addr: usize) -> Option<&Mapping> {
+        self.0.iter().find(|m| m.end == addr)
+    }
+
+    fn named<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a Mapping> {
+        self.0.iter().filter(move |m| m.name == name)
+    }
+}
+
 /// The parts of the main process's memory that children do not get: its heap (as it grows) and
 /// the main thread's stack. Best effort: where `madvise` fails, children simply get a copy as
 /// before. After [`Exclusions::start`], the main process may fork only onto a [`LaunchPad`]
@@ -70,26 +153,21 @@ pub struct Exclusions {
 }
 
 impl Exclusions {
-    /// Excludes the main thread's stack and the heap as it is now. Call on the main thread.
+    /// Excludes the main thread's stack, its alternate signal stack and the heap as it is now.
+    /// Call on the main thread.
     pub fn start() -> Exclusions {
         let mut heap_done = sys::program_break();
-        if let Ok(maps) = std::fs::read_to_string("/proc/self/maps") {
-            for line in maps.lines() {
-                let region = line.split_whitespace().nth(5);
-                if !matches!(region, Some("[heap]" | "[stack]")) {
-                    continue;
-                }
-                let Some((start, end)) = line.split_whitespace().next().and_then(|r| r.split_once('-')) else {
-                    continue;
-                };
-                let (Ok(start), Ok(end)) = (usize::from_str_radix(start, 16), usize::from_str_radix(end, 16)) else {
-                    continue;
-                };
-                if sys::exclude_from_children(start, end).is_ok() && region == Some("[heap]") {
-                    heap_done = heap_done.max(end);
+        if let Some(maps) = Mappings::read() {
+            for m in maps.named("[stack]") {
+                let _ = sys::exclude_from_children(m.start, m.end);
+            }
+            for m in maps.named("[heap]") {
+                if sys::exclude_from_children(m.start, m.end).is_ok() {
+                    heap_done = heap_done.max(m.end);
                 }
             }
         }
+        exclude_thread_memory(false);
         Exclusions { heap_done }
     }
 
