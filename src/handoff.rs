@@ -16,7 +16,7 @@ use crate::fork_memory::LaunchPad;
 use crate::log::Line;
 use crate::pump::{self, End};
 use crate::sys;
-use crate::target::Target;
+use crate::target::{MAX_TARGETS, Target};
 use nix::errno::Errno;
 use std::fmt::Write as _;
 use std::os::fd::{AsRawFd, RawFd};
@@ -63,9 +63,6 @@ impl Outcome {
         }
     }
 }
-
-/// Inward addresses a plan carries at most: a name that resolves to more is tried on its first 16.
-pub const MAX_TARGETS: usize = 16;
 
 /// Inward addresses, tried in order, by value.
 #[derive(Clone, Copy)]

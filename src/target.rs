@@ -82,9 +82,18 @@ pub fn resolve(host: &str, port: u16) -> Result<Vec<SocketAddr>, String> {
     Ok(addrs)
 }
 
-/// Resolves an inward target to the ready-to-connect list a child tries in turn.
+/// Addresses of one inward host that a connection tries at most (a connection's plan carries them
+/// by value into its process): the resolver's first 16.
+pub const MAX_TARGETS: usize = 16;
+
+/// Resolves an inward target to the ready-to-connect list a child tries in turn (at most
+/// [`MAX_TARGETS`] addresses).
 pub fn resolve_targets(host: &str, port: u16) -> Result<Vec<Target>, String> {
-    Ok(resolve(host, port)?.into_iter().map(Target::new).collect())
+    Ok(resolve(host, port)?
+        .into_iter()
+        .take(MAX_TARGETS)
+        .map(Target::new)
+        .collect())
 }
 
 #[cfg(test)]
