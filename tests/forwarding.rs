@@ -300,6 +300,7 @@ fn regions(pid: u32) -> Vec<(String, String)> {
 fn pumps_get_neither_the_main_heap_nor_the_main_stack() {
     let backend = Backend::start(echo);
     let fwd = Forwarder::start(&[], "127.0.0.1", backend.port);
+    let heap_at_start: Vec<(String, String)> = regions(fwd.pid()).into_iter().filter(|(_, r)| r == "[heap]").collect();
     // Enough connections to grow the main process's heap after start-up, which must be kept out
     // of later children too.
     let mut clients: Vec<TcpStream> = (0..300).map(|_| fwd.connect()).collect();
@@ -317,6 +318,10 @@ fn pumps_get_neither_the_main_heap_nor_the_main_stack() {
     );
     assert!(main.iter().any(|(_, r)| r == "[stack]"), "and a stack: {main:?}");
     let heap: Vec<&String> = main.iter().filter(|(_, r)| r == "[heap]").map(|(a, _)| a).collect();
+    assert!(
+        heap.len() > heap_at_start.len() || heap.iter().any(|a| !heap_at_start.iter().any(|(b, _)| b == *a)),
+        "the heap did not grow ({heap_at_start:?} -> {heap:?}): this test no longer covers heap added after start-up"
+    );
     for pid in fwd.descendants() {
         let mine = regions(pid);
         let shared: Vec<_> = mine
