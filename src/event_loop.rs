@@ -164,8 +164,8 @@ impl EventLoop {
             signals,
             totals: Totals::map()?,
             pad: LaunchPad::new()?,
-            // The accept threads exist now, with their own stacks already excluded; from here on
-            // the main process forks only through `handoff`.
+            // The accept threads exclude their own stacks as they start. From here on the main
+            // process forks only through `handoff`.
             exclusions: Exclusions::start(),
             settings,
             stats: Stats::default(),
