@@ -224,25 +224,33 @@ def on_signal(sig, _frm):
     sys.exit(128 + sig)
 
 
+def proc_stat(pid):
+    """(comm, fields after the comm) of /proc/PID/stat, or None if the process is gone.
+    fields[0] is the state, [3] the session, [11..14] utime stime cutime cstime."""
+    try:
+        fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY)
+        try:
+            st = os.read(fd, 1024).decode("ascii", "replace")
+        finally:
+            os.close(fd)
+    except OSError:
+        return None
+    return st[st.find("(") + 1:st.rfind(")")], st[st.rfind(")") + 2:].split()
+
+
+def all_proc_stats():
+    """(pid, comm, fields) for every process on the machine."""
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            st = proc_stat(d)
+            if st:
+                yield int(d), st[0], st[1]
+
+
 def session_procs(sid, include_zombies=False):
     """pids of live processes whose session id is `sid` (a server's pid)."""
-    out = []
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            fd = os.open(f"/proc/{d}/stat", os.O_RDONLY)
-            try:
-                s = os.read(fd, 1024).decode("ascii", "replace")
-            finally:
-                os.close(fd)
-        except OSError:
-            continue
-        rest = s[s.rfind(")") + 2:].split()
-        state, session = rest[0], int(rest[3])
-        if session == sid and (include_zombies or state not in "ZX"):
-            out.append(int(d))
-    return out
+    return [pid for pid, _comm, rest in all_proc_stats()
+            if int(rest[3]) == sid and (include_zombies or rest[0] not in "ZX")]
 
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -254,13 +262,9 @@ def tree_cpu_s(srv):
     (cutime + cstime, which include their own reaped children). Children reaped by someone else
     (orphans of a forwarder that does not wait) are missed."""
     ticks = 0
-    for pid in session_procs(srv.pid, include_zombies=True):
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                s = f.read()
-        except OSError:
+    for pid, _comm, rest in all_proc_stats():
+        if int(rest[3]) != srv.pid:
             continue
-        rest = s[s.rfind(")") + 2:].split()
         ticks += int(rest[11]) + int(rest[12])          # utime stime
         if pid == srv.pid:
             ticks += int(rest[13]) + int(rest[14])      # cutime cstime
@@ -753,23 +757,8 @@ def perf_by_syscall(data, freq, reqs, unit="connection"):
 def other_procs_named(prefixes, exclude_sid):
     """Processes with these name prefixes that are not the forwarder's (other
     work on the shared machine, which a system-wide profile would mix in)."""
-    n = 0
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            fd = os.open(f"/proc/{d}/stat", os.O_RDONLY)
-            try:
-                st = os.read(fd, 1024).decode("ascii", "replace")
-            finally:
-                os.close(fd)
-        except OSError:
-            continue
-        comm = st[st.find("(") + 1:st.rfind(")")]
-        rest = st[st.rfind(")") + 2:].split()
-        if comm.startswith(prefixes) and int(rest[3]) != exclude_sid:
-            n += 1
-    return n
+    return sum(1 for _pid, comm, rest in all_proc_stats()
+               if comm.startswith(prefixes) and int(rest[3]) != exclude_sid)
 
 
 def profile(row, kind, bport, dur, outdir):
