@@ -68,6 +68,12 @@ impl<T: Copy> LaunchPad<T> {
 /// Best effort, like [`Exclusions`]. Safe only because children are forked with the raw system
 /// call: glibc's `fork()` wrapper walks every thread's descriptor, which lives in its stack.
 pub fn exclude_thread_memory(with_stack: bool) {
+    if let Some(maps) = Mappings::read() {
+        exclude_thread_regions(&maps, with_stack);
+    }
+}
+
+fn exclude_thread_regions(maps: &Mappings, with_stack: bool) {
     let mut regions = Vec::new();
     // SAFETY: sigaltstack with a null new stack only reads the current one into `alt`.
     let mut alt: libc::stack_t = unsafe { std::mem::zeroed() };
@@ -89,9 +95,6 @@ pub fn exclude_thread_memory(with_stack: bool) {
             }
         }
     }
-    let Some(maps) = Mappings::read() else {
-        return;
-    };
     for addr in regions {
         if let Some(m) = maps.containing(addr) {
             let _ = sys::exclude_from_children(m.start, m.end);
@@ -166,8 +169,8 @@ impl Exclusions {
                     heap_done = heap_done.max(m.end);
                 }
             }
+            exclude_thread_regions(&maps, false);
         }
-        exclude_thread_memory(false);
         Exclusions { heap_done }
     }
 
