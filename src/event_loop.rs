@@ -8,6 +8,7 @@
 use crate::accept_pool::AcceptPool;
 use crate::access;
 use crate::config::{self, Mapping};
+use crate::fork_fds::HandoffSlots;
 use crate::fork_memory::{Exclusions, LaunchPad};
 use crate::handoff::{self, OUTCOMES, Outcome, Plan, Targets, Totals};
 use crate::listener;
@@ -111,6 +112,7 @@ struct Stats {
 
 // epoll tokens: a waiting socket's token is its descriptor (non-negative, below 2^31).
 const TOKEN_SIGNALS: u64 = u64::MAX;
+const TOKEN_HANDOFF: u64 = u64::MAX - 1;
 const TOKEN_LISTENER: u64 = 1 << 40;
 /// How long accepting pauses after an accept error (EMFILE, ENOBUFS...) or a failed fork.
 const BACKOFF_MS: u64 = 100;
@@ -138,6 +140,8 @@ pub struct EventLoop {
     totals: &'static Totals,
     /// Where each connection process starts: its plan and its stack (see `fork_memory`).
     pad: LaunchPad<Plan>,
+    /// The descriptor numbers client sockets are handed over in (see `fork_fds`).
+    slots: HandoffSlots,
     /// The heap and stack the connection processes do not get.
     exclusions: Exclusions,
     settings: Settings,
@@ -164,12 +168,16 @@ impl EventLoop {
             signals,
             totals: Totals::map()?,
             pad: LaunchPad::new()?,
+            // Before the first accept, so that the slots' numbers stay low.
+            slots: HandoffSlots::reserve()?,
             // The accept threads exclude their own stacks as they start. From here on the main
             // process forks only through `handoff`.
             exclusions: Exclusions::start(),
             settings,
             stats: Stats::default(),
         };
+        let notify = EpollEvent::new(EpollFlags::EPOLLIN, TOKEN_HANDOFF);
+        this.epoll.add(this.slots.notify_fd(), notify)?;
         for service in services {
             this.add_service(service)?;
         }
@@ -207,6 +215,9 @@ impl EventLoop {
                 let (token, flags) = (event.data(), event.events());
                 if token == TOKEN_SIGNALS {
                     self.on_signals();
+                } else if token == TOKEN_HANDOFF {
+                    // Connection processes left the shared descriptor table: free their slots.
+                    self.slots.reclaim();
                 } else if token >= TOKEN_LISTENER {
                     self.on_listener((token - TOKEN_LISTENER) as usize, flags);
                 } else {
@@ -427,6 +438,7 @@ impl EventLoop {
         let options = &route.mapping.options;
         let plan = Plan {
             client: socket.as_raw_fd(),
+            ticket: None,
             targets: Targets::new(&route.targets),
             connect_timeout_ms: options.connect_timeout.as_millis().max(1) as u64,
             line: Plan::describe(&conn.peer, route.mapping.bind.port()),
@@ -436,7 +448,7 @@ impl EventLoop {
             totals: self.totals,
         };
         self.exclusions.refresh();
-        match handoff::hand_off(&mut self.pad, plan) {
+        match handoff::hand_off(&mut self.pad, &mut self.slots, plan) {
             Ok(pid) => {
                 self.children.insert(pid, conn);
             }
@@ -584,6 +596,7 @@ impl EventLoop {
             if pid <= 0 {
                 break;
             }
+            self.slots.child_ended(pid);
             if let Some(conn) = self.children.remove(&pid) {
                 self.stats.outcomes[Outcome::from_wait_status(status) as usize] += 1;
                 if libc::WIFSIGNALED(status) {

@@ -12,6 +12,7 @@
 //! The plan is plain data copied into a [`LaunchPad`], and the child starts on the pad's stack:
 //! it does not get the main process's heap or stack at all (see `fork_memory`).
 
+use crate::fork_fds::{HandoffSlots, Ticket};
 use crate::fork_memory::LaunchPad;
 use crate::log::Line;
 use crate::pump::{self, End};
@@ -86,8 +87,11 @@ impl Targets {
 /// that it can be copied whole into the launch pad the child starts from.
 #[derive(Clone, Copy)]
 pub struct Plan {
-    /// The accepted client socket (blocking). Owned by the caller, who closes it after the fork.
+    /// The accepted client socket (blocking). Owned by the caller, who closes it after the fork;
+    /// [`hand_off`] puts it in the hand-off slot, and the child knows it by the slot's number.
     pub client: RawFd,
+    /// How the child leaves the main process's descriptor table; set by [`hand_off`].
+    pub ticket: Option<Ticket>,
     pub targets: Targets,
     pub connect_timeout_ms: u64,
     /// `ts=... portfwd[PID]: client=... listen=...`: the start of the connection's log line.
@@ -146,17 +150,24 @@ impl Plan {
 }
 
 /// Forks the connection process for `plan`, which starts on `pad`'s stack with its own copy of
-/// the plan. In the parent, returns the child's pid; the caller then closes its copy of the client
-/// socket. On a fork failure, returns the error; the caller resets the client. Signals are blocked
-/// across the fork so that no handler of the main process (signal-hook's self-pipe writer) ever
-/// runs in the child.
-pub fn hand_off(pad: &mut LaunchPad<Plan>, plan: Plan) -> Result<libc::pid_t, Errno> {
+/// the plan, and on the main process's descriptor table until it has taken the client socket from
+/// its slot in `slots` (see `fork_fds`). In the parent, returns the child's pid; the caller then closes its
+/// copy of the client socket. On a fork failure, returns the error; the caller resets the client.
+/// Signals are blocked across the fork so that no handler of the main process (signal-hook's
+/// self-pipe writer) ever runs in the child.
+pub fn hand_off(pad: &mut LaunchPad<Plan>, slots: &mut HandoffSlots, mut plan: Plan) -> Result<libc::pid_t, Errno> {
+    let (index, ticket) = slots.load(plan.client)?;
+    plan.ticket = Some(ticket);
+    plan.client = ticket.slot;
     let plan: *const Plan = pad.load(plan);
     let old = block_signals();
     // SAFETY: the child runs `child_entry` on the pad's stack, below the plan just loaded there;
-    // it only makes async-signal-safe calls on that plan and leaves through `_exit`.
-    let forked = unsafe { sys::fork_onto(pad.stack_top(), child_entry, plan as *mut libc::c_void) };
+    // it only makes async-signal-safe calls on that plan and leaves through `_exit`. Its first
+    // system call leaves the shared descriptor table, and until it has, its slot stays as it is
+    // (`slots` hands that slot out again only after).
+    let forked = unsafe { sys::fork_onto(pad.stack_top(), child_entry, plan as *mut libc::c_void, true) };
     restore_signals(&old);
+    slots.forked(index, forked.ok());
     forked
 }
 
@@ -275,6 +286,16 @@ fn set_keepalive(fd: RawFd, idle: u32) {
 }
 
 fn connection_process(plan: &Plan) -> ! {
+    if let Some(ticket) = &plan.ticket
+        && let Err(e) = ticket.leave_shared_table()
+    {
+        // Still on the main process's table: change no descriptor in it, reset the client (the
+        // main process's close then sends the RST), log and go.
+        sys::set_abortive_close(plan.client);
+        let mut line = plan.line_start();
+        line.key("target").push(plan.first_target_label());
+        finish(&mut line, plan, 0, 0, Outcome::ForkFailed, Some(e))
+    }
     reset_signals();
     // Its own process group: a terminal's Ctrl-C for the main process does not cut connections,
     // and `kill -- -PID` ends one connection's two processes.
@@ -283,7 +304,7 @@ fn connection_process(plan: &Plan) -> ! {
     sys::set_process_name(b"portfwd-conn\0");
 
     // Keep only the client socket (moved to fd 3) and stderr (the log). The main process made sure
-    // descriptors 0-2 are open, so the client socket is not among them.
+    // descriptors 0-2 are open, so the client socket (in the hand-off slot) is not among them.
     if plan.client != CLIENT_FD {
         let _ = sys::dup2(plan.client, CLIENT_FD);
     }

@@ -31,6 +31,13 @@ pub fn dup2(from: RawFd, to: RawFd) -> SysResult<RawFd> {
     check(unsafe { libc::dup2(from, to) })
 }
 
+/// `dup3(from, to, O_CLOEXEC)`: `to` now names `from`'s file; whatever `to` held is closed, in
+/// one step (no moment at which `to` is free for another thread to take).
+pub fn dup3_cloexec(from: RawFd, to: RawFd) -> SysResult<RawFd> {
+    // SAFETY: plain syscall on integers.
+    check(unsafe { libc::dup3(from, to, libc::O_CLOEXEC) })
+}
+
 /// Closes every descriptor numbered `first` or above. Uses `close_range(2)` (Linux 5.9+) and falls
 /// back to closing one by one up to the soft `RLIMIT_NOFILE` on older kernels.
 pub fn close_from(first: RawFd) {
@@ -51,6 +58,47 @@ pub fn close_from(first: RawFd) {
     };
     for fd in first..max {
         close(fd);
+    }
+}
+
+/// Leaves a descriptor table shared with the parent (`CLONE_FILES`) for a private one that holds
+/// only descriptors below `first`: `close_range(first, ~0, CLOSE_RANGE_UNSHARE)`, with which the
+/// kernel copies just the first slots of the table (at most 64 here) instead of all of them. On
+/// kernels without it (before 5.9), `unshare(CLONE_FILES)` copies the whole table and the rest is
+/// then closed: slower, same result.
+pub fn leave_shared_fd_table(first: RawFd) -> SysResult<()> {
+    // SAFETY: close_range takes integers only; it cannot fault.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            first as libc::c_uint,
+            libc::c_uint::MAX,
+            libc::CLOSE_RANGE_UNSHARE,
+        )
+    };
+    if ret == 0 {
+        return Ok(());
+    }
+    // SAFETY: unshare with CLONE_FILES only replaces this task's descriptor table by a copy.
+    check(unsafe { libc::unshare(libc::CLONE_FILES) })?;
+    close_from(first);
+    Ok(())
+}
+
+/// Whether child `pid` has exited (and is waiting to be reaped): `waitid(WNOWAIT)` leaves it for
+/// the ordinary reaping.
+pub fn child_has_exited(pid: libc::pid_t) -> bool {
+    // SAFETY: `info` is a zeroed siginfo_t for the kernel to fill; WNOHANG makes this non-blocking
+    // and WNOWAIT leaves the child's state in place.
+    unsafe {
+        let mut info: libc::siginfo_t = std::mem::zeroed();
+        let ret = libc::waitid(
+            libc::P_PID,
+            pid as libc::id_t,
+            &mut info,
+            libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+        );
+        ret != 0 || info.si_pid() == pid
     }
 }
 
@@ -311,21 +359,32 @@ pub unsafe fn fork() -> SysResult<libc::pid_t> {
 /// Forks a child that starts in `entry(arg)` on a stack of its own (`stack_top`, the high end of a
 /// mapping every child inherits), instead of continuing on the caller's stack: glibc's `clone()`
 /// with only `SIGCHLD`, which like [`fork`] runs no `pthread_atfork` handlers. The main process
-/// excludes its own stack from its children (`fork_memory`), so they must not run on it. Returns
-/// the child's pid in the parent; the child never returns here.
+/// excludes its own stack from its children (`fork_memory`), so they must not run on it. With
+/// `share_fd_table` (`CLONE_FILES`), the child starts on the caller's descriptor table instead of
+/// a copy of it (see `fork_fds`). Returns the child's pid in the parent; the child never returns
+/// here.
 ///
 /// # Safety
 /// As for [`fork`], and: `stack_top` is 16-byte aligned, with enough writable memory below it for
 /// `entry`; `entry` must not return (it leaves through [`exit`]); `arg` stays valid in the child's
-/// copy of the address space, i.e. it points into memory the child inherits.
+/// copy of the address space, i.e. it points into memory the child inherits. With
+/// `share_fd_table`, the child's first system call must leave the shared table
+/// ([`leave_shared_fd_table`]), and the caller must not change the descriptors the child keeps
+/// until it has.
 pub unsafe fn fork_onto(
     stack_top: *mut u8,
     entry: extern "C" fn(*mut libc::c_void) -> libc::c_int,
     arg: *mut libc::c_void,
+    share_fd_table: bool,
 ) -> SysResult<libc::pid_t> {
+    let flags = if share_fd_table {
+        libc::SIGCHLD | libc::CLONE_FILES
+    } else {
+        libc::SIGCHLD
+    };
     // SAFETY: delegated to the caller, see above. Without CLONE_VM the child gets a copy-on-write
     // copy of the address space and glibc's wrapper switches it to `stack_top` before `entry`.
-    check(unsafe { libc::clone(entry, stack_top.cast(), libc::SIGCHLD, arg) })
+    check(unsafe { libc::clone(entry, stack_top.cast(), flags, arg) })
 }
 
 /// Maps `len` bytes of private, zero-filled memory with an inaccessible guard page below it.

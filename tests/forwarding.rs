@@ -285,6 +285,67 @@ fn a_pump_holds_only_its_two_sockets_and_its_pipe() {
     assert_eq!(seen, ["portfwd-c2s", "portfwd-s2c"]);
 }
 
+/// The size of a process's descriptor table (`FDSize` in /proc/PID/status): slots, open or not.
+fn fd_table_size(pid: u32) -> usize {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("FDSize:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn pumps_do_not_get_the_descriptor_table_of_the_clients_still_waiting() {
+    // With --dispatch data, every client that has not sent yet is a descriptor of the main
+    // process; a connection process must neither copy that table nor disturb those clients.
+    const WAITING: usize = 1500;
+    let backend = Backend::start(echo);
+    let fwd = Forwarder::start(&["--first-byte-timeout", "300"], "127.0.0.1", backend.port);
+    let baseline = fd_targets(fwd.pid()).len();
+    let mut waiting: Vec<TcpStream> = (0..WAITING).map(|_| fwd.connect()).collect();
+    assert!(
+        wait_until(Duration::from_secs(10), || fd_targets(fwd.pid()).len()
+            >= baseline + WAITING),
+        "main process holds {} descriptors",
+        fd_targets(fwd.pid()).len()
+    );
+    let main_table = fd_table_size(fwd.pid());
+    assert!(main_table >= 2048, "main process FDSize {main_table}");
+
+    let mut active = fwd.connect();
+    active.write_all(b"ping").unwrap();
+    let mut buf = [0u8; 4];
+    active.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"ping");
+    let pumps = fwd.descendants();
+    assert_eq!(pumps.len(), 2, "{pumps:?}");
+    for pid in pumps {
+        let size = fd_table_size(pid);
+        assert!(
+            size <= 128,
+            "{:?} has a table of {size} slots (main: {main_table})",
+            stat(pid)
+        );
+        assert!(fd_targets(pid).len() <= 5, "{:?}: {:?}", stat(pid), fd_targets(pid));
+    }
+    drop(active);
+
+    // Every waiting client is intact and served in turn: 100 of them send, the rest leave.
+    for (i, c) in waiting.iter_mut().take(100).enumerate() {
+        let msg = format!("waited {i:04}");
+        c.write_all(msg.as_bytes()).unwrap();
+        let mut got = vec![0u8; msg.len()];
+        c.read_exact(&mut got).unwrap();
+        assert_eq!(got, msg.as_bytes());
+    }
+    drop(waiting);
+    assert!(fwd.wait_log_count("outcome=closed", 101, Duration::from_secs(20)));
+    assert!(wait_until(Duration::from_secs(10), || fwd.descendants().is_empty()
+        && fd_targets(fwd.pid()).len() == baseline));
+    assert_eq!(fd_targets(fwd.pid()).len(), baseline, "{:?}", fd_targets(fwd.pid()));
+}
+
 /// The mappings of a process, as (range, region name) pairs from /proc/PID/maps.
 fn regions(pid: u32) -> Vec<(String, String)> {
     let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();

@@ -1,0 +1,313 @@
+//! What of the main process's descriptor table a connection process gets.
+//!
+//! `fork()` copies the whole table, and a connection process needs two entries of it: the client
+//! socket and stderr (the log). With `--dispatch data` every client still waiting for its first
+//! byte is in that table, so each fork took a reference on every one of those sockets and the child
+//! then dropped them all again: two walks over every open file per connection. On this project's
+//! 2-CPU VM a fork round (clone, exit, wait) took 0.28 ms with 10 descriptors open, 0.46 ms with
+//! 2,000 and 2.7 ms with 10,000; with `CLONE_FILES` as below, 0.26 to 0.29 ms whatever the number
+//! (`bench/fdfork.c`).
+//!
+//! So a connection process is forked with `CLONE_FILES`: it starts on the main process's own
+//! table, and its first system call leaves it for a private one that holds only the lowest
+//! descriptors, up to its [`HandoffSlots`] slot, a low descriptor number the main process reserved
+//! and put the client socket in just before the fork (the kernel copies at most the first 64
+//! entries then, whatever the size of the table). Then it says so: a word in a shared page, and an
+//! eventfd the main process watches in its epoll set.
+//!
+//! The one rule while a child shares the table: nothing may change the child's slot until the
+//! child has left. The main process has several slots and uses a slot again only once its child
+//! has left, so it does not wait for the child to be scheduled; everything else in the table may
+//! change meanwhile (what the child copies besides its slot, it closes at once). When the child
+//! has left, the main process puts a placeholder (`/dev/null`) back in the slot, which drops its
+//! own reference to the client socket; the slot is never free, so no accepted socket takes it.
+
+use crate::sys;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// Slots: connection processes that may share the table at once before the main process has to
+/// wait for one of them to leave. Each costs a descriptor of the main process.
+const SLOTS: usize = 8;
+
+/// How long the main process waits at a time when every slot is taken, before it checks whether
+/// the children holding them are still alive.
+const WAIT_SLICE_MS: libc::c_int = 20;
+
+/// The word a connection process sets when it has left the shared table, in a `MAP_SHARED` page
+/// every child inherits: the ticket's number, or its complement when leaving failed.
+#[repr(C)]
+struct Gate {
+    left: AtomicU32,
+}
+
+/// What a connection process needs to leave the main process's table: plain data, part of its
+/// plan.
+#[derive(Clone, Copy)]
+pub struct Ticket {
+    /// The slot's descriptor number: the child keeps descriptors up to this one.
+    pub slot: RawFd,
+    notify: RawFd,
+    gate: &'static Gate,
+    number: u32,
+}
+
+impl Ticket {
+    /// The connection process's first act: a private descriptor table with the descriptors up to
+    /// its slot only, then word to the main process. Async-signal-safe: three system calls. On an
+    /// error (no memory for a new table) the child is still on the main process's table: it must
+    /// not close or open anything, only reset the client and exit.
+    pub fn leave_shared_table(&self) -> sys::SysResult<()> {
+        let left = sys::leave_shared_fd_table(self.slot + 1);
+        let word = if left.is_ok() { self.number } else { !self.number };
+        self.gate.left.store(word, Ordering::SeqCst);
+        // The eventfd is below the slot, so the private table has it too (closed with the rest).
+        let _ = sys::write(self.notify, &1u64.to_ne_bytes());
+        left
+    }
+}
+
+/// A child that was handed a slot and may not have left the table yet.
+struct Pending {
+    child: libc::pid_t,
+    number: u32,
+}
+
+struct Slot {
+    fd: OwnedFd,
+    gate: &'static Gate,
+    pending: Option<Pending>,
+}
+
+/// The main process's side: the reserved slots, the placeholder and the eventfd.
+pub struct HandoffSlots {
+    notify: OwnedFd,
+    placeholder: OwnedFd,
+    slots: Vec<Slot>,
+    issued: u32,
+}
+
+impl HandoffSlots {
+    /// Takes the lowest free descriptor numbers: the eventfd, the placeholder and the slots. Call
+    /// it before the main loop accepts anything, so that the numbers stay low.
+    pub fn reserve() -> io::Result<HandoffSlots> {
+        // SAFETY: eventfd takes integers only; the result is checked before it is owned.
+        let notify = own(unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) })?;
+        let placeholder = open_null()?;
+        let page = sys::shared_page();
+        if page.is_null() {
+            return Err(io::Error::last_os_error());
+        }
+        const { assert!(SLOTS * std::mem::size_of::<Gate>() <= 4096) };
+        let gates = page as *const Gate;
+        let slots = (0..SLOTS)
+            .map(|i| {
+                Ok(Slot {
+                    fd: open_null()?,
+                    // SAFETY: the page is fresh, zero-filled, page-aligned and holds SLOTS gates
+                    // (atomics, valid when zero); it is never unmapped, so 'static holds.
+                    gate: unsafe { &*gates.add(i) },
+                    pending: None,
+                })
+            })
+            .collect::<io::Result<Vec<Slot>>>()?;
+        Ok(HandoffSlots {
+            notify,
+            placeholder,
+            slots,
+            issued: 0,
+        })
+    }
+
+    /// The eventfd that becomes readable when a child has left the table (for the epoll set).
+    pub fn notify_fd(&self) -> BorrowedFd<'_> {
+        self.notify.as_fd()
+    }
+
+    /// Puts `client` in a free slot (the caller keeps its own descriptor and closes it as before)
+    /// and returns the slot's index and the ticket for the child forked next. Waits for a child
+    /// to leave when every slot is taken.
+    pub fn load(&mut self, client: RawFd) -> Result<(usize, Ticket), nix::errno::Errno> {
+        let index = self.free_slot();
+        let slot = &self.slots[index];
+        sys::dup3_cloexec(client, slot.fd.as_raw_fd())?;
+        self.issued = self.issued.wrapping_add(1).max(1);
+        slot.gate.left.store(0, Ordering::SeqCst);
+        let ticket = Ticket {
+            slot: slot.fd.as_raw_fd(),
+            notify: self.notify.as_raw_fd(),
+            gate: slot.gate,
+            number: self.issued,
+        };
+        Ok((index, ticket))
+    }
+
+    /// After the fork of the child for slot `index`: `None` when the fork failed.
+    pub fn forked(&mut self, index: usize, child: Option<libc::pid_t>) {
+        match child {
+            Some(child) => {
+                self.slots[index].pending = Some(Pending {
+                    child,
+                    number: self.issued,
+                })
+            }
+            None => self.empty(index, false),
+        }
+    }
+
+    /// Empties the slots whose children have left the table (the eventfd said so).
+    pub fn reclaim(&mut self) {
+        let mut counter = [0u8; 8];
+        let _ = sys::read(self.notify.as_raw_fd(), &mut counter);
+        for index in 0..self.slots.len() {
+            if self.has_left(index) {
+                self.empty(index, false);
+            }
+        }
+    }
+
+    /// A child was reaped: if it died before it left the table (killed at birth), the slot holds
+    /// the client's last descriptor, and the client is reset.
+    pub fn child_ended(&mut self, pid: libc::pid_t) {
+        if let Some(index) = self
+            .slots
+            .iter()
+            .position(|s| s.pending.as_ref().is_some_and(|p| p.child == pid))
+        {
+            let reset = !self.has_left(index);
+            self.empty(index, reset);
+        }
+    }
+
+    fn has_left(&self, index: usize) -> bool {
+        let slot = &self.slots[index];
+        slot.pending.as_ref().is_some_and(|p| {
+            let word = slot.gate.left.load(Ordering::SeqCst);
+            word == p.number || word == !p.number
+        })
+    }
+
+    /// Puts the placeholder back in slot `index`, closing the main process's reference to the
+    /// client (after arming a reset on it when `reset`).
+    fn empty(&mut self, index: usize, reset: bool) {
+        let slot = &mut self.slots[index];
+        if reset {
+            sys::set_abortive_close(slot.fd.as_raw_fd());
+        }
+        // dup3 onto a number that is open cannot fail for lack of descriptors; were it to fail,
+        // the slot would keep the client's socket open until its next use replaces it.
+        let _ = sys::dup3_cloexec(self.placeholder.as_raw_fd(), slot.fd.as_raw_fd());
+        slot.pending = None;
+    }
+
+    /// A slot with no child in it, waiting for one to leave when there is none.
+    fn free_slot(&mut self) -> usize {
+        loop {
+            if let Some(i) = self.slots.iter().position(|s| s.pending.is_none()) {
+                return i;
+            }
+            self.reclaim();
+            if let Some(i) = self.slots.iter().position(|s| s.pending.is_none()) {
+                return i;
+            }
+            // Children that died before they left (not yet reaped: the loop reaps later).
+            for index in 0..self.slots.len() {
+                let exited = self.slots[index]
+                    .pending
+                    .as_ref()
+                    .is_some_and(|p| sys::child_has_exited(p.child));
+                // Its word, if it left, was stored before it exited: has_left sees it now.
+                if exited {
+                    let reset = !self.has_left(index);
+                    self.empty(index, reset);
+                }
+            }
+            if self.slots.iter().all(|s| s.pending.is_some()) {
+                let _ = sys::poll_one(self.notify.as_raw_fd(), libc::POLLIN, WAIT_SLICE_MS);
+            }
+        }
+    }
+}
+
+fn own(fd: RawFd) -> io::Result<OwnedFd> {
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just created by the caller and is owned by nothing else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn open_null() -> io::Result<OwnedFd> {
+    // SAFETY: open of a constant C string; the result is checked before it is owned.
+    own(unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fork_memory::LaunchPad;
+    use std::time::{Duration, Instant};
+
+    /// The child of the test: sleeps, leaves the table, and exits 0 only if its slot holds a
+    /// socket and the descriptor above its slot (the test's other socket) is not in its table.
+    extern "C" fn child(arg: *mut libc::c_void) -> libc::c_int {
+        // SAFETY: `arg` points at the ticket in this process's copy of the launch pad.
+        let ticket = unsafe { &*(arg as *const Ticket) };
+        let nap = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 100_000_000,
+        };
+        // SAFETY: nanosleep and fstat on a local timespec and stat buffer (async-signal-safe).
+        unsafe {
+            libc::nanosleep(&nap, std::ptr::null_mut());
+            if ticket.leave_shared_table().is_err() {
+                sys::exit(2);
+            }
+            let mut st: libc::stat = std::mem::zeroed();
+            let socket = libc::fstat(ticket.slot, &mut st) == 0 && st.st_mode & libc::S_IFMT == libc::S_IFSOCK;
+            let above_closed = libc::fcntl(ticket.slot + 1, libc::F_GETFD) == -1;
+            sys::exit(if socket && above_closed { 0 } else { 1 })
+        }
+    }
+
+    fn target(fd: RawFd) -> String {
+        std::fs::read_link(format!("/proc/self/fd/{fd}"))
+            .map(|p| p.display().to_string())
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn a_slot_is_used_again_only_after_its_child_has_left() {
+        let mut slots = HandoffSlots::reserve().unwrap();
+        let mut pad = LaunchPad::<Ticket>::new().unwrap();
+        let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let mut children = Vec::new();
+        let mut slow_load = Duration::ZERO;
+        for _ in 0..SLOTS + 1 {
+            let started = Instant::now();
+            let (index, ticket) = slots.load(a.as_raw_fd()).unwrap();
+            slow_load = slow_load.max(started.elapsed());
+            assert!(target(ticket.slot).starts_with("socket:"), "{}", target(ticket.slot));
+            let arg = pad.load(ticket) as *const Ticket as *mut libc::c_void;
+            // SAFETY: the child runs `child` on the pad's stack, makes raw syscalls and exits.
+            let pid = unsafe { sys::fork_onto(pad.stack_top(), child, arg, true) }.unwrap();
+            slots.forked(index, Some(pid));
+            children.push(pid);
+        }
+        // Every slot was taken by a child still asleep: the last load waited for one to leave.
+        assert!(slow_load >= Duration::from_millis(50), "{slow_load:?}");
+        for pid in children {
+            let status = sys::wait_for(pid).unwrap();
+            assert!(
+                libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+                "status {status:#x}"
+            );
+            slots.child_ended(pid);
+        }
+        for slot in &slots.slots {
+            assert!(slot.pending.is_none());
+            assert_eq!(target(slot.fd.as_raw_fd()), "/dev/null");
+        }
+    }
+}
