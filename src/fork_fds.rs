@@ -271,6 +271,34 @@ mod tests {
         }
     }
 
+    /// A child that never gets to leave the table.
+    extern "C" fn sleeper(_: *mut libc::c_void) -> libc::c_int {
+        let nap = libc::timespec { tv_sec: 30, tv_nsec: 0 };
+        // SAFETY: nanosleep on a local timespec (async-signal-safe).
+        unsafe { libc::nanosleep(&nap, std::ptr::null_mut()) };
+        sys::exit(0)
+    }
+
+    /// Whether a reset is armed on the socket `fd` (SO_LINGER on, timeout 0).
+    fn reset_armed(fd: RawFd) -> bool {
+        let mut linger = libc::linger {
+            l_onoff: 0,
+            l_linger: 0,
+        };
+        let mut len = std::mem::size_of::<libc::linger>() as libc::socklen_t;
+        // SAFETY: `linger` and `len` are live and sized for SO_LINGER.
+        let ret = unsafe {
+            libc::getsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_LINGER,
+                (&mut linger as *mut libc::linger).cast(),
+                &mut len,
+            )
+        };
+        ret == 0 && linger.l_onoff != 0 && linger.l_linger == 0
+    }
+
     fn target(fd: RawFd) -> String {
         std::fs::read_link(format!("/proc/self/fd/{fd}"))
             .map(|p| p.display().to_string())
@@ -309,5 +337,36 @@ mod tests {
             assert!(slot.pending.is_none());
             assert_eq!(target(slot.fd.as_raw_fd()), "/dev/null");
         }
+        assert!(
+            !reset_armed(a.as_raw_fd()),
+            "children that took the client leave it as it is"
+        );
+    }
+
+    #[test]
+    fn a_child_killed_before_it_left_gets_its_client_reset() {
+        let mut slots = HandoffSlots::reserve().unwrap();
+        let mut pad = LaunchPad::<Ticket>::new().unwrap();
+        let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let (index, ticket) = slots.load(a.as_raw_fd()).unwrap();
+        let arg = pad.load(ticket) as *const Ticket as *mut libc::c_void;
+        // SAFETY: the child runs `sleeper` on the pad's stack and makes raw syscalls only.
+        let pid = unsafe { sys::fork_onto(pad.stack_top(), sleeper, arg, true) }.unwrap();
+        slots.forked(index, Some(pid));
+        slots.reclaim();
+        assert!(
+            slots.slots[index].pending.is_some(),
+            "the slot stays taken while its child lives"
+        );
+        sys::kill(pid, libc::SIGKILL);
+        let status = sys::wait_for(pid).unwrap();
+        assert!(libc::WIFSIGNALED(status));
+        slots.child_ended(pid);
+        assert!(slots.slots[index].pending.is_none());
+        assert_eq!(target(ticket.slot), "/dev/null");
+        assert!(
+            reset_armed(a.as_raw_fd()),
+            "the client of a child that never took it is reset"
+        );
     }
 }

@@ -165,3 +165,66 @@ impl Meter<'_> {
         self.last.store(sys::monotonic_ms(), Ordering::Relaxed);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::os::fd::AsRawFd;
+    use std::os::unix::net::UnixStream;
+
+    fn pattern(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i * 7 + i / 251) as u8).collect()
+    }
+
+    /// The read/write fallback, which TCP sockets never take (they always splice): every byte in
+    /// order, through partial writes into a full socket buffer, then the end.
+    #[test]
+    fn the_copy_fallback_delivers_everything_then_reports_the_end() {
+        let len = 3 * 1024 * 1024 + 17;
+        let data = pattern(len);
+        let (mut feed, src) = UnixStream::pair().unwrap();
+        let (dst, mut sink) = UnixStream::pair().unwrap();
+        let writer = {
+            let data = data.clone();
+            std::thread::spawn(move || {
+                feed.write_all(&data).unwrap();
+                feed.shutdown(std::net::Shutdown::Write).unwrap();
+            })
+        };
+        let reader = std::thread::spawn(move || {
+            let mut got = Vec::new();
+            sink.read_to_end(&mut got).unwrap();
+            got
+        });
+        let (moved, last) = (AtomicU64::new(0), AtomicU64::new(0));
+        let meter = Meter {
+            moved: &moved,
+            last: &last,
+        };
+        let end = copy_loop(src.as_raw_fd(), dst.as_raw_fd(), &meter, &|| false);
+        drop(dst);
+        writer.join().unwrap();
+        assert_eq!(end, End::Eof);
+        assert_eq!(moved.load(Ordering::Relaxed), len as u64);
+        assert!(last.load(Ordering::Relaxed) > 0);
+        assert!(reader.join().unwrap() == data, "bytes differ");
+    }
+
+    /// A write that fails (the destination's reader is gone) ends the copy as a write failure.
+    #[test]
+    fn the_copy_fallback_reports_a_failed_write() {
+        let (mut feed, src) = UnixStream::pair().unwrap();
+        let (dst, sink) = UnixStream::pair().unwrap();
+        drop(sink);
+        feed.write_all(b"nobody reads this").unwrap();
+        let (moved, last) = (AtomicU64::new(0), AtomicU64::new(0));
+        let meter = Meter {
+            moved: &moved,
+            last: &last,
+        };
+        let end = copy_loop(src.as_raw_fd(), dst.as_raw_fd(), &meter, &|| false);
+        assert_eq!(end, End::WriteFailed(Errno::EPIPE));
+        assert_eq!(moved.load(Ordering::Relaxed), 0);
+    }
+}
