@@ -116,6 +116,8 @@ const TOKEN_HANDOFF: u64 = u64::MAX - 1;
 const TOKEN_LISTENER: u64 = 1 << 40;
 /// How long accepting pauses after an accept error (EMFILE, ENOBUFS...) or a failed fork.
 const BACKOFF_MS: u64 = 100;
+/// Refused clients logged one by one each second at most; the rest are counted in one line.
+const REFUSALS_LOGGED_PER_SEC: u32 = 20;
 
 pub struct EventLoop {
     epoll: Epoll,
@@ -146,6 +148,7 @@ pub struct EventLoop {
     exclusions: Exclusions,
     settings: Settings,
     stats: Stats,
+    refusals_log: log::Throttle,
 }
 
 impl EventLoop {
@@ -175,6 +178,7 @@ impl EventLoop {
             exclusions: Exclusions::start(),
             settings,
             stats: Stats::default(),
+            refusals_log: log::Throttle::new(REFUSALS_LOGGED_PER_SEC),
         };
         let notify = EpollEvent::new(EpollFlags::EPOLLIN, TOKEN_HANDOFF);
         this.epoll.add(this.slots.notify_fd(), notify)?;
@@ -251,6 +255,9 @@ impl EventLoop {
         }
         if !self.deferred.is_empty() {
             consider(self.fork_backoff_until);
+        }
+        if let Some(t) = self.refusals_log.due_at() {
+            consider(t);
         }
         match next {
             None => EpollTimeout::NONE,
@@ -363,10 +370,11 @@ impl EventLoop {
         if let Some(reason) = refusal {
             self.stats.refused += 1;
             handoff::reset(&socket);
-            log!(
-                "client={peer} listen={} outcome=refused reason={reason}",
-                service.local.port()
-            );
+            let port = service.local.port();
+            self.log_left_out_refusals(now);
+            if self.refusals_log.admit(now) {
+                log!("client={peer} listen={port} outcome=refused reason={reason}");
+            }
             return;
         }
         service.live += 1;
@@ -480,8 +488,19 @@ impl EventLoop {
         }
     }
 
+    /// Once a second with more refusals than were logged is over: how many were not.
+    fn log_left_out_refusals(&mut self, now: u64) {
+        if let Some(n) = self.refusals_log.take_left_out(now) {
+            log!(
+                "outcome=refused for {n} more client(s) in the second before, not logged one by one \
+                 (at most {REFUSALS_LOGGED_PER_SEC} a second)"
+            );
+        }
+    }
+
     fn on_timers(&mut self) {
         let now = sys::monotonic_ms();
+        self.log_left_out_refusals(now);
         // Silent clients past their first-byte timeout.
         while let Some(&Reverse((deadline, fd))) = self.deadlines.peek() {
             if deadline > now {

@@ -144,9 +144,73 @@ macro_rules! log {
     ($($arg:tt)*) => { $crate::log::info(format_args!($($arg)*)) };
 }
 
+/// At most `per_second` lines of one kind each second (a flood of refused clients must not become
+/// a flood of log lines): the lines past that are counted, and the count is reported once their
+/// second is over.
+pub struct Throttle {
+    per_second: u32,
+    second: u64,
+    written: u32,
+    left_out: u64,
+}
+
+impl Throttle {
+    pub const fn new(per_second: u32) -> Throttle {
+        Throttle {
+            per_second,
+            second: 0,
+            written: 0,
+            left_out: 0,
+        }
+    }
+
+    /// Whether a line may be written at `now_ms`; if not, it is counted as left out. Call
+    /// [`Throttle::take_left_out`] first, so that a count is reported before newer lines.
+    pub fn admit(&mut self, now_ms: u64) -> bool {
+        let second = now_ms / 1000;
+        if second != self.second {
+            self.second = second;
+            self.written = 0;
+        }
+        if self.written < self.per_second {
+            self.written += 1;
+            true
+        } else {
+            self.left_out += 1;
+            false
+        }
+    }
+
+    /// The number of lines left out, once the second they belong to is over (and then only once).
+    pub fn take_left_out(&mut self, now_ms: u64) -> Option<u64> {
+        if self.left_out == 0 || now_ms / 1000 == self.second {
+            return None;
+        }
+        Some(std::mem::take(&mut self.left_out))
+    }
+
+    /// When a count of left-out lines becomes due (`CLOCK_MONOTONIC` ms), if there is one.
+    pub fn due_at(&self) -> Option<u64> {
+        (self.left_out > 0).then_some((self.second + 1) * 1000)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_throttle_writes_so_many_a_second_and_counts_the_rest() {
+        let mut t = Throttle::new(3);
+        let written = (0..10).filter(|i| t.admit(5_000 + i * 10)).count();
+        assert_eq!(written, 3);
+        assert_eq!(t.due_at(), Some(6_000));
+        assert_eq!(t.take_left_out(5_999), None, "not before its second is over");
+        assert_eq!(t.take_left_out(6_000), Some(7));
+        assert_eq!(t.take_left_out(6_001), None, "reported once");
+        assert_eq!(t.due_at(), None);
+        assert!(t.admit(6_002), "a new second writes again");
+    }
 
     #[test]
     fn formats_numbers_and_dates() {

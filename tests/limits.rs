@@ -470,6 +470,45 @@ fn max_per_source_refuses_the_extra_connection_from_one_address_only() {
     assert_eq!(count_lines(&fwd, "outcome=refused"), 1);
 }
 
+#[test]
+fn a_flood_of_refused_clients_is_logged_twenty_lines_a_second_and_counted_in_full() {
+    const FLOOD: u64 = 300;
+    let backend = Backend::start(echo);
+    let fwd = Forwarder::start(&["--deny", "127.0.0.3/32"], "127.0.0.1", backend.port);
+    let started = Instant::now();
+    for _ in 0..FLOOD {
+        // Each is reset, maybe before connect returns: only the forwarder's count matters here.
+        let _ = connect_from(v4(3), fwd.addr());
+    }
+    let spanned = started.elapsed().as_secs() + 1;
+    assert!(wait_until(Duration::from_secs(10), || field(&stats(&fwd), "refused") == FLOOD));
+    let one_by_one = || count_lines(&fwd, "outcome=refused reason=access-denied") as u64;
+    let summed = || -> u64 {
+        let lines = fwd.log.lock().unwrap().clone();
+        lines
+            .iter()
+            .filter_map(|l| l.split("outcome=refused for ").nth(1))
+            .map(|rest| rest.split(' ').next().unwrap().parse::<u64>().unwrap())
+            .sum()
+    };
+    // The count of the last second's left-out lines comes once that second is over.
+    assert!(
+        wait_until(Duration::from_secs(5), || one_by_one() + summed() == FLOOD),
+        "{} one by one + {} counted != {FLOOD}:\n{}",
+        one_by_one(),
+        summed(),
+        fwd.log_text()
+    );
+    assert!(one_by_one() >= 20, "{}", one_by_one());
+    assert!(
+        one_by_one() <= 20 * (spanned + 1),
+        "{} lines in {spanned} s",
+        one_by_one()
+    );
+    // The forwarder serves everyone else as before.
+    echo_check(connect_from(v4(1), fwd.addr()).unwrap(), 3, 1000).unwrap();
+}
+
 // ---------------------------------------------------------------------------------------------
 // Timeouts
 // ---------------------------------------------------------------------------------------------
