@@ -35,16 +35,22 @@ RESULTS = os.path.join(ROOT, "bench", "results")
 PORTFWD = os.path.join(ROOT, "target", "release", "portfwd")
 CREF = os.path.join(ROOT, "target", "reference", "server")
 
-ROWS = ["direct", "portfwd", "cref", "socat", "rinetd", "haproxy", "nginx"]
+ROWS = ["direct", "portfwd", "portfwd-accept", "cref", "socat", "rinetd", "haproxy", "nginx"]
 LABELS = {
     "direct": "direct (no forwarder)",
     "portfwd": "portfwd",
+    "portfwd-accept": "portfwd --dispatch accept",
     "cref": "C reference (seed server.c)",
     "socat": "socat (fork)",
     "rinetd": "rinetd",
     "haproxy": "haproxy (mode tcp)",
     "nginx": "nginx stream",
 }
+
+# Rows measured in some tests only. portfwd --dispatch accept differs from the default only in
+# when a connection gets its processes (at accept instead of at the first byte): that shows in
+# the tests that open connections under load, not in bulk throughput or held memory.
+ROW_TESTS = {"portfwd-accept": {"connrate", "keepalive", "redis", "firstbyte"}}
 
 # ---------------------------------------------------------------- utilities
 
@@ -377,6 +383,8 @@ def start_forwarder_once(row, bport, wrap=None):
     os.chmod(d, 0o755)
     if row == "portfwd":
         argv = [PORTFWD, str(lport), "127.0.0.1", str(bport)]
+    elif row == "portfwd-accept":
+        argv = [PORTFWD, "--dispatch", "accept", str(lport), "127.0.0.1", str(bport)]
     elif row == "cref":
         argv = [CREF, str(lport), "127.0.0.1", str(bport)]
     elif row == "socat":
@@ -931,9 +939,10 @@ def main():
     if q:
         tests.discard("profile")
     notes = []
-    if "portfwd" in rows and not os.access(PORTFWD, os.X_OK):
-        notes.append("portfwd: target/release/portfwd missing, row skipped")
-        rows.remove("portfwd")
+    for r in ("portfwd", "portfwd-accept"):
+        if r in rows and not os.access(PORTFWD, os.X_OK):
+            notes.append(f"{r}: target/release/portfwd missing, row skipped")
+            rows.remove(r)
     if "cref" in rows and not os.access(CREF, os.X_OK):
         notes.append("cref: tests/reference/server.c not built (source missing or build "
                      "failed), row skipped")
@@ -947,7 +956,7 @@ def main():
     # Run from a copy, so a rebuild during the run cannot swap the binary under us.
     bins = {}
     for name, path in (("portfwd", PORTFWD), ("cref", CREF)):
-        if name in rows:
+        if name in rows or (name == "portfwd" and "portfwd-accept" in rows):
             st = os.stat(path)
             os.makedirs(os.path.join(TMP, "bin"), exist_ok=True)
             dst = os.path.join(TMP, "bin", "portfwd" if name == "portfwd" else "server")
@@ -1011,6 +1020,8 @@ def main():
             if rep % 2:
                 order.reverse()
             for row in order:
+                if row in ROW_TESTS and name not in ROW_TESTS[row]:
+                    continue
                 try:
                     fn(row, rep)
                 except Exception as e:

@@ -19,17 +19,18 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, "bench", "results")
 DOCS = os.path.join(ROOT, "docs")
 
-ROWS = ["direct", "portfwd", "cref", "socat", "rinetd", "haproxy", "nginx"]
+ROWS = ["direct", "portfwd", "portfwd-accept", "cref", "socat", "rinetd", "haproxy", "nginx"]
 LABELS = {
     "direct": "direct (no forwarder)",
     "portfwd": "**portfwd**",
+    "portfwd-accept": "portfwd `--dispatch accept`",
     "cref": "C reference (seed)",
     "socat": "socat (fork)",
     "rinetd": "rinetd",
     "haproxy": "haproxy (mode tcp)",
     "nginx": "nginx stream",
 }
-SHORT = {"direct": "direct", "portfwd": "portfwd", "cref": "C ref", "socat": "socat",
+SHORT = {"direct": "direct", "portfwd": "portfwd", "portfwd-accept": "pf accept", "cref": "C ref", "socat": "socat",
          "rinetd": "rinetd", "haproxy": "haproxy", "nginx": "nginx"}
 
 
@@ -160,8 +161,8 @@ def plots(s, rows, stamp):
         return []
     files = []
     names = [SHORT[r] for r in rows]
-    colors = ["#888888" if r == "direct" else "#d62728" if r == "portfwd" else "#1f77b4"
-              for r in rows]
+    colors = ["#888888" if r == "direct" else "#d62728" if r == "portfwd"
+              else "#ff9896" if r == "portfwd-accept" else "#1f77b4" for r in rows]
 
     def grouped(fname, title, ylabel, series, log=False):
         if not any((s.get((r, m)) or 0) > 0 for _l, m, _h in series for r in rows):
