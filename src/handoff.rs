@@ -160,7 +160,7 @@ pub fn hand_off(pad: &mut LaunchPad<Plan>, slots: &mut HandoffSlots, mut plan: P
     plan.ticket = Some(ticket);
     plan.client = ticket.slot;
     let plan: *const Plan = pad.load(plan);
-    let old = block_signals();
+    let old = sys::block_all_signals();
     // SAFETY: the child runs `child_entry` on the pad's stack, below the plan just loaded there;
     // it only makes async-signal-safe calls on that plan and leaves through `_exit`. Its first
     // system call leaves the shared descriptor table, and until it has, its slot stays as it is
@@ -175,17 +175,6 @@ extern "C" fn child_entry(plan: *mut libc::c_void) -> libc::c_int {
     // SAFETY: `plan` points at the plan `hand_off` loaded into the launch pad just before the
     // fork; this process has its own copy of the pad, which nothing else writes.
     connection_process(unsafe { &*(plan as *const Plan) })
-}
-
-fn block_signals() -> libc::sigset_t {
-    // SAFETY: both sets are live sigset_t values initialised by sigfillset/pthread_sigmask.
-    unsafe {
-        let mut all: libc::sigset_t = std::mem::zeroed();
-        let mut old: libc::sigset_t = std::mem::zeroed();
-        libc::sigfillset(&mut all);
-        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
-        old
-    }
 }
 
 fn restore_signals(old: &libc::sigset_t) {

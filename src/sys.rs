@@ -314,6 +314,18 @@ pub fn set_signal(sig: libc::c_int, handler: libc::sighandler_t) {
 }
 
 /// Empties the signal mask of the calling thread.
+/// Blocks every signal in the calling thread; returns the mask it had.
+pub fn block_all_signals() -> libc::sigset_t {
+    // SAFETY: both sets are live sigset_t values initialised by sigfillset/pthread_sigmask.
+    unsafe {
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
+        old
+    }
+}
+
 pub fn unblock_all_signals() {
     // SAFETY: `set` is a live sigset_t initialised by sigemptyset before use.
     unsafe {

@@ -466,3 +466,68 @@ fn ipv6_client_and_ipv6_target() {
     assert_eq!(read_to_end_or_err(&mut c).0, b"six");
     assert!(fwd.wait_log_count("target=[::1]:", 1, Duration::from_secs(5)));
 }
+
+/// Context switches so far of the main process's accept threads (`portfwd-acc*`), and how many
+/// such threads there are.
+fn accept_thread_switches(pid: u32) -> (u64, usize) {
+    let mut switches = 0;
+    let mut threads = 0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if !comm.starts_with("portfwd-acc") {
+            continue;
+        }
+        threads += 1;
+        let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
+        switches += status
+            .lines()
+            .filter(|l| l.contains("ctxt_switches:"))
+            .filter_map(|l| l.split(':').nth(1)?.trim().parse::<u64>().ok())
+            .sum::<u64>();
+    }
+    (switches, threads)
+}
+
+fn round_trip(c: &mut TcpStream, msg: &[u8]) {
+    c.write_all(msg).unwrap();
+    let mut got = vec![0u8; msg.len()];
+    c.read_exact(&mut got).unwrap();
+    assert_eq!(got, msg);
+}
+
+#[test]
+fn a_lone_client_does_not_wake_the_accept_pool_and_a_burst_does() {
+    let backend = Backend::start(echo);
+    let fwd = Forwarder::start(&["--accept-threads", "2"], "127.0.0.1", backend.port);
+    // The pool's threads start (and settle into sleep) on their own time.
+    let mut last = (u64::MAX, 0);
+    assert!(wait_until(Duration::from_secs(5), || {
+        let now = accept_thread_switches(fwd.pid());
+        let settled = now == last && now.1 == 2;
+        last = now;
+        settled
+    }));
+    let (before, _) = last;
+    // One client at a time: the main thread accepts it and finds the queue empty.
+    for i in 0..30 {
+        let mut c = fwd.connect();
+        round_trip(&mut c, format!("alone {i}").as_bytes());
+    }
+    assert_eq!(
+        accept_thread_switches(fwd.pid()).0,
+        before,
+        "the pool woke for lone clients"
+    );
+    // A burst: 40 clients complete their handshakes in the backlog while the main process is
+    // stopped; when it goes on, the queue holds more than the main thread takes alone.
+    fwd.signal(libc::SIGSTOP);
+    let burst: Vec<TcpStream> = (0..40).map(|_| fwd.connect()).collect();
+    fwd.signal(libc::SIGCONT);
+    for (i, mut c) in burst.into_iter().enumerate() {
+        round_trip(&mut c, format!("burst {i}").as_bytes());
+    }
+    assert!(
+        accept_thread_switches(fwd.pid()).0 > before,
+        "the pool did not take part in the burst"
+    );
+}
