@@ -928,7 +928,7 @@ def main():
         "wrk_ka_conns": 8,
         "redis_clients": 2000,
         "redis_n": 10000 if q else 20000,
-        "fb_samples": 40 if q else 150,
+        "fb_samples": 40 if q else 300,
         "mem_conns": 500 if q else 2000,
         "mem_reps": 1 if q else 3,
         "profile_dur": 4 if q else 5,
@@ -1108,6 +1108,7 @@ def main():
             if srv and (not r["rate"] or r["errors"]):
                 log(f"  {row} log tail: {srv.tail(300)!r}")
             rec(row, "redis_rps", rep, r["rate"], "req/s")
+            rec(row, "redis_wall_s", rep, r["wall"], "s")
             rec(row, "redis_errors", rep, r["errors"], "count")
             time.sleep(1.0)  # let the backend drop the closed clients
         try:
@@ -1126,16 +1127,24 @@ def main():
 
         def t_fb(row, rep):
             srv, port = start_forwarder(row, lport)
+            cpu = None
             try:
                 time.sleep(0.5)
+                cpu0 = tree_cpu_s(srv) if srv else None
                 s = first_byte(port, lst, P["fb_samples"], time.time() + 30)
+                if srv and s:
+                    # let the last connection's processes finish and be reaped
+                    time.sleep(0.3)
+                    cpu = (tree_cpu_s(srv) - cpu0) * 1e6 / len(s)
             finally:
                 if srv:
                     srv.stop()
             if s:
-                log(f"  {row:8s} rep {rep}: n={len(s)} median {statistics.median(s):.3f} ms")
+                log(f"  {row:8s} rep {rep}: n={len(s)} median {statistics.median(s):.3f} ms"
+                    + ("" if cpu is None else f", {cpu:.0f} CPU-us per connection"))
             for v in s:
                 rec(row, "firstbyte_ms", rep, v, "ms")
+            rec(row, "firstbyte_cpu_us", rep, cpu, "CPU-us/conn")
         each_rep("firstbyte", t_fb, P["reps"])
         lst.close()
 
