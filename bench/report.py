@@ -248,6 +248,7 @@ def main():
     A("")
     A("    bench/run.sh            # full run, about 12 minutes on 2 cores")
     A("    bench/run.sh --quick    # smoke run, 2 minutes, fewer and shorter repetitions")
+    A("    bench/redis-phases.sh data|accept|socat   # where the 2,000-client test's time goes")
     A("")
     A("`run.sh` installs the missing peers with apt-get, builds portfwd "
       "(`cargo build --release`) and the C reference (`tests/reference/server.c`), runs "
