@@ -750,6 +750,64 @@ fn keepalive_and_idle_socket_options_on_both_legs() {
     }
 }
 
+#[test]
+fn keepalive_ends_a_connection_whose_peers_went_silent() {
+    if !is_root() {
+        println!("SKIP dead-peer keepalive: needs root for a network namespace of its own");
+        return;
+    }
+    // This test thread moves to a network namespace of its own, so that it can silence its
+    // loopback without touching anyone else's: the backend, the forwarder and the client it
+    // starts from here live there too.
+    // SAFETY: unshare changes only the calling thread's namespaces.
+    if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+        println!(
+            "SKIP dead-peer keepalive: unshare(CLONE_NEWNET): {}",
+            io::Error::last_os_error()
+        );
+        return;
+    }
+    let ip = |args: &[&str]| {
+        Command::new("ip")
+            .args(args)
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false)
+    };
+    if !ip(&["link", "set", "lo", "up"]) {
+        println!("SKIP dead-peer keepalive: `ip link set lo up` failed (iproute2 missing?)");
+        return;
+    }
+    let backend = Backend::start(echo);
+    let fwd = Forwarder::start(&["--keepalive", "1"], "127.0.0.1", backend.port);
+    let mut c = fwd.connect();
+    c.write_all(b"ping").unwrap();
+    let mut buf = [0u8; 4];
+    c.read_exact(&mut buf).unwrap();
+    // Both peers fall silent: from now on every packet on this namespace's loopback is lost, as
+    // when a host dies or a cable is cut. Nothing tells the forwarder; only its keepalive
+    // probes (after 1 s of silence, then 1 s apart, 4 unanswered) can find out.
+    let silenced = Instant::now();
+    assert!(ip(&["link", "set", "lo", "down"]));
+    assert!(
+        fwd.wait_log_count("outcome=reset", 1, Duration::from_secs(20)),
+        "no reset logged:\n{}",
+        fwd.log_text()
+    );
+    let took = silenced.elapsed();
+    let log = fwd.log_text();
+    assert!(log.contains("error=ETIMEDOUT"), "{log}");
+    assert!(
+        took >= Duration::from_secs(4),
+        "ended after {took:?}, before the probes ran out"
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || fwd.descendants().is_empty()),
+        "left over: {:?}",
+        fwd.descendants()
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // Resource exhaustion
 // ---------------------------------------------------------------------------------------------
