@@ -279,24 +279,9 @@ mod tests {
         sys::exit(0)
     }
 
-    /// Whether a reset is armed on the socket `fd` (SO_LINGER on, timeout 0).
-    fn reset_armed(fd: RawFd) -> bool {
-        let mut linger = libc::linger {
-            l_onoff: 0,
-            l_linger: 0,
-        };
-        let mut len = std::mem::size_of::<libc::linger>() as libc::socklen_t;
-        // SAFETY: `linger` and `len` are live and sized for SO_LINGER.
-        let ret = unsafe {
-            libc::getsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                libc::SO_LINGER,
-                (&mut linger as *mut libc::linger).cast(),
-                &mut len,
-            )
-        };
-        ret == 0 && linger.l_onoff != 0 && linger.l_linger == 0
+    /// Whether a reset is armed on the socket (SO_LINGER on, timeout 0).
+    fn reset_armed(socket: &impl AsFd) -> bool {
+        socket2::SockRef::from(socket).linger().ok().flatten() == Some(Duration::ZERO)
     }
 
     fn target(fd: RawFd) -> String {
@@ -337,10 +322,7 @@ mod tests {
             assert!(slot.pending.is_none());
             assert_eq!(target(slot.fd.as_raw_fd()), "/dev/null");
         }
-        assert!(
-            !reset_armed(a.as_raw_fd()),
-            "children that took the client leave it as it is"
-        );
+        assert!(!reset_armed(&a), "children that took the client leave it as it is");
     }
 
     #[test]
@@ -364,9 +346,6 @@ mod tests {
         slots.child_ended(pid);
         assert!(slots.slots[index].pending.is_none());
         assert_eq!(target(ticket.slot), "/dev/null");
-        assert!(
-            reset_armed(a.as_raw_fd()),
-            "the client of a child that never took it is reset"
-        );
+        assert!(reset_armed(&a), "the client of a child that never took it is reset");
     }
 }
