@@ -58,26 +58,21 @@ impl AcceptPool {
     /// thread, the rest, if the queue holds more, in parallel on the pool.
     pub fn accept_burst(&self, listener: &Socket, budget: usize) -> Burst {
         let lead = budget.min(LEAD);
-        let left = AtomicUsize::new(lead);
-        let first = accept_until_empty(listener, &left);
-        let burst_goes_on = matches!(first.1, Stop::Budget) && budget > lead;
-        let rest = if burst_goes_on {
+        let (first, mut first_stop) = accept_until_empty(listener, &AtomicUsize::new(lead));
+        let mut rest = Vec::new();
+        if matches!(first_stop, Stop::Budget) && budget > lead {
+            // The queue may hold more: a burst. The lead's own budget running out is not the
+            // caller's.
+            first_stop = Stop::Empty;
             let left = AtomicUsize::new(budget - lead);
-            self.pool.broadcast(|_| accept_until_empty(listener, &left))
-        } else {
-            Vec::new()
-        };
+            rest = self.pool.broadcast(|_| accept_until_empty(listener, &left));
+        }
         let mut burst = Burst {
             accepted: Vec::new(),
             drained: true,
             error: None,
         };
-        // The lead's own budget running out is not the caller's budget running out.
-        let first = match first {
-            (accepted, Stop::Budget) if burst_goes_on => (accepted, Stop::Empty),
-            first => first,
-        };
-        for (accepted, stop) in std::iter::once(first).chain(rest) {
+        for (accepted, stop) in std::iter::once((first, first_stop)).chain(rest) {
             burst.accepted.extend(accepted);
             match stop {
                 Stop::Empty => {}

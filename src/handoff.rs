@@ -178,7 +178,7 @@ extern "C" fn child_entry(plan: *mut libc::c_void) -> libc::c_int {
 }
 
 fn restore_signals(old: &libc::sigset_t) {
-    // SAFETY: `old` is the mask saved by `block_signals`.
+    // SAFETY: `old` is the mask saved by `sys::block_all_signals`.
     unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, old, std::ptr::null_mut()) };
 }
 

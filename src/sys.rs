@@ -313,7 +313,6 @@ pub fn set_signal(sig: libc::c_int, handler: libc::sighandler_t) {
     }
 }
 
-/// Empties the signal mask of the calling thread.
 /// Blocks every signal in the calling thread; returns the mask it had.
 pub fn block_all_signals() -> libc::sigset_t {
     // SAFETY: both sets are live sigset_t values initialised by sigfillset/pthread_sigmask.
@@ -326,6 +325,7 @@ pub fn block_all_signals() -> libc::sigset_t {
     }
 }
 
+/// Empties the signal mask of the calling thread.
 pub fn unblock_all_signals() {
     // SAFETY: `set` is a live sigset_t initialised by sigemptyset before use.
     unsafe {
