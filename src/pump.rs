@@ -173,6 +173,18 @@ mod tests {
     use std::os::fd::AsRawFd;
     use std::os::unix::net::UnixStream;
 
+    /// Runs the copy fallback from `src` to `dst` with a fresh meter: how it ended, the bytes it
+    /// counted, and the time it stamped last.
+    fn copy(src: &UnixStream, dst: &UnixStream) -> (End, u64, u64) {
+        let (moved, last) = (AtomicU64::new(0), AtomicU64::new(0));
+        let meter = Meter {
+            moved: &moved,
+            last: &last,
+        };
+        let end = copy_loop(src.as_raw_fd(), dst.as_raw_fd(), &meter, &|| false);
+        (end, moved.into_inner(), last.into_inner())
+    }
+
     fn pattern(len: usize) -> Vec<u8> {
         (0..len).map(|i| (i * 7 + i / 251) as u8).collect()
     }
@@ -197,17 +209,12 @@ mod tests {
             sink.read_to_end(&mut got).unwrap();
             got
         });
-        let (moved, last) = (AtomicU64::new(0), AtomicU64::new(0));
-        let meter = Meter {
-            moved: &moved,
-            last: &last,
-        };
-        let end = copy_loop(src.as_raw_fd(), dst.as_raw_fd(), &meter, &|| false);
+        let (end, moved, last) = copy(&src, &dst);
         drop(dst);
         writer.join().unwrap();
         assert_eq!(end, End::Eof);
-        assert_eq!(moved.load(Ordering::Relaxed), len as u64);
-        assert!(last.load(Ordering::Relaxed) > 0);
+        assert_eq!(moved, len as u64);
+        assert!(last > 0);
         assert!(reader.join().unwrap() == data, "bytes differ");
     }
 
@@ -218,13 +225,8 @@ mod tests {
         let (dst, sink) = UnixStream::pair().unwrap();
         drop(sink);
         feed.write_all(b"nobody reads this").unwrap();
-        let (moved, last) = (AtomicU64::new(0), AtomicU64::new(0));
-        let meter = Meter {
-            moved: &moved,
-            last: &last,
-        };
-        let end = copy_loop(src.as_raw_fd(), dst.as_raw_fd(), &meter, &|| false);
+        let (end, moved, _) = copy(&src, &dst);
         assert_eq!(end, End::WriteFailed(Errno::EPIPE));
-        assert_eq!(moved.load(Ordering::Relaxed), 0);
+        assert_eq!(moved, 0);
     }
 }
