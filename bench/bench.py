@@ -277,6 +277,13 @@ def tree_cpu_s(srv):
     return ticks / CLK_TCK
 
 
+def cpu_us_per(srv, cpu0, n):
+    """CPU-µs of a forwarder's session per connection since `cpu0` (a `tree_cpu_s` reading),
+    once the last connections' processes have had time to finish and be reaped."""
+    time.sleep(0.3)
+    return (tree_cpu_s(srv) - cpu0) * 1e6 / n
+
+
 def fork_floor(rounds):
     """(cpu_us, wall_us) per clone+exit+wait of a trivial process (bench/forkfloor.c), or None."""
     src = os.path.join(ROOT, "bench", "forkfloor.c")
@@ -1059,9 +1066,7 @@ def main():
                 cpu0 = tree_cpu_s(srv) if srv else None
                 r = wrk(port, P["wrk_close_conns"], P["wrk_dur"], close=True)
                 if srv and r.get("requests"):
-                    # let the last connections' processes finish and be reaped
-                    time.sleep(0.3)
-                    cpu = (tree_cpu_s(srv) - cpu0) * 1e6 / r["requests"]
+                    cpu = cpu_us_per(srv, cpu0, r["requests"])
             finally:
                 if srv:
                     srv.stop()
@@ -1133,9 +1138,7 @@ def main():
                 cpu0 = tree_cpu_s(srv) if srv else None
                 s = first_byte(port, lst, P["fb_samples"], time.time() + 30)
                 if srv and s:
-                    # let the last connection's processes finish and be reaped
-                    time.sleep(0.3)
-                    cpu = (tree_cpu_s(srv) - cpu0) * 1e6 / len(s)
+                    cpu = cpu_us_per(srv, cpu0, len(s))
             finally:
                 if srv:
                     srv.stop()
