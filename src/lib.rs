@@ -1,28 +1,28 @@
 //! portfwd: a TCP port forwarder built the Unix way, one process per connection.
 //!
-//! Module map, in the order a connection meets them: [`cli`], [`config`] and [`options`] read the
-//! command line and `setup.config`; [`target`] resolves inward addresses; [`listener`] opens the
-//! ports; [`daemon`] and [`privileges`] detach and drop root; [`event_loop`] is the main loop, with
-//! [`accept_pool`] accepting in parallel, [`access`] deciding who may come in and [`signals`]
-//! reaping children; [`handoff`] forks a connection's processes (with [`fork_memory`] and [`fork_fds`] deciding what
-//! of the main process they get) and [`pump`] moves its bytes.
-//! [`log`] and [`sys`] serve them all; [`app`] wires start-up together.
+//! The library is the binary's inside; its one door is [`run`] (with [`cli`] to parse the command
+//! line and the two start-up helpers `main` calls first). docs/design.md maps every module, and
+//! says which run in the main process and which in a connection process after `fork()`.
+//!
+//! Main process: [`cli`], `config`, `options`, `target`, `listener`, `daemon`, `privileges`,
+//! `app`, `event_loop`, `accept_pool`, `access`, `signals`, `handoff` (its side of the fork).
+//! Connection process, after fork: `conn`. Both: `log`, `sys`, `handoff::plan`.
 
-pub mod accept_pool;
-pub mod access;
-pub mod app;
+mod accept_pool;
+mod access;
+mod app;
 pub mod cli;
-pub mod config;
-pub mod daemon;
-pub mod event_loop;
-pub mod fork_fds;
-pub mod fork_memory;
-pub mod handoff;
-pub mod listener;
-pub mod log;
-pub mod options;
-pub mod privileges;
-pub mod pump;
-pub mod signals;
-pub mod sys;
-pub mod target;
+mod config;
+mod conn;
+mod daemon;
+mod event_loop;
+mod handoff;
+mod listener;
+mod log;
+mod options;
+mod privileges;
+mod signals;
+mod sys;
+mod target;
+
+pub use app::{StartError, ensure_std_fds, lean_malloc, run};
