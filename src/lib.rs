@@ -26,3 +26,65 @@ mod sys;
 mod target;
 
 pub use app::{StartError, ensure_std_fds, lean_malloc, run};
+
+/// docs/design.md is the one map of the code: its module table must name every source file of
+/// the product, and nothing that is gone.
+#[cfg(test)]
+mod design_doc {
+    use std::collections::BTreeSet;
+    use std::path::{Path, PathBuf};
+
+    fn root() -> &'static Path {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+    }
+
+    fn read(path: &str) -> String {
+        std::fs::read_to_string(root().join(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
+    }
+
+    /// The paths in the first column of the table under `## Modules`.
+    fn listed() -> BTreeSet<String> {
+        let doc = read("docs/design.md");
+        let section = doc
+            .split("\n## ")
+            .find(|s| s.starts_with("Modules"))
+            .expect("a Modules section");
+        section
+            .lines()
+            .filter_map(|line| {
+                line.strip_prefix("| `")?
+                    .split_once('`')
+                    .map(|(path, _)| path.to_string())
+            })
+            .collect()
+    }
+
+    /// Every `.rs` file under src/ but the extra binaries of src/bin/ (tools, not the product).
+    fn sources(dir: &Path, found: &mut BTreeSet<String>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path: PathBuf = entry.unwrap().path();
+            let relative = path.strip_prefix(root()).unwrap().to_string_lossy().into_owned();
+            if path.is_dir() {
+                if relative != "src/bin" {
+                    sources(&path, found);
+                }
+            } else if relative.ends_with(".rs") {
+                found.insert(relative);
+            }
+        }
+    }
+
+    #[test]
+    fn the_module_table_lists_every_source_file_and_only_those() {
+        let listed = listed();
+        let mut files = BTreeSet::new();
+        sources(&root().join("src"), &mut files);
+        let missing: Vec<_> = files.difference(&listed).collect();
+        let gone: Vec<_> = listed.difference(&files).collect();
+        assert!(missing.is_empty(), "not in docs/design.md's module table: {missing:?}");
+        assert!(
+            gone.is_empty(),
+            "in docs/design.md's module table but not in src/: {gone:?}"
+        );
+    }
+}
