@@ -87,4 +87,19 @@ mod design_doc {
             "in docs/design.md's module table but not in src/: {gone:?}"
         );
     }
+
+    #[test]
+    fn the_docs_list_every_outcome() {
+        let design = read("docs/design.md");
+        let readme = read("README.md");
+        for outcome in crate::conn::Outcome::ALL {
+            let status = format!("{} {}", outcome.exit_code(), outcome.name());
+            assert!(
+                design.contains(&status),
+                "docs/design.md does not list exit status {status}"
+            );
+            let word = format!("`{}`", outcome.name());
+            assert!(readme.contains(&word), "README.md's outcome list lacks {word}");
+        }
+    }
 }
