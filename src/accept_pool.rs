@@ -1,15 +1,18 @@
-//! The seed's OpenMP parallel region: on a listener event, every thread of a small pool accepts
-//! until the queue is empty (`EAGAIN`), and the main thread gets the accepted sockets back.
+//! Accepting in parallel, where the seed used OpenMP (docs/design.md): on a listener event, every
+//! thread of a small pool accepts until the queue is empty (`EAGAIN`), and the main thread gets
+//! the accepted sockets back.
 //!
 //! `rayon::ThreadPool::broadcast` runs the loop once on each thread and returns only when all are
 //! done, so the pool is idle whenever the main thread forks.
 //!
 //! A burst is what the pool is for. Waking it costs more than an accept: each of its threads is
-//! woken, and rayon's idle threads spin and yield for a while before they sleep again. For 300
-//! clients arriving one after the other, the two accept threads of this project's 2-CPU VM used
-//! 31 CPU-ms (about 100 µs a connection) against the main thread's 72. So the main thread accepts
-//! the first [`LEAD`] sockets itself, and wakes the pool only when the queue still had more: a
-//! lone client costs two `accept4` calls and no wake-up.
+//! woken, and rayon's idle threads spin and yield for a while before they sleep again, which for
+//! clients arriving one after the other cost more CPU than the main thread's own work (see
+//! docs/benchmarks.md). So the main thread accepts the first [`LEAD`] sockets itself, and wakes
+//! the pool only when the queue still had more: a lone client costs two `accept4` calls and no
+//! wake-up.
+//!
+//! Runs in the main process (the main thread and the pool's threads); children never use it.
 
 use socket2::{SockAddr, Socket};
 use std::io;
@@ -19,24 +22,24 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 /// Sockets the main thread accepts itself before it wakes the pool.
 const LEAD: usize = 2;
 
-pub struct AcceptPool {
+pub(crate) struct AcceptPool {
     pool: rayon::ThreadPool,
 }
 
 /// What one burst of accepts produced.
-pub struct Burst {
+pub(crate) struct Burst {
     /// Accepted sockets, non-blocking and close-on-exec, with their peers.
-    pub accepted: Vec<(Socket, SocketAddr)>,
+    pub(crate) accepted: Vec<(Socket, SocketAddr)>,
     /// True when the loop stopped at `EAGAIN`: the edge-triggered listener will signal again.
     /// False when it stopped early (the budget ran out, or an error such as `EMFILE`): the caller
     /// must come back to this listener itself.
-    pub drained: bool,
+    pub(crate) drained: bool,
     /// The first error other than `EAGAIN`, `EINTR` or `ECONNABORTED`.
-    pub error: Option<io::Error>,
+    pub(crate) error: Option<io::Error>,
 }
 
 impl AcceptPool {
-    pub fn new(threads: usize) -> io::Result<AcceptPool> {
+    pub(crate) fn new(threads: usize) -> io::Result<AcceptPool> {
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads.max(1))
             .thread_name(|i| format!("portfwd-acc{i}"))
@@ -46,8 +49,12 @@ impl AcceptPool {
             .start_handler(|_| {
                 // Signals are the main thread's: delivered to an accept thread, a SIGCHLD would
                 // wake it (and run the self-pipe handler there) for nothing.
-                crate::sys::block_all_signals();
-                crate::fork_memory::exclude_thread_memory(true)
+                let _ = nix::sys::signal::pthread_sigmask(
+                    nix::sys::signal::SigmaskHow::SIG_SETMASK,
+                    Some(&nix::sys::signal::SigSet::all()),
+                    None,
+                );
+                crate::handoff::fork_memory::exclude_thread_memory(true)
             })
             .build()
             .map_err(io::Error::other)?;
@@ -56,7 +63,7 @@ impl AcceptPool {
 
     /// Accepts until `EAGAIN`, an error, or `budget` sockets: the first [`LEAD`] on the calling
     /// thread, the rest, if the queue holds more, in parallel on the pool.
-    pub fn accept_burst(&self, listener: &Socket, budget: usize) -> Burst {
+    pub(crate) fn accept_burst(&self, listener: &Socket, budget: usize) -> Burst {
         let lead = budget.min(LEAD);
         let (first, mut first_stop) = accept_until_empty(listener, &AtomicUsize::new(lead));
         let mut rest = Vec::new();

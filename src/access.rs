@@ -1,7 +1,7 @@
 //! Access rules: `allow=CIDR` and `deny=CIDR`, evaluated in order, first match wins. A client no
 //! rule matches is allowed when there is no `allow` rule at all, and refused when there is one
 //! (listing who may come in means everyone else may not). A mapping's own rules come before the
-//! command line's global ones.
+//! command line's global ones. Main process.
 
 use std::fmt;
 use std::net::IpAddr;

@@ -3,7 +3,7 @@
 //!
 //! Order matters: resolve and bind (in the foreground, so errors reach the terminal), then detach
 //! (`--daemonize`, while there is still a single thread), then the log file, the pid file, the
-//! privilege drop, the signal handlers and the accept threads.
+//! privilege drop, the signal handlers and the accept threads. Main process.
 
 use crate::cli::Cli;
 use crate::config::{self, Mapping};

@@ -3,7 +3,7 @@
 //! The launching command must not return before the daemon is listening, nor hide a start-up
 //! error in /dev/null. So the listeners are bound first, in the foreground; then [`detach`] forks,
 //! and the launching process waits on a pipe for the daemon's word: `ok`, or the error text, which
-//! it prints before exiting non-zero.
+//! it prints before exiting non-zero. Main process, at start-up (and `SIGHUP`'s log reopening).
 
 use std::fs;
 use std::io::{self, Read, Write};

@@ -1,5 +1,6 @@
 //! The listening socket: socket2 for the options the seed sets (address reuse) and those it should
 //! have (non-blocking for the edge-triggered accept loop, close-on-exec, dual-stack by default).
+//! Main process.
 
 use socket2::{Domain, Socket, Type};
 use std::io;

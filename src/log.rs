@@ -1,5 +1,6 @@
 //! Log lines that never interleave: each line is built in a fixed buffer and leaves in one
-//! `write(2)` on stderr (which `--log-file` points at an `O_APPEND` file).
+//! `write(2)` on stderr (which `--log-file` points at an `O_APPEND` file). Used by both processes:
+//! [`Line`] after fork too, [`log!`](crate::log!) and [`Throttle`] in the main process only.
 //!
 //! [`Line`] does no allocation and takes no lock, so a forked child can use it: the prefix of a
 //! connection's line is formatted by the main process before the fork, and the child appends the
@@ -34,8 +35,7 @@ impl Line {
         line.push(b"ts=");
         line.timestamp(sys::realtime_ms());
         line.push(b" portfwd[");
-        // SAFETY: getpid is async-signal-safe and cannot fail.
-        line.num(unsafe { libc::getpid() } as u64);
+        line.num(sys::getpid() as u64);
         line.push(b"]:");
         line
     }

@@ -1,10 +1,9 @@
-use portfwd::app;
 use portfwd::cli::{self, Cli};
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    app::ensure_std_fds();
-    app::lean_malloc();
+    portfwd::ensure_std_fds();
+    portfwd::lean_malloc();
     let cli = match Cli::parse_args() {
         Ok(cli) => cli,
         Err(e) if !e.use_stderr() => {
@@ -17,7 +16,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match app::run(cli) {
+    match portfwd::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("{}", e.text());

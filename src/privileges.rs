@@ -1,6 +1,6 @@
 //! `--user NAME[:GROUP]`: after the listeners are bound (ports below 1024 need root), the main
 //! process drops to an unprivileged user before it accepts anything, so no connection process or
-//! pump ever runs as root.
+//! pump ever runs as root. Main process, at start-up.
 
 use nix::unistd::{Gid, Group, Uid, User};
 

@@ -1,6 +1,7 @@
 //! Signals, the self-pipe way: signal-hook's handlers only set a flag and write a byte to a socket
 //! pair whose read end sits in the main epoll set, so the event loop handles every signal (reaping
-//! children included) in ordinary code, between two `epoll_wait` calls.
+//! children included) in ordinary code, between two `epoll_wait` calls. Runs in the main process;
+//! a connection process only reads [`HANDLED_SIGNALS`], to put their dispositions back.
 
 use signal_hook::consts::{SIGCHLD, SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1};
 use std::io::{self, Read};
@@ -11,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 /// The signals the main process acts on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Signal {
+pub(crate) enum Signal {
     /// A child exited: reap.
     Child,
     /// SIGTERM or SIGINT: stop accepting; let connections finish (within the drain timeout).
@@ -34,16 +35,16 @@ const HANDLED: [(libc::c_int, Signal); 6] = [
 ];
 
 /// The signal numbers whose dispositions [`Signals::install`] changes.
-pub const HANDLED_SIGNALS: [libc::c_int; 6] = [SIGCHLD, SIGTERM, SIGINT, SIGQUIT, SIGHUP, SIGUSR1];
+pub(crate) const HANDLED_SIGNALS: [libc::c_int; 6] = [SIGCHLD, SIGTERM, SIGINT, SIGQUIT, SIGHUP, SIGUSR1];
 
-pub struct Signals {
+pub(crate) struct Signals {
     wake: UnixStream,
     flags: Vec<(Arc<AtomicBool>, Signal)>,
 }
 
 impl Signals {
     /// Installs the handlers. Must run before any child is forked.
-    pub fn install() -> io::Result<Signals> {
+    pub(crate) fn install() -> io::Result<Signals> {
         let (wake, write) = UnixStream::pair()?;
         wake.set_nonblocking(true)?;
         let mut flags = Vec::new();
@@ -58,12 +59,12 @@ impl Signals {
     }
 
     /// The descriptor to watch for readability.
-    pub fn fd(&self) -> BorrowedFd<'_> {
+    pub(crate) fn fd(&self) -> BorrowedFd<'_> {
         self.wake.as_fd()
     }
 
     /// Empties the wake-up socket and returns each signal seen since the last call, once.
-    pub fn pending(&mut self) -> Vec<Signal> {
+    pub(crate) fn pending(&mut self) -> Vec<Signal> {
         let mut buf = [0u8; 64];
         while matches!((&self.wake).read(&mut buf), Ok(n) if n > 0) {}
         let mut seen = Vec::new();

@@ -2,6 +2,7 @@
 //!
 //! A forked child may not call the resolver (it allocates and may lock), so every address a child
 //! will connect to is resolved here at start-up and kept, with its log label, as plain data.
+//! Main process; a connection process only reads a [`Target`] (its address and label) after fork.
 
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 

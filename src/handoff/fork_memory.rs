@@ -1,4 +1,5 @@
-//! What of the main process's memory a connection process gets.
+//! What of the main process's memory a connection process gets. Runs in the main process (and
+//! its accept threads, for their own stacks), before it forks.
 //!
 //! `fork()` gives a child a copy-on-write copy of every private mapping of its parent. Each costs
 //! page tables at the fork and at the exit, and every page the parent writes while a child still
@@ -23,18 +24,15 @@ const STACK: usize = 256 * 1024;
 
 /// A mapping every child inherits: `T` (the plan) at the top, a stack below it, a guard page below
 /// that. The main process rewrites `T` before each fork; each child reads its own copy.
-pub struct LaunchPad<T: Copy> {
+pub(crate) struct LaunchPad<T: Copy> {
     stack_top: *mut u8,
     _plan: PhantomData<T>,
 }
 
 impl<T: Copy> LaunchPad<T> {
-    pub fn new() -> io::Result<Self> {
+    pub(crate) fn new() -> io::Result<Self> {
         let plan_bytes = std::mem::size_of::<T>().next_multiple_of(sys::page_size());
-        let base = sys::map_with_guard(STACK + plan_bytes);
-        if base.is_null() {
-            return Err(io::Error::last_os_error());
-        }
+        let base = sys::map_with_guard(STACK + plan_bytes)?.as_ptr();
         Ok(LaunchPad {
             // SAFETY: STACK bytes into a mapping of STACK + plan_bytes bytes; page-aligned.
             stack_top: unsafe { base.add(STACK) },
@@ -43,7 +41,7 @@ impl<T: Copy> LaunchPad<T> {
     }
 
     /// Puts `plan` at the top of the pad and returns it there: the copy a child forked next sees.
-    pub fn load(&mut self, plan: T) -> &T {
+    pub(crate) fn load(&mut self, plan: T) -> &T {
         let slot = self.stack_top.cast::<T>();
         // SAFETY: `stack_top` is page-aligned (so aligned for T) with at least size_of::<T>()
         // writable bytes above it; `&mut self` means no reference to the previous plan is live,
@@ -55,7 +53,7 @@ impl<T: Copy> LaunchPad<T> {
     }
 
     /// The initial stack pointer of a child: just below the plan, 16-byte aligned.
-    pub fn stack_top(&self) -> *mut u8 {
+    pub(crate) fn stack_top(&self) -> *mut u8 {
         self.stack_top
     }
 }
@@ -67,7 +65,7 @@ impl<T: Copy> LaunchPad<T> {
 /// that faults so hard that Rust's handler would want its alternate stack dies of it either way).
 /// Best effort, like [`Exclusions`]. Safe only because children are forked with the raw system
 /// call: glibc's `fork()` wrapper walks every thread's descriptor, which lives in its stack.
-pub fn exclude_thread_memory(with_stack: bool) {
+pub(crate) fn exclude_thread_memory(with_stack: bool) {
     if let Some(maps) = Mappings::read() {
         exclude_thread_regions(&maps, with_stack);
     }
@@ -75,8 +73,9 @@ pub fn exclude_thread_memory(with_stack: bool) {
 
 fn exclude_thread_regions(maps: &Mappings, with_stack: bool) {
     let mut regions = Vec::new();
-    // SAFETY: sigaltstack with a null new stack only reads the current one into `alt`.
+    // SAFETY: a zeroed stack_t is a valid value (null pointer, zero size and flags).
     let mut alt: libc::stack_t = unsafe { std::mem::zeroed() };
+    // SAFETY: sigaltstack with a null new stack only reads the current one into `alt`.
     if unsafe { libc::sigaltstack(std::ptr::null(), &mut alt) } == 0 && alt.ss_flags & libc::SS_DISABLE == 0 {
         regions.push(alt.ss_sp as usize);
     }
@@ -150,7 +149,7 @@ impl Mappings {
 /// the main thread's stack. Best effort: where `madvise` fails, children simply get a copy as
 /// before. After [`Exclusions::start`], the main process may fork only onto a [`LaunchPad`]
 /// (`sys::fork_onto`), never continue a child on its own stack.
-pub struct Exclusions {
+pub(crate) struct Exclusions {
     /// End of the part of the heap already excluded.
     heap_done: usize,
 }
@@ -158,7 +157,7 @@ pub struct Exclusions {
 impl Exclusions {
     /// Excludes the main thread's stack, its alternate signal stack and the heap as it is now.
     /// Call on the main thread.
-    pub fn start() -> Exclusions {
+    pub(crate) fn start() -> Exclusions {
         let mut heap_done = sys::program_break();
         if let Some(maps) = Mappings::read() {
             for m in maps.named("[stack]") {
@@ -176,7 +175,7 @@ impl Exclusions {
 
     /// Excludes heap that `malloc` added (with `brk`) since the last call. Cheap when nothing
     /// changed: one read of the current break. Call before each fork.
-    pub fn refresh(&mut self) {
+    pub(crate) fn refresh(&mut self) {
         let brk = sys::program_break().next_multiple_of(sys::page_size());
         if brk > self.heap_done {
             if sys::exclude_from_children(self.heap_done, brk).is_ok() {

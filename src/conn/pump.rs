@@ -1,27 +1,28 @@
 //! One direction of a connection: bytes from one socket to the other, in a process of its own.
+//! Runs in a connection process after fork: raw syscalls through `sys`, a stack buffer, no heap.
 //!
 //! The data moves with `splice(2)` through a pipe, so it never enters user space; where the kernel
 //! refuses splice for these descriptors (`EINVAL`), a small stack buffer and read/write take over.
 //! The pipe is made only when the first byte is ready, so an idle connection costs no pipe.
 //!
 //! A pump never decides alone how a connection ends; it reports [`End`] and the caller (see
-//! `handoff`) passes a FIN on as a FIN and an error as a reset.
+//! `directions`) passes a FIN on as a FIN and an error as a reset.
 
 use crate::sys::{self, SysResult};
 use nix::errno::Errno;
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// Capacity asked for each pump's pipe: how much one pair of splice calls can move. 256 KiB moved
-/// single-stream traffic as fast as 1 MiB here (bench/run.sh, iperf3) and its 64 slots cost the
-/// kernel 2.5 KiB instead of 10 KiB per active direction.
-pub const PIPE_SIZE: libc::c_int = 256 << 10;
+/// Capacity asked for each pump's pipe: how much one pair of splice calls can move. A larger pipe
+/// costs the kernel more per active direction and did not move a single stream faster (bench/run.sh;
+/// see docs/benchmarks.md).
+const PIPE_SIZE: libc::c_int = 256 << 10;
 /// Fallback copy buffer, on the stack: pumps keep no heap.
 const COPY_BUF: usize = 16 * 1024;
 
 /// How a pump's direction ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum End {
+pub(super) enum End {
     /// The source sent a FIN and every byte before it was delivered.
     Eof,
     /// Reading the source failed (a reset, usually).
@@ -35,21 +36,16 @@ pub enum End {
 /// Copies `src` to `dst` until EOF, an error, or `stop()` turns true when a blocking call returns
 /// early (`EINTR`, or `EAGAIN` from a socket timeout). Adds each delivered chunk to `moved` and
 /// stamps `last` with the time of the last delivery.
-pub fn run(src: RawFd, dst: RawFd, moved: &AtomicU64, last: &AtomicU64, stop: &dyn Fn() -> bool) -> End {
+pub(super) fn run(src: RawFd, dst: RawFd, moved: &AtomicU64, last: &AtomicU64, stop: &dyn Fn() -> bool) -> End {
     let meter = Meter { moved, last };
     // Wait for the first byte (or EOF) before paying for a pipe.
-    let mut probe = [0u8; 1];
     loop {
-        // SAFETY: `probe` is a live one-byte buffer; MSG_PEEK leaves the byte in the socket.
-        let n = unsafe { libc::recv(src, probe.as_mut_ptr().cast(), 1, libc::MSG_PEEK) };
-        match n {
-            0 => return if stop() { End::Stopped } else { End::Eof },
-            n if n > 0 => break,
-            _ => match Errno::last() {
-                Errno::EINTR | Errno::EAGAIN if stop() => return End::Stopped,
-                Errno::EINTR | Errno::EAGAIN => {}
-                e => return End::ReadFailed(e),
-            },
+        match sys::peek(src) {
+            Ok(0) => return if stop() { End::Stopped } else { End::Eof },
+            Ok(_) => break,
+            Err(Errno::EINTR | Errno::EAGAIN) if stop() => return End::Stopped,
+            Err(Errno::EINTR | Errno::EAGAIN) => {}
+            Err(e) => return End::ReadFailed(e),
         }
     }
     match sys::pipe(PIPE_SIZE) {

@@ -1,12 +1,11 @@
-//! What of the main process's descriptor table a connection process gets.
+//! What of the main process's descriptor table a connection process gets. Runs in the main
+//! process, except [`Ticket::leave_shared_table`], the connection process's first act after fork.
 //!
 //! `fork()` copies the whole table, and a connection process needs two entries of it: the client
 //! socket and stderr (the log). With `--dispatch data` every client still waiting for its first
 //! byte is in that table, so each fork took a reference on every one of those sockets and the child
-//! then dropped them all again: two walks over every open file per connection. On this project's
-//! 2-CPU VM a fork round (clone, exit, wait) took 0.28 ms with 10 descriptors open, 0.46 ms with
-//! 2,000 and 2.7 ms with 10,000; with `CLONE_FILES` as below, 0.26 to 0.29 ms whatever the number
-//! (`bench/fdfork.c`).
+//! then dropped them all again: two walks over every open file per connection, a fork cost that
+//! grew with the number of waiting clients (`bench/fdfork.c`; see docs/benchmarks.md).
 //!
 //! So a connection process is forked with `CLONE_FILES`: it starts on the main process's own
 //! table, and its first system call leaves it for a private one that holds only the lowest
@@ -22,10 +21,17 @@
 //! has left, the main process puts a placeholder (`/dev/null`) back in the slot, which drops its
 //! own reference to the client socket; the slot is never free, so no accepted socket takes it.
 
-use crate::sys;
+use crate::sys::{self, SharedPage, SharedZeroed};
+use nix::errno::Errno;
+use nix::fcntl::OFlag;
+use nix::poll::{PollFd, PollFlags, PollTimeout};
+use nix::sys::eventfd::{EfdFlags, EventFd};
+use nix::sys::wait::{Id, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
 
 /// Slots: connection processes that may share the table at once before the main process has to
 /// wait for one of them to leave. Each costs a descriptor of the main process.
@@ -33,21 +39,24 @@ const SLOTS: usize = 8;
 
 /// How long the main process waits at a time when every slot is taken, before it checks whether
 /// the children holding them are still alive.
-const WAIT_SLICE_MS: libc::c_int = 20;
+const WAIT_SLICE_MS: u8 = 20;
 
 /// The word a connection process sets when it has left the shared table, in a `MAP_SHARED` page
 /// every child inherits: the ticket's number, or its complement when leaving failed.
 #[repr(C)]
-struct Gate {
+pub(crate) struct Gate {
     left: AtomicU32,
 }
+
+// SAFETY: one atomic, valid when zero.
+unsafe impl SharedZeroed for Gate {}
 
 /// What a connection process needs to leave the main process's table: plain data, part of its
 /// plan.
 #[derive(Clone, Copy)]
-pub struct Ticket {
+pub(crate) struct Ticket {
     /// The slot's descriptor number: the child keeps descriptors up to this one.
-    pub slot: RawFd,
+    pub(crate) slot: RawFd,
     notify: RawFd,
     gate: &'static Gate,
     number: u32,
@@ -55,10 +64,10 @@ pub struct Ticket {
 
 impl Ticket {
     /// The connection process's first act: a private descriptor table with the descriptors up to
-    /// its slot only, then word to the main process. Async-signal-safe: three system calls. On an
-    /// error (no memory for a new table) the child is still on the main process's table: it must
+    /// its slot only, then word to the main process. Runs in the connection process, after fork:
+    /// async-signal-safe, three system calls. On an error (no memory for a new table) the child is still on the main process's table: it must
     /// not close or open anything, only reset the client and exit.
-    pub fn leave_shared_table(&self) -> sys::SysResult<()> {
+    pub(crate) fn leave_shared_table(&self) -> sys::SysResult<()> {
         let left = sys::leave_shared_fd_table(self.slot + 1);
         let word = if left.is_ok() { self.number } else { !self.number };
         self.gate.left.store(word, Ordering::SeqCst);
@@ -81,8 +90,8 @@ struct Slot {
 }
 
 /// The main process's side: the reserved slots, the placeholder and the eventfd.
-pub struct HandoffSlots {
-    notify: OwnedFd,
+pub(crate) struct HandoffSlots {
+    notify: EventFd,
     placeholder: OwnedFd,
     slots: Vec<Slot>,
     issued: u32,
@@ -91,23 +100,16 @@ pub struct HandoffSlots {
 impl HandoffSlots {
     /// Takes the lowest free descriptor numbers: the eventfd, the placeholder and the slots. Call
     /// it before the main loop accepts anything, so that the numbers stay low.
-    pub fn reserve() -> io::Result<HandoffSlots> {
-        // SAFETY: eventfd takes integers only; the result is checked before it is owned.
-        let notify = own(unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) })?;
+    pub(crate) fn reserve() -> io::Result<HandoffSlots> {
+        let notify = EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)?;
         let placeholder = open_null()?;
-        let page = sys::shared_page();
-        if page.is_null() {
-            return Err(io::Error::last_os_error());
-        }
-        const { assert!(SLOTS * std::mem::size_of::<Gate>() <= 4096) };
-        let gates = page as *const Gate;
-        let slots = (0..SLOTS)
-            .map(|i| {
+        let gates = SharedPage::<[Gate; SLOTS]>::map()?.get();
+        let slots = gates
+            .iter()
+            .map(|gate| {
                 Ok(Slot {
                     fd: open_null()?,
-                    // SAFETY: the page is fresh, zero-filled, page-aligned and holds SLOTS gates
-                    // (atomics, valid when zero); it is never unmapped, so 'static holds.
-                    gate: unsafe { &*gates.add(i) },
+                    gate,
                     pending: None,
                 })
             })
@@ -121,17 +123,19 @@ impl HandoffSlots {
     }
 
     /// The eventfd that becomes readable when a child has left the table (for the epoll set).
-    pub fn notify_fd(&self) -> BorrowedFd<'_> {
+    pub(crate) fn notify_fd(&self) -> BorrowedFd<'_> {
         self.notify.as_fd()
     }
 
     /// Puts `client` in a free slot (the caller keeps its own descriptor and closes it as before)
     /// and returns the slot's index and the ticket for the child forked next. Waits for a child
     /// to leave when every slot is taken.
-    pub fn load(&mut self, client: RawFd) -> Result<(usize, Ticket), nix::errno::Errno> {
+    pub(crate) fn load(&mut self, client: BorrowedFd<'_>) -> Result<(usize, Ticket), Errno> {
         let index = self.free_slot();
+        let slot = &mut self.slots[index];
+        // One atomic step: the slot's number is never free for another thread to take.
+        nix::unistd::dup3(client, &mut slot.fd, OFlag::O_CLOEXEC)?;
         let slot = &self.slots[index];
-        sys::dup3_cloexec(client, slot.fd.as_raw_fd())?;
         self.issued = self.issued.wrapping_add(1).max(1);
         slot.gate.left.store(0, Ordering::SeqCst);
         let ticket = Ticket {
@@ -144,7 +148,7 @@ impl HandoffSlots {
     }
 
     /// After the fork of the child for slot `index`: `None` when the fork failed.
-    pub fn forked(&mut self, index: usize, child: Option<libc::pid_t>) {
+    pub(crate) fn forked(&mut self, index: usize, child: Option<libc::pid_t>) {
         match child {
             Some(child) => {
                 self.slots[index].pending = Some(Pending {
@@ -157,9 +161,9 @@ impl HandoffSlots {
     }
 
     /// Empties the slots whose children have left the table (the eventfd said so).
-    pub fn reclaim(&mut self) {
-        let mut counter = [0u8; 8];
-        let _ = sys::read(self.notify.as_raw_fd(), &mut counter);
+    pub(crate) fn reclaim(&mut self) {
+        // Resets the counter (EAGAIN when it is already zero, which is fine).
+        let _ = self.notify.read();
         for index in 0..self.slots.len() {
             if self.has_left(index) {
                 self.empty(index, false);
@@ -169,7 +173,7 @@ impl HandoffSlots {
 
     /// A child was reaped: if it died before it left the table (killed at birth), the slot holds
     /// the client's last descriptor, and the client is reset.
-    pub fn child_ended(&mut self, pid: libc::pid_t) {
+    pub(crate) fn child_ended(&mut self, pid: libc::pid_t) {
         if let Some(index) = self
             .slots
             .iter()
@@ -193,11 +197,11 @@ impl HandoffSlots {
     fn empty(&mut self, index: usize, reset: bool) {
         let slot = &mut self.slots[index];
         if reset {
-            sys::set_abortive_close(slot.fd.as_raw_fd());
+            let _ = socket2::SockRef::from(&slot.fd).set_linger(Some(Duration::ZERO));
         }
         // dup3 onto a number that is open cannot fail for lack of descriptors; were it to fail,
         // the slot would keep the client's socket open until its next use replaces it.
-        let _ = sys::dup3_cloexec(self.placeholder.as_raw_fd(), slot.fd.as_raw_fd());
+        let _ = nix::unistd::dup3(&self.placeholder, &mut slot.fd, OFlag::O_CLOEXEC);
         slot.pending = None;
     }
 
@@ -216,7 +220,7 @@ impl HandoffSlots {
                 let exited = self.slots[index]
                     .pending
                     .as_ref()
-                    .is_some_and(|p| sys::child_has_exited(p.child));
+                    .is_some_and(|p| child_has_exited(p.child));
                 // Its word, if it left, was stored before it exited: has_left sees it now.
                 if exited {
                     let reset = !self.has_left(index);
@@ -224,29 +228,33 @@ impl HandoffSlots {
                 }
             }
             if self.slots.iter().all(|s| s.pending.is_some()) {
-                let _ = sys::poll_one(self.notify.as_raw_fd(), libc::POLLIN, WAIT_SLICE_MS);
+                let mut fds = [PollFd::new(self.notify.as_fd(), PollFlags::POLLIN)];
+                let _ = nix::poll::poll(&mut fds, PollTimeout::from(WAIT_SLICE_MS));
             }
         }
     }
 }
 
-fn own(fd: RawFd) -> io::Result<OwnedFd> {
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `fd` was just created by the caller and is owned by nothing else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+/// Whether child `pid` has exited (and is waiting to be reaped): `waitid(WNOWAIT)` leaves it for
+/// the ordinary reaping. An error (no such child) counts as exited.
+fn child_has_exited(pid: libc::pid_t) -> bool {
+    let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
+    !matches!(
+        nix::sys::wait::waitid(Id::Pid(Pid::from_raw(pid)), flags),
+        Ok(WaitStatus::StillAlive)
+    )
 }
 
+/// `/dev/null`, read-write, close-on-exec.
 fn open_null() -> io::Result<OwnedFd> {
-    // SAFETY: open of a constant C string; the result is checked before it is owned.
-    own(unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) })
+    let file = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null")?;
+    Ok(file.into())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fork_memory::LaunchPad;
+    use crate::handoff::fork_memory::LaunchPad;
     use std::time::{Duration, Instant};
 
     /// The child of the test: sleeps, leaves the table, and exits 0 only if its slot holds a
@@ -299,7 +307,7 @@ mod tests {
         let mut slow_load = Duration::ZERO;
         for _ in 0..SLOTS + 1 {
             let started = Instant::now();
-            let (index, ticket) = slots.load(a.as_raw_fd()).unwrap();
+            let (index, ticket) = slots.load(a.as_fd()).unwrap();
             slow_load = slow_load.max(started.elapsed());
             assert!(target(ticket.slot).starts_with("socket:"), "{}", target(ticket.slot));
             let arg = pad.load(ticket) as *const Ticket as *mut libc::c_void;
@@ -330,7 +338,7 @@ mod tests {
         let mut slots = HandoffSlots::reserve().unwrap();
         let mut pad = LaunchPad::<Ticket>::new().unwrap();
         let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
-        let (index, ticket) = slots.load(a.as_raw_fd()).unwrap();
+        let (index, ticket) = slots.load(a.as_fd()).unwrap();
         let arg = pad.load(ticket) as *const Ticket as *mut libc::c_void;
         // SAFETY: the child runs `sleeper` on the pad's stack and makes raw syscalls only.
         let pid = unsafe { sys::fork_onto(pad.stack_top(), sleeper, arg, true) }.unwrap();

@@ -1,0 +1,415 @@
+//! The main process's event loop: the seed's event loop, event for event (its pseudo code, and
+//! where each step is here: docs/design.md, "The event loop, against the seed").
+//!
+//! One epoll set holds the listeners (edge-triggered, `EPOLLEXCLUSIVE`), the accepted sockets that
+//! wait for their first byte, the signal self-pipe and the hand-off eventfd; each event says which
+//! by its [`Token`]. The loop blocks nowhere but in `epoll_wait`, whose timeout is the nearest
+//! deadline (a silent client's first-byte timeout, a paused listener's retry, the end of a fork
+//! back-off, the drain deadline), and it is the only thread that forks.
+//!
+//! Its concerns, each a small type: [`admission`] (who may come in, and how many), [`waiting`]
+//! (sockets waiting for their first byte), [`launcher`] (forking connection processes, with the
+//! back-off after a failure), [`reload`] (old listeners against a new configuration) and
+//! [`stats`]. Accepting is in [`accept`]. Runs in the main process only.
+
+mod accept;
+mod admission;
+mod launcher;
+mod reload;
+mod stats;
+mod token;
+mod waiting;
+
+use crate::accept_pool::AcceptPool;
+use crate::access;
+use crate::config::Mapping;
+use crate::conn::Outcome;
+use crate::listener;
+use crate::log;
+use crate::options::Options;
+use crate::signals::{Signal, Signals};
+use crate::sys;
+use crate::target::Target;
+use admission::{Admission, Live};
+use launcher::Launcher;
+use nix::errno::Errno;
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
+use socket2::Socket;
+use stats::Stats;
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsFd, RawFd};
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use token::Token;
+use waiting::WaitingSet;
+
+/// Where one mapping's connections go, and how: shared by its listener, its waiting sockets and
+/// its connection processes, so a reload can replace it without touching those in flight.
+pub(crate) struct Route {
+    pub(crate) mapping: Mapping,
+    pub(crate) targets: Vec<Target>,
+}
+
+/// A listening port and its live connections.
+pub(crate) struct Service {
+    pub(crate) listener: Socket,
+    pub(crate) local: SocketAddr,
+    pub(crate) route: Rc<Route>,
+    /// Waiting sockets and connection processes of this listener.
+    live: Live,
+    /// The last accept burst stopped before `EAGAIN`: no new edge will come, so the loop must come
+    /// back (when a slot frees up, or at `retry_at`).
+    unfinished: bool,
+    retry_at: Option<u64>,
+    /// At a connection cap: logged once when it starts.
+    capped: bool,
+}
+
+impl Service {
+    pub(crate) fn new(listener: Socket, route: Route) -> io::Result<Service> {
+        let local = listener::local_addr(&listener)?;
+        Ok(Service {
+            listener,
+            local,
+            route: Rc::new(route),
+            live: Live::default(),
+            unfinished: false,
+            retry_at: None,
+            capped: false,
+        })
+    }
+}
+
+/// A connection the main process is responsible for: a socket waiting in the epoll set, or a
+/// connection process.
+pub(crate) struct Conn {
+    /// Its listener's slot.
+    slot: usize,
+    route: Rc<Route>,
+    peer: SocketAddr,
+    accepted_ms: u64,
+}
+
+/// Settings of the process as a whole (the command line's, not a mapping's).
+pub(crate) struct Settings {
+    pub(crate) accept_threads: usize,
+    /// Live connections of the whole process at most (the command line's `--max-connections`);
+    /// each mapping also has its own cap (`max_connections=` on its line, which defaults to this).
+    pub(crate) max_connections: usize,
+    pub(crate) verbose: bool,
+    /// After SIGTERM/SIGINT, how long established connections may go on (`None`: as long as they
+    /// like; the main process exits at once and leaves them to finish).
+    pub(crate) drain_timeout_ms: Option<u64>,
+    /// Access rules from the command line, after each mapping's own.
+    pub(crate) global_rules: Vec<access::Rule>,
+    /// The file SIGHUP re-reads, and the command line's options each line starts from.
+    pub(crate) config: Option<(PathBuf, Options)>,
+    /// The file SIGHUP reopens (for log rotation).
+    pub(crate) log_file: Option<PathBuf>,
+}
+
+pub(crate) struct EventLoop {
+    epoll: Epoll,
+    /// Listeners by slot; a slot is never reused, so a token or a connection's slot stays valid.
+    services: Vec<Option<Service>>,
+    waiting: WaitingSet<(Socket, Conn)>,
+    /// Live connection processes.
+    children: HashMap<libc::pid_t, Conn>,
+    admission: Admission,
+    launcher: Launcher,
+    /// Out of descriptors: logged once when it starts and once when it ends.
+    starved: bool,
+    /// Set once SIGTERM/SIGINT/SIGQUIT arrived: the time after which connections are ended.
+    draining: Option<u64>,
+    pool: AcceptPool,
+    signals: Signals,
+    settings: Settings,
+    stats: Stats,
+    refusals_log: log::Throttle,
+}
+
+impl EventLoop {
+    /// The epoll set with the signal pipe, the hand-off eventfd and each listener in it.
+    pub(crate) fn new(services: Vec<Service>, signals: Signals, settings: Settings) -> io::Result<Self> {
+        let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
+        epoll.add(
+            signals.fd(),
+            EpollEvent::new(EpollFlags::EPOLLIN, Token::Signals.encode()),
+        )?;
+        let pool = AcceptPool::new(settings.accept_threads)?;
+        // The accept threads exclude their own stacks as they start.
+        let launcher = Launcher::new()?;
+        let mut this = EventLoop {
+            epoll,
+            services: Vec::new(),
+            waiting: WaitingSet::new(),
+            children: HashMap::new(),
+            admission: Admission::new(settings.max_connections, settings.global_rules.clone()),
+            launcher,
+            starved: false,
+            draining: None,
+            pool,
+            signals,
+            settings,
+            stats: Stats::default(),
+            refusals_log: log::Throttle::new(accept::REFUSALS_LOGGED_PER_SEC),
+        };
+        let notify = EpollEvent::new(EpollFlags::EPOLLIN, Token::Handoff.encode());
+        this.epoll.add(this.launcher.notify_fd(), notify)?;
+        for service in services {
+            this.add_service(service)?;
+        }
+        Ok(this)
+    }
+
+    /// Runs until told to stop (and, with a drain timeout, until the connections are gone).
+    pub(crate) fn run(&mut self) -> io::Result<()> {
+        let mut events = vec![EpollEvent::empty(); 256];
+        loop {
+            let n = match self.epoll.wait(&mut events, self.next_timeout()) {
+                Ok(n) => n,
+                Err(Errno::EINTR) => continue,
+                Err(e) => return Err(e.into()),
+            };
+            for event in &events[..n] {
+                let flags = event.events();
+                match Token::decode(event.data()) {
+                    Token::Listener(slot) => self.on_listener(slot, flags),
+                    Token::Waiting(fd) if flags.intersects(EpollFlags::EPOLLHUP | EpollFlags::EPOLLERR) => {
+                        self.close_waiting(fd)
+                    }
+                    Token::Waiting(fd) => self.on_active(fd),
+                    Token::Signals => self.on_signals(),
+                    // Connection processes left the shared descriptor table: free their slots.
+                    Token::Handoff => self.launcher.reclaim(),
+                }
+            }
+            self.on_timers();
+            if let Some(deadline) = self.draining {
+                if self.children.is_empty() {
+                    return Ok(());
+                }
+                if sys::monotonic_ms() >= deadline {
+                    self.end_connections();
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    fn next_timeout(&self) -> EpollTimeout {
+        let now = sys::monotonic_ms();
+        let retries = self.services.iter().flatten().filter_map(|s| s.retry_at);
+        let next = [
+            self.draining,
+            self.waiting.next_deadline(),
+            self.launcher.backoff.due_at(),
+            self.refusals_log.due_at(),
+        ]
+        .into_iter()
+        .flatten()
+        .chain(retries)
+        .min();
+        match next {
+            None => EpollTimeout::NONE,
+            Some(t) => {
+                EpollTimeout::try_from(t.saturating_sub(now).min(60_000) as i32 + 1).unwrap_or(EpollTimeout::NONE)
+            }
+        }
+    }
+
+    /// A waiting socket hung up or failed before its first byte: close it.
+    fn close_waiting(&mut self, fd: RawFd) {
+        let Some((socket, conn)) = self.waiting.remove(fd) else {
+            return;
+        };
+        let _ = self.epoll.delete(socket.as_fd());
+        self.stats.closed_waiting += 1;
+        if self.settings.verbose {
+            log!("client={} closed before sending", conn.peer);
+        }
+        self.release(&conn);
+        // Dropping the socket closes it.
+    }
+
+    /// A waiting socket became active (its first byte, or a FIN): out of the epoll set, hand off.
+    fn on_active(&mut self, fd: RawFd) {
+        let Some((socket, conn)) = self.waiting.remove(fd) else {
+            return;
+        };
+        let _ = self.epoll.delete(socket.as_fd());
+        self.dispatch(socket, conn);
+    }
+
+    /// Hands an active client off: back to blocking, then the connection process is forked (or,
+    /// during a fork back-off, the client waits out of the epoll set).
+    fn dispatch(&mut self, socket: Socket, conn: Conn) {
+        if self.launcher.backoff.paused(sys::monotonic_ms()) {
+            // A fork just failed: this client waits (out of the epoll set) until the pause ends.
+            self.launcher.backoff.defer((socket, conn));
+            return;
+        }
+        let _ = socket.set_nonblocking(false);
+        match self.launcher.launch(&socket, &conn) {
+            Ok(pid) => {
+                self.children.insert(pid, conn);
+            }
+            Err(_) => {
+                // Reset and logged by the launcher.
+                self.stats.outcomes.add(Outcome::ForkFailed);
+                self.release(&conn);
+            }
+        }
+        // `socket` drops here: the main process closes its copy of the client socket.
+    }
+
+    /// A connection is over (or never started): free its place under the limits.
+    fn release(&mut self, conn: &Conn) {
+        let here = self
+            .services
+            .get_mut(conn.slot)
+            .and_then(Option::as_mut)
+            .map(|s| &mut s.live);
+        self.admission.leave(here, conn.peer.ip());
+    }
+
+    fn on_timers(&mut self) {
+        let now = sys::monotonic_ms();
+        self.log_left_out_refusals(now);
+        // Silent clients past their first-byte timeout.
+        while let Some((_, (socket, conn))) = self.waiting.pop_expired(now) {
+            let _ = self.epoll.delete(socket.as_fd());
+            self.stats.first_byte_timeouts += 1;
+            if self.settings.verbose {
+                log!(
+                    "client={} closed: nothing sent within the first-byte timeout",
+                    conn.peer
+                );
+            }
+            self.release(&conn);
+        }
+        for (socket, conn) in self.launcher.backoff.take_due(now) {
+            self.dispatch(socket, conn);
+        }
+        // Listeners that stopped short: retry when due, or when the cap has room again.
+        for slot in 0..self.services.len() {
+            let due = match &self.services[slot] {
+                Some(s) if s.unfinished => match s.retry_at {
+                    Some(t) => t <= now,
+                    None => self
+                        .admission
+                        .has_room(&s.live, s.route.mapping.options.max_connections),
+                },
+                _ => false,
+            };
+            if due {
+                self.accept_burst(slot);
+            }
+        }
+    }
+
+    fn on_signals(&mut self) {
+        for signal in self.signals.pending() {
+            match signal {
+                Signal::Child => self.reap(),
+                Signal::Terminate => self.stop(self.settings.drain_timeout_ms),
+                Signal::Quit => self.stop(Some(0)),
+                Signal::Reload => self.reload(),
+                Signal::Stats => self.log_stats(),
+            }
+        }
+    }
+
+    /// Closes every listener and waiting socket. With a drain time, the loop goes on reaping
+    /// until the connections end or the time is up; without, it returns at once.
+    fn stop(&mut self, drain_ms: Option<u64>) {
+        for service in self.services.iter_mut() {
+            if let Some(s) = service.take() {
+                let _ = self.epoll.delete(s.listener.as_fd());
+            }
+        }
+        for (socket, _) in self.waiting.drain() {
+            let _ = self.epoll.delete(socket.as_fd());
+        }
+        self.launcher.backoff.clear();
+        let now = sys::monotonic_ms();
+        let deadline = match drain_ms {
+            Some(ms) => now + ms,
+            None => now, // with no children to wait for, the loop ends at once
+        };
+        let live = self.children.len();
+        match drain_ms {
+            None => {
+                log!("stopping: listeners closed; {live} connection(s) go on in their own processes");
+                self.children.clear(); // not ours to wait for
+            }
+            Some(0) => log!("stopping now: listeners closed; ending {live} connection(s)"),
+            Some(ms) => log!("stopping: listeners closed; waiting up to {ms} ms for {live} connection(s)"),
+        }
+        self.draining = Some(self.draining.map_or(deadline, |d| d.min(deadline)));
+    }
+
+    /// Ends the connections still open: SIGTERM to each connection's process group (both of its
+    /// processes), then, after a bounded wait, SIGKILL to any that remain.
+    fn end_connections(&mut self) {
+        use nix::sys::signal::{Signal::SIGKILL, Signal::SIGTERM, killpg};
+        use nix::unistd::Pid;
+        if self.children.is_empty() {
+            return;
+        }
+        log!("ending {} connection(s) still open", self.children.len());
+        for &pid in self.children.keys() {
+            let _ = killpg(Pid::from_raw(pid), SIGTERM);
+        }
+        let until = sys::monotonic_ms() + 2000;
+        while !self.children.is_empty() && sys::monotonic_ms() < until {
+            let _ = self
+                .epoll
+                .wait(&mut [EpollEvent::empty(); 4], EpollTimeout::from(20u16));
+            self.reap();
+        }
+        for &pid in self.children.keys() {
+            let _ = killpg(Pid::from_raw(pid), SIGKILL);
+        }
+    }
+
+    /// Collects every exited child, so none stays a zombie.
+    fn reap(&mut self) {
+        while let Some((pid, status)) = sys::reap_one() {
+            self.launcher.child_ended(pid);
+            let Some(conn) = self.children.remove(&pid) else {
+                continue;
+            };
+            self.stats.outcomes.add(Outcome::from_wait_status(status));
+            if libc::WIFSIGNALED(status) {
+                // It died before it could write its own line (a crash, the OOM killer, an
+                // operator's kill, or `end_connections`): say which connection it was.
+                let sig = libc::WTERMSIG(status);
+                let name = nix::sys::signal::Signal::try_from(sig)
+                    .map_or_else(|_| format!("signal-{sig}"), |s| s.as_str().to_string());
+                log!(
+                    "client={} listen={} outcome=reset error={name} (connection process killed)",
+                    conn.peer,
+                    conn.route.mapping.bind.port()
+                );
+            }
+            self.release(&conn);
+        }
+    }
+
+    fn log_stats(&self) {
+        let totals = self.launcher.totals();
+        log!(
+            "{}",
+            self.stats.line(
+                self.children.len(),
+                self.waiting.len(),
+                totals.c2s.load(Ordering::Relaxed),
+                totals.s2c.load(Ordering::Relaxed),
+            )
+        );
+    }
+}

@@ -1,0 +1,72 @@
+//! What an epoll event is about: the [`Token`] stored in the event's 64-bit data. Main process.
+
+use std::os::fd::RawFd;
+
+/// The source of an epoll event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Token {
+    /// The signal self-pipe.
+    Signals,
+    /// The hand-off eventfd: connection processes left the shared descriptor table.
+    Handoff,
+    /// A listener, by its slot in the loop's list (slots are never reused).
+    Listener(usize),
+    /// An accepted socket waiting for its first byte, by its descriptor.
+    Waiting(RawFd),
+}
+
+const SIGNALS: u64 = u64::MAX;
+const HANDOFF: u64 = u64::MAX - 1;
+/// Listeners from here up; descriptors (below 2^31) below it.
+const LISTENER_BASE: u64 = 1 << 40;
+
+impl Token {
+    /// The event data for this token.
+    pub(crate) fn encode(self) -> u64 {
+        match self {
+            Token::Signals => SIGNALS,
+            Token::Handoff => HANDOFF,
+            Token::Listener(slot) => LISTENER_BASE + slot as u64,
+            Token::Waiting(fd) => {
+                debug_assert!(fd >= 0);
+                fd as u64
+            }
+        }
+    }
+
+    /// The token an event's data was made from.
+    pub(crate) fn decode(data: u64) -> Token {
+        match data {
+            SIGNALS => Token::Signals,
+            HANDOFF => Token::Handoff,
+            d if d >= LISTENER_BASE => Token::Listener((d - LISTENER_BASE) as usize),
+            d => Token::Waiting(d as RawFd),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_token_comes_back_as_it_went() {
+        let tokens = [
+            Token::Signals,
+            Token::Handoff,
+            Token::Listener(0),
+            Token::Listener(7),
+            Token::Listener(1 << 20),
+            Token::Waiting(0),
+            Token::Waiting(3),
+            Token::Waiting(RawFd::MAX),
+        ];
+        for t in tokens {
+            assert_eq!(Token::decode(t.encode()), t, "{t:?}");
+        }
+        let data: Vec<u64> = tokens.iter().map(|t| t.encode()).collect();
+        for (i, a) in data.iter().enumerate() {
+            assert!(!data[i + 1..].contains(a), "two tokens share {a}");
+        }
+    }
+}

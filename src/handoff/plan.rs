@@ -1,0 +1,110 @@
+//! The [`Plan`] a connection process runs on: everything it needs, prepared by the main process
+//! before the fork as plain `Copy` data (no heap, no references but into shared pages), so that it
+//! can be copied whole into the launch pad the child starts from. Built in the main process, read
+//! in the connection process after fork; the connection's log line is completed from it on either
+//! side (by the child, or by the main process when the fork failed).
+
+use crate::conn::Outcome;
+use crate::handoff::fork_fds::Ticket;
+use crate::log::Line;
+use crate::sys::{self, SharedPage, SharedZeroed};
+use crate::target::{MAX_TARGETS, Target};
+use nix::errno::Errno;
+use std::fmt::Write as _;
+use std::os::fd::RawFd;
+use std::sync::atomic::AtomicU64;
+
+/// Inward addresses, tried in order, by value.
+#[derive(Clone, Copy)]
+pub(crate) struct Targets([Option<Target>; MAX_TARGETS]);
+
+impl Targets {
+    pub(crate) fn new(targets: &[Target]) -> Targets {
+        let mut slots = [None; MAX_TARGETS];
+        for (slot, target) in slots.iter_mut().zip(targets) {
+            *slot = Some(*target);
+        }
+        Targets(slots)
+    }
+
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &Target> {
+        self.0.iter().flatten()
+    }
+}
+
+/// What a connection process needs, prepared by the main process before it forks.
+#[derive(Clone, Copy)]
+pub(crate) struct Plan {
+    /// The client socket's descriptor number in the child: its hand-off slot, set by `hand_off`
+    /// (the main process's own descriptor for it stays with the caller, who closes it after the
+    /// fork).
+    pub(crate) client: RawFd,
+    /// How the child leaves the main process's descriptor table; set by `hand_off`.
+    pub(crate) ticket: Option<Ticket>,
+    pub(crate) targets: Targets,
+    pub(crate) connect_timeout_ms: u64,
+    /// `client=... listen=...`: the middle of the connection's log line.
+    pub(crate) line: Line,
+    /// `CLOCK_MONOTONIC` ms when the client was accepted, for the logged duration.
+    pub(crate) accepted_ms: u64,
+    /// Close the connection after this long without a byte either way (0: never).
+    pub(crate) idle_timeout_ms: u64,
+    /// TCP keepalive idle seconds on both legs (0: off).
+    pub(crate) keepalive_secs: u32,
+    /// Process-wide byte counters, shared with the main process.
+    pub(crate) totals: SharedPage<Totals>,
+}
+
+/// Byte counters in a `MAP_SHARED` page made by the main process before any fork: each connection
+/// process adds its totals when it ends, and the main process reads them for the stats line.
+#[repr(C)]
+#[derive(Default)]
+pub(crate) struct Totals {
+    pub(crate) c2s: AtomicU64,
+    pub(crate) s2c: AtomicU64,
+}
+
+// SAFETY: two atomics, valid when zero.
+unsafe impl SharedZeroed for Totals {}
+
+impl Plan {
+    /// Formats the middle of a connection's log line (`client=... listen=...`), in the parent.
+    pub(crate) fn describe(peer: &std::net::SocketAddr, listen_port: u16) -> Line {
+        let mut line = Line::new();
+        let _ = write!(line, "client={peer} listen={listen_port}");
+        line
+    }
+
+    /// A connection's log line up to its target: `ts=... portfwd[PID]: client=... listen=...`.
+    pub(crate) fn line_start(&self) -> Line {
+        let mut line = Line::stamped();
+        line.push(b" ").push(self.line.as_bytes());
+        line
+    }
+
+    /// The target named in the log line of a connection that never reached one.
+    pub(crate) fn first_target_label(&self) -> &[u8] {
+        self.targets.iter().next().map_or("-", Target::label).as_bytes()
+    }
+
+    /// Completes and writes a connection's log line:
+    /// `... client=ADDR listen=PORT target=ADDR c2s=N s2c=N ms=N outcome=WORD [error=ERRNO]`.
+    /// Async-signal-safe: no allocation, one `write(2)`.
+    pub(crate) fn log_end(&self, line: &mut Line, c2s: u64, s2c: u64, outcome: Outcome, error: Option<Errno>) {
+        line.key("c2s").num(c2s).key("s2c").num(s2c);
+        line.key("ms").num(sys::monotonic_ms().saturating_sub(self.accepted_ms));
+        line.key("outcome").push(outcome.name().as_bytes());
+        if let Some(e) = error {
+            // Errno's Debug is its symbolic name; formatting into the fixed buffer does not allocate.
+            let _ = write!(line.key("error"), "{e:?}");
+        }
+        line.emit();
+    }
+
+    /// Logs a connection that never reached a target (its process or its fork failed).
+    pub(crate) fn log_unconnected(&self, outcome: Outcome, error: Errno) {
+        let mut line = self.line_start();
+        line.key("target").push(self.first_target_label());
+        self.log_end(&mut line, 0, 0, outcome, Some(error));
+    }
+}
