@@ -11,6 +11,7 @@ use std::path::PathBuf;
 #[command(
     name = "portfwd",
     version,
+    override_usage = "portfwd [OPTIONS] PORT HOSTNAME HOST_PORT\n       portfwd [OPTIONS] PORT HOST:PORT\n       portfwd [OPTIONS] --config FILE\n       portfwd --check-config FILE",
     about = "Forward TCP connections from a local port to HOSTNAME:HOST_PORT, one process per connection.",
     after_help = "Each connection is handed to its own process when the client first sends (--dispatch data),\n\
                   or at once (--dispatch accept, for protocols where the server speaks first: SMTP, FTP,\n\
@@ -21,15 +22,16 @@ use std::path::PathBuf;
 )]
 pub struct Cli {
     /// Port to listen on (1-65535).
-    #[arg(value_name = "PORT", value_parser = parse_port, required_unless_present_any = ["config", "check_config"])]
+    #[arg(value_name = "PORT", value_parser = parse_port, required_unless_present_any = ["config", "check_config", "completions", "man"])]
     pub port: Option<u16>,
 
     /// Inward host: a name, an IPv4 address, or an IPv6 address (brackets optional).
-    #[arg(value_name = "HOSTNAME", required_unless_present_any = ["config", "check_config"])]
+    #[arg(value_name = "HOSTNAME", required_unless_present_any = ["config", "check_config", "completions", "man"])]
     pub hostname: Option<String>,
 
-    /// Inward port (1-65535).
-    #[arg(value_name = "HOST_PORT", value_parser = parse_port, required_unless_present_any = ["config", "check_config"])]
+    /// Inward port (1-65535). May be left out when HOSTNAME is written `HOST:PORT` (`[::1]:PORT`
+    /// for IPv6).
+    #[arg(value_name = "HOST_PORT", value_parser = parse_port)]
     pub host_port: Option<u16>,
 
     /// Run every mapping of FILE (lines like `7005 -> 127.0.0.1:8005`) in this one process.
@@ -70,7 +72,7 @@ pub struct Cli {
     #[arg(long, value_name = "SECS", value_parser = checked(options::parse_secs_or_off))]
     pub idle_timeout: Option<String>,
 
-    /// TCP keepalive on both legs: probes after SECS of silence, or `off` [default: 60].
+    /// TCP keepalive on both legs: probes after SECS of silence, or `off` (or `0`) [default: 60].
     #[arg(long, value_name = "SECS", value_parser = checked(options::parse_keepalive))]
     pub keepalive: Option<String>,
 
@@ -110,10 +112,22 @@ pub struct Cli {
     #[arg(short, long)]
     pub verbose: bool,
 
+    /// Print a completion script for SHELL on stdout and exit.
+    #[arg(long, value_name = "SHELL", help_heading = "Packaging", exclusive = true)]
+    pub completions: Option<clap_complete::Shell>,
+
+    /// Print the manual page (roff) on stdout and exit.
+    #[arg(long, help_heading = "Packaging", exclusive = true)]
+    pub man: bool,
+
     /// Access rules in command-line order (filled from --allow/--deny after parsing).
     #[arg(skip)]
     pub rules: Vec<Rule>,
 }
+
+/// The two forms of the command line, shown after an argument error so a user who swapped or
+/// left out an argument sees what was expected.
+const EXPECTED: &str = "expected: portfwd [OPTIONS] PORT HOSTNAME HOST_PORT, or portfwd [OPTIONS] --config FILE";
 
 /// Wraps a parser so that clap validates with it but keeps the text (applied later through
 /// `Options::set`, the same path a config line takes).
@@ -137,7 +151,41 @@ impl Cli {
         let matches = Cli::command().try_get_matches_from(args)?;
         let mut cli = Cli::from_arg_matches(&matches)?;
         cli.rules = ordered_rules(&matches);
+        cli.split_target()?;
         Ok(cli)
+    }
+
+    /// Accepts the socat-style target `HOST:PORT` (or `[ADDR]:PORT`) in place of `HOSTNAME
+    /// HOST_PORT`, where it cannot be read two ways: a bare IPv6 address has colons of its own, so
+    /// it needs brackets to carry a port.
+    fn split_target(&mut self) -> Result<(), clap::Error> {
+        if self.host_port.is_some() || self.port.is_none() {
+            return Ok(());
+        }
+        let missing = |detail: &str| {
+            Cli::command().error(
+                clap::error::ErrorKind::MissingRequiredArgument,
+                format!("the following required arguments were not provided: <HOST_PORT>{detail}"),
+            )
+        };
+        let Some(host) = self.hostname.as_deref() else {
+            return Err(missing(""));
+        };
+        let (name, port) = match host.rsplit_once(':') {
+            Some((name, port)) if name.starts_with('[') && name.ends_with(']') => (name, port),
+            Some((name, port)) if !name.contains(':') && !name.is_empty() => (name, port),
+            Some(_) => return Err(missing(" (an IPv6 target with its port is written [ADDR]:PORT)")),
+            None => return Err(missing("")),
+        };
+        let port = parse_port(port).map_err(|e| {
+            Cli::command().error(
+                clap::error::ErrorKind::ValueValidation,
+                format!("invalid value '{host}' for 'HOST:PORT': {e}"),
+            )
+        })?;
+        self.hostname = Some(name.to_string());
+        self.host_port = Some(port);
+        Ok(())
     }
 
     /// The options every mapping starts from: the defaults, then these flags.
@@ -177,7 +225,8 @@ fn ordered_rules(m: &ArgMatches) -> Vec<Rule> {
     rules.into_iter().map(|(_, r)| r).collect()
 }
 
-/// Turns a clap error into the one line we print: clap's own text without usage and tips.
+/// Turns a clap error into the one line we print: clap's own message, its "did you mean" tip if
+/// it has one, and the expected form when a positional argument was wrong; never the usage block.
 pub fn one_line_error(err: &clap::Error) -> String {
     let text = err.render().to_string();
     let first: Vec<&str> = text
@@ -186,8 +235,48 @@ pub fn one_line_error(err: &clap::Error) -> String {
         .map(str::trim)
         .collect();
     let joined = first.join(" ");
-    let msg = joined.strip_prefix("error: ").unwrap_or(&joined);
+    let mut msg = joined.strip_prefix("error: ").unwrap_or(&joined).to_string();
+    // clap puts suggestions in a later paragraph: `tip: a similar argument exists: '--x'`.
+    for tip in text.lines().filter_map(|l| l.trim().strip_prefix("tip: ")) {
+        if let Some(similar) = tip.split_once("exists: ").map(|(_, s)| s) {
+            msg.push_str(&format!("; did you mean {similar}?"));
+        }
+    }
+    let positional = ["PORT", "HOSTNAME", "HOST_PORT", "HOST:PORT"].iter().any(|name| {
+        ["'{}'", "'[{}]'", "<{}>"]
+            .iter()
+            .any(|form| msg.contains(&form.replace("{}", name)))
+    });
+    if positional {
+        if let Some(bind) = misplaced_address(&msg) {
+            msg.push_str(&format!(" (to listen on {bind} only, use --bind {bind})"));
+        }
+        msg.push_str(&format!("; {EXPECTED}"));
+    }
     format!("portfwd: {msg} (see 'portfwd --help')")
+}
+
+/// `portfwd 127.0.0.1 7005 ...`: an address where the port was expected, most likely meant as
+/// the address to listen on.
+fn misplaced_address(msg: &str) -> Option<&str> {
+    let rest = msg.strip_prefix("invalid value '")?;
+    let (value, rest) = rest.split_once('\'')?;
+    let is_port_arg = rest.starts_with(" for 'PORT'") || rest.starts_with(" for '[PORT]'");
+    let is_addr = crate::target::unbracket(value).parse::<std::net::IpAddr>().is_ok();
+    (is_port_arg && is_addr).then_some(value)
+}
+
+/// `--completions SHELL` and `--man`: what to print instead of running, if either was given.
+pub fn generated_text(cli: &Cli) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    if let Some(shell) = cli.completions {
+        clap_complete::generate(shell, &mut Cli::command(), "portfwd", &mut out);
+    } else if cli.man {
+        clap_mangen::Man::new(Cli::command()).render(&mut out).ok()?;
+    } else {
+        return None;
+    }
+    Some(out)
 }
 
 #[cfg(test)]
@@ -260,5 +349,60 @@ mod tests {
                 .unwrap_err()
                 .contains("greater than 0")
         );
+    }
+
+    #[test]
+    fn a_mistyped_flag_gets_a_suggestion() {
+        let err = parse(&["--max-conections", "5", "1", "h", "2"]).unwrap_err();
+        assert!(err.contains("did you mean '--max-connections'?"), "{err}");
+        assert!(!err.contains('\n'), "{err}");
+    }
+
+    #[test]
+    fn positional_mistakes_show_the_expected_form() {
+        let err = parse(&["127.0.0.1", "25001", "25112"]).unwrap_err();
+        assert!(err.contains("use --bind 127.0.0.1"), "{err}");
+        assert!(
+            err.contains("expected: portfwd [OPTIONS] PORT HOSTNAME HOST_PORT"),
+            "{err}"
+        );
+        let err = parse(&["7005", "127.0.0.1"]).unwrap_err();
+        assert!(err.contains("HOST_PORT") && err.contains("expected: "), "{err}");
+        // Not a positional mistake: no usage hint.
+        let err = parse(&["1", "h", "2", "--dispatch", "later"]).unwrap_err();
+        assert!(!err.contains("expected: portfwd"), "{err}");
+    }
+
+    #[test]
+    fn the_target_may_be_written_host_colon_port() {
+        for (args, host, port) in [
+            (&["7005", "127.0.0.1:8005"][..], "127.0.0.1", 8005),
+            (&["7005", "db.internal:5432"], "db.internal", 5432),
+            (&["7005", "[::1]:8005"], "[::1]", 8005),
+            (&["7005", "::1", "8005"], "::1", 8005),
+        ] {
+            let cli = parse(args).unwrap();
+            assert_eq!(
+                (cli.hostname.as_deref(), cli.host_port),
+                (Some(host), Some(port)),
+                "{args:?}"
+            );
+        }
+        // A bare IPv6 address cannot carry a port: its colons are its own.
+        assert!(parse(&["7005", "::1:8005"]).unwrap_err().contains("[ADDR]:PORT"));
+        assert!(parse(&["7005", "h:0"]).unwrap_err().contains("1 to 65535"));
+        assert!(parse(&["7005", ":80"]).is_err());
+    }
+
+    #[test]
+    fn completions_and_man_page_come_from_the_definition() {
+        let cli = parse(&["--completions", "bash"]).unwrap();
+        let text = String::from_utf8(generated_text(&cli).unwrap()).unwrap();
+        assert!(text.contains("--max-connections") && text.contains("portfwd"), "{text}");
+        let cli = parse(&["--man"]).unwrap();
+        let text = String::from_utf8(generated_text(&cli).unwrap()).unwrap();
+        assert!(text.starts_with(".ie") && text.contains("\\-\\-dispatch"), "{text}");
+        assert!(generated_text(&parse(&["1", "h", "2"]).unwrap()).is_none());
+        assert!(parse(&["--man", "1", "h", "2"]).is_err());
     }
 }

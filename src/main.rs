@@ -16,6 +16,16 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Some(text) = cli::generated_text(&cli) {
+        use std::io::Write;
+        return match std::io::stdout().write_all(&text) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("portfwd: cannot write to stdout: {e}");
+                ExitCode::from(2)
+            }
+        };
+    }
     match portfwd::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
