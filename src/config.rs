@@ -6,8 +6,10 @@
 
 use crate::options::Options;
 use crate::target::{self, Target, parse_port};
+use std::collections::HashMap;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::Path;
 
 /// One line of the file, parsed.
 #[derive(Clone, Debug, PartialEq)]
@@ -19,6 +21,8 @@ pub struct Mapping {
     pub options: Options,
     /// 1-based line number in its file (0 for a mapping from the command line).
     pub line: usize,
+    /// Column of the listen address, for errors about it (overlaps, a port that cannot be bound).
+    bind_col: usize,
     /// Column of the target, for resolution errors.
     target_col: usize,
 }
@@ -31,6 +35,7 @@ impl Mapping {
             port,
             options,
             line: 0,
+            bind_col: 0,
             target_col: 0,
         }
     }
@@ -56,7 +61,19 @@ impl Mapping {
         out
     }
 
-    /// Two listeners on these addresses could not both bind.
+    /// A problem with this mapping's listen address, located at its line and column: what a reload
+    /// reports for a port that cannot be bound (`error.located(path)`).
+    pub fn bind_error(&self, message: String) -> Error {
+        Error {
+            line: self.line,
+            col: self.bind_col,
+            message,
+        }
+    }
+
+    /// Two listeners on these addresses could not both bind: the rule [`Taken`] applies in one
+    /// lookup, kept as its specification.
+    #[cfg(test)]
     fn overlaps(&self, other: &Mapping) -> bool {
         self.bind.port() == other.bind.port()
             && (self.bind.ip() == other.bind.ip()
@@ -79,10 +96,73 @@ impl fmt::Display for Error {
     }
 }
 
+impl Error {
+    /// `FILE:LINE:COL: message`.
+    pub fn located(&self, path: impl AsRef<Path>) -> String {
+        format!("{}:{self}", path.as_ref().display())
+    }
+}
+
+/// The listen addresses of the lines kept so far, for the overlap check in one lookup per line:
+/// equal addresses overlap, `[::]` (dual-stack) overlaps every address on its port, `0.0.0.0`
+/// every IPv4 address on its port. Values are indices of mappings, so the smallest is the
+/// earliest line.
+#[derive(Default)]
+struct Taken {
+    exact: HashMap<(IpAddr, u16), usize>,
+    ports: HashMap<u16, PortUse>,
+}
+
+/// The earliest line of each kind on one port.
+#[derive(Default)]
+struct PortUse {
+    any: Option<usize>,
+    any_ipv4: Option<usize>,
+    ipv4_wildcard: Option<usize>,
+    ipv6_wildcard: Option<usize>,
+}
+
+impl Taken {
+    /// The earliest kept line that `bind` overlaps.
+    fn overlapped(&self, bind: SocketAddr) -> Option<usize> {
+        let exact = self.exact.get(&(bind.ip(), bind.port())).copied();
+        let Some(port) = self.ports.get(&bind.port()) else {
+            return exact;
+        };
+        let ip = bind.ip();
+        let candidates = match (ip.is_ipv4(), ip.is_unspecified()) {
+            (false, true) => [port.any, None, None],
+            (true, true) => [port.any_ipv4, port.ipv6_wildcard, None],
+            (true, false) => [exact, port.ipv4_wildcard, port.ipv6_wildcard],
+            (false, false) => [exact, port.ipv6_wildcard, None],
+        };
+        candidates.into_iter().flatten().min()
+    }
+
+    fn insert(&mut self, bind: SocketAddr, index: usize) {
+        self.exact.entry((bind.ip(), bind.port())).or_insert(index);
+        let port = self.ports.entry(bind.port()).or_default();
+        port.any.get_or_insert(index);
+        let ip = bind.ip();
+        if ip.is_ipv4() {
+            port.any_ipv4.get_or_insert(index);
+        }
+        if ip.is_unspecified() {
+            let wildcard = if ip.is_ipv4() {
+                &mut port.ipv4_wildcard
+            } else {
+                &mut port.ipv6_wildcard
+            };
+            wildcard.get_or_insert(index);
+        }
+    }
+}
+
 /// Parses a whole file's text. `defaults` are the options a line starts from (the command line's).
 /// Does not resolve host names; see [`resolve`].
 pub fn parse(text: &str, defaults: &Options) -> Result<Vec<Mapping>, Vec<Error>> {
     let mut mappings: Vec<Mapping> = Vec::new();
+    let mut taken = Taken::default();
     let mut errors = Vec::new();
     for (i, raw) in text.lines().enumerate() {
         let line = i + 1;
@@ -90,14 +170,11 @@ pub fn parse(text: &str, defaults: &Options) -> Result<Vec<Mapping>, Vec<Error>>
             Ok(None) => {}
             Ok(Some(mut m)) => {
                 m.line = line;
-                if let Some(prev) = mappings.iter().find(|p| p.overlaps(&m)) {
-                    let col = raw.len() - raw.trim_start().len() + 1;
-                    errors.push(Error {
-                        line,
-                        col,
-                        message: format!("{} is already used by line {} ({})", m.bind, prev.line, prev.bind),
-                    });
+                if let Some(prev) = taken.overlapped(m.bind).map(|i| &mappings[i]) {
+                    let message = format!("{} is already used by line {} ({})", m.bind, prev.line, prev.bind);
+                    errors.push(m.bind_error(message));
                 } else {
+                    taken.insert(m.bind, mappings.len());
                     mappings.push(m);
                 }
             }
@@ -128,12 +205,7 @@ pub fn resolve(mappings: &[Mapping]) -> Result<Vec<Vec<Target>>, Vec<Error>> {
 /// line.
 pub fn load(path: &str, defaults: &Options) -> Result<(Vec<Mapping>, Vec<Vec<Target>>), String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"))?;
-    let located = |errs: Vec<Error>| {
-        errs.iter()
-            .map(|e| format!("{path}:{e}"))
-            .collect::<Vec<_>>()
-            .join("\n")
-    };
+    let located = |errs: Vec<Error>| errs.iter().map(|e| e.located(path)).collect::<Vec<_>>().join("\n");
     let mappings = parse(&text, defaults).map_err(located)?;
     if mappings.is_empty() {
         return Err(format!(
@@ -179,8 +251,8 @@ fn parse_line(raw: &str, defaults: &Options) -> LineResult {
         ));
     };
     let left = words(&text[..arrow], 1);
-    let bind = match left.as_slice() {
-        [(col, word)] => parse_bind(word).map_err(|m| (*col, m))?,
+    let (bind_col, bind) = match left.as_slice() {
+        [(col, word)] => (*col, parse_bind(word).map_err(|m| (*col, m))?),
         [] => return Err((first_col, "missing listen port before '->'".into())),
         [_, (col, word), ..] => return Err((*col, format!("unexpected '{word}' before '->'"))),
     };
@@ -203,6 +275,7 @@ fn parse_line(raw: &str, defaults: &Options) -> LineResult {
         port,
         options,
         line: 0,
+        bind_col,
         target_col,
     }))
 }
@@ -340,6 +413,23 @@ mod tests {
     }
 
     #[test]
+    fn a_hundred_thousand_mappings_parse_and_check() {
+        // Distinct listen addresses on every port: 127.0.X.1 for X = 0, 1. Then a line that
+        // overlaps the very first one.
+        let mut text: String = (0..100_000)
+            .map(|i| format!("127.0.{}.1:{} -> 127.0.0.1:80\n", i / 60_000, 1 + i % 60_000))
+            .collect();
+        let m = parse(&text, &Options::default()).unwrap();
+        assert_eq!(m.len(), 100_000);
+        assert_eq!(resolve(&m).unwrap().len(), 100_000);
+        text.push_str("0.0.0.0:1 -> 127.0.0.1:80\n");
+        assert_eq!(
+            errs(&text),
+            ["100001:1: 0.0.0.0:1 is already used by line 1 (127.0.0.1:1)"]
+        );
+    }
+
+    #[test]
     fn the_shipped_setup_config_is_valid() {
         let text = include_str!("../setup.config");
         let m = parse(text, &Options::default()).unwrap();
@@ -375,6 +465,50 @@ mod properties {
             any::<String>(),
         ];
         proptest::collection::vec(piece, 0..12).prop_map(|p| p.concat())
+    }
+
+    /// Listen addresses on a few ports: wildcards of both families, specific and IPv4-mapped ones.
+    fn bind() -> impl Strategy<Value = String> {
+        let addr = prop::sample::select(vec![
+            "",
+            "0.0.0.0:",
+            "127.0.0.1:",
+            "127.0.0.2:",
+            "[::]:",
+            "[::1]:",
+            "[::ffff:127.0.0.1]:",
+            "[::ffff:0.0.0.0]:",
+        ]);
+        (addr, 1u16..=3).prop_map(|(a, p)| format!("{a}{p}"))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+        #[test]
+        fn the_overlap_check_is_the_pairwise_rule(binds in proptest::collection::vec(bind(), 0..12)) {
+            // Reference: every line against each earlier line that was kept, naming the first that
+            // overlaps (what the check did pairwise before it was made linear).
+            let mut kept: Vec<Mapping> = Vec::new();
+            let mut expected = Vec::new();
+            for (i, b) in binds.iter().enumerate() {
+                let mut m = parse_line(&format!("{b} -> h:1"), &Options::default()).unwrap().unwrap();
+                m.line = i + 1;
+                match kept.iter().find(|p| p.overlaps(&m)) {
+                    Some(p) => expected.push(format!("{}:1: {} is already used by line {} ({})", m.line, m.bind, p.line, p.bind)),
+                    None => kept.push(m),
+                }
+            }
+            let text: Vec<String> = binds.iter().map(|b| format!("{b} -> h:1")).collect();
+            let got: Vec<String> = match parse(&text.join("\n"), &Options::default()) {
+                Ok(m) => {
+                    prop_assert_eq!(m.len(), kept.len());
+                    Vec::new()
+                }
+                Err(e) => e.iter().map(Error::to_string).collect(),
+            };
+            prop_assert_eq!(got, expected);
+        }
     }
 
     proptest! {
