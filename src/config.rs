@@ -8,8 +8,14 @@ use crate::options::Options;
 use crate::target::{self, Target, parse_port};
 use std::collections::HashMap;
 use std::fmt;
+use std::io::Read;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::Path;
+
+/// The largest file read: far above any real one (100,000 mappings take about 3 MiB), and a bound
+/// on memory when the path names something huge.
+pub const MAX_FILE_BYTES: usize = 16 << 20;
 
 /// One line of the file, parsed.
 #[derive(Clone, Debug, PartialEq)]
@@ -99,7 +105,7 @@ impl fmt::Display for Error {
 impl Error {
     /// `FILE:LINE:COL: message`.
     pub fn located(&self, path: impl AsRef<Path>) -> String {
-        format!("{}:{self}", path.as_ref().display())
+        format!("{}:{self}", shown_path(path.as_ref()))
     }
 }
 
@@ -202,18 +208,82 @@ pub fn resolve(mappings: &[Mapping]) -> Result<Vec<Vec<Target>>, Vec<Error>> {
 }
 
 /// Reads, parses and resolves a file. Errors come back as text, one `FILE:LINE:COL: message` per
-/// line.
-pub fn load(path: &str, defaults: &Options) -> Result<(Vec<Mapping>, Vec<Vec<Target>>), String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"))?;
+/// line (or one `FILE: message` line for a file that cannot be read as text).
+pub fn load(path: impl AsRef<Path>, defaults: &Options) -> Result<(Vec<Mapping>, Vec<Vec<Target>>), String> {
+    let path = path.as_ref();
+    let text = read(path)?;
     let located = |errs: Vec<Error>| errs.iter().map(|e| e.located(path)).collect::<Vec<_>>().join("\n");
     let mappings = parse(&text, defaults).map_err(located)?;
     if mappings.is_empty() {
         return Err(format!(
-            "{path}: no mappings (expected lines like '7005 -> 127.0.0.1:8005')"
+            "{}: no mappings (expected lines like '7005 -> 127.0.0.1:8005')",
+            shown_path(path)
         ));
     }
     let targets = resolve(&mappings).map_err(located)?;
     Ok((mappings, targets))
+}
+
+/// Reads a file as text: a regular file (a FIFO would block, a device never end) of at most
+/// [`MAX_FILE_BYTES`], in UTF-8.
+pub fn read(path: &Path) -> Result<String, String> {
+    let name = shown_path(path);
+    // Non-blocking, so that opening a FIFO does not wait for a writer; no effect on a regular file.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| format!("{name}: {e}"))?;
+    let kind = file.metadata().map_err(|e| format!("{name}: {e}"))?.file_type();
+    if !kind.is_file() {
+        let what = if kind.is_dir() {
+            "a directory"
+        } else if kind.is_fifo() {
+            "a FIFO"
+        } else if kind.is_char_device() {
+            "a character device"
+        } else if kind.is_block_device() {
+            "a block device"
+        } else {
+            "a socket"
+        };
+        return Err(format!("{name}: not a regular file ({what})"));
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_FILE_BYTES as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("{name}: {e}"))?;
+    if bytes.len() > MAX_FILE_BYTES {
+        return Err(format!(
+            "{name}: larger than {} MiB, the limit for a configuration file",
+            MAX_FILE_BYTES >> 20
+        ));
+    }
+    decode(bytes).map_err(|e| format!("{name}:{e}"))
+}
+
+/// The file's bytes as text, or where the first byte that is not UTF-8 is (columns count bytes,
+/// as they do for every error).
+fn decode(bytes: Vec<u8>) -> Result<String, Error> {
+    String::from_utf8(bytes).map_err(|e| {
+        let bytes = e.as_bytes();
+        let bad = e.utf8_error().valid_up_to();
+        let before = &bytes[..bad];
+        let line_start = before.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+        Error {
+            line: before.iter().filter(|&&b| b == b'\n').count() + 1,
+            col: before.len() - line_start + 1,
+            message: format!(
+                "invalid UTF-8 (byte \\x{:02x}): the file must be UTF-8 text",
+                bytes[bad]
+            ),
+        }
+    })
+}
+
+/// The path as messages name it.
+fn shown_path(path: &Path) -> String {
+    path.display().to_string()
 }
 
 /// Splits a string into whitespace-separated words with their 1-based columns.
@@ -410,6 +480,103 @@ mod tests {
         assert_eq!(e.len(), 1);
         assert_eq!((e[0].line, e[0].col), (2, 8));
         assert!(e[0].message.contains("no-such-host.invalid"));
+    }
+
+    /// A fresh directory for one test's files (removed again by the test when it passes).
+    fn scratch(name: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("portfwd-config-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    fn load_err(path: &std::path::Path) -> String {
+        load(path.to_str().unwrap(), &Options::default()).unwrap_err()
+    }
+
+    #[test]
+    fn invalid_utf8_is_located_at_its_first_bad_byte() {
+        let dir = scratch("utf8");
+        let file = dir.join("latin1.config");
+        std::fs::write(&file, b"7005 -> 127.0.0.1:8005\n7006 -> caf\xe9:80 # \xff\n").unwrap();
+        let f = file.display();
+        assert_eq!(
+            load_err(&file),
+            format!("{f}:2:12: invalid UTF-8 (byte \\xe9): the file must be UTF-8 text")
+        );
+        // A bad byte first on line 1, and a truncated sequence at the very end.
+        std::fs::write(&file, b"\x80").unwrap();
+        assert!(load_err(&file).starts_with(&format!("{f}:1:1: invalid UTF-8 (byte \\x80)")));
+        std::fs::write(&file, b"1 -> h:1\n\n  \xe2\x82").unwrap();
+        assert!(load_err(&file).starts_with(&format!("{f}:3:3: invalid UTF-8 (byte \\xe2)")));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn only_regular_files_are_read() {
+        let dir = scratch("special");
+        let fifo = dir.join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        // Before the fix the open blocked until a writer came: wait a bounded time, then unblock it.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let path = fifo.to_str().unwrap().to_string();
+        let reader = std::thread::spawn(move || tx.send(load(&path, &Options::default())).unwrap());
+        let got = rx.recv_timeout(std::time::Duration::from_secs(10));
+        if got.is_err() {
+            drop(std::fs::OpenOptions::new().write(true).open(&fifo));
+        }
+        reader.join().unwrap();
+        let f = fifo.display();
+        assert_eq!(
+            got.expect("a FIFO blocked the read").unwrap_err(),
+            format!("{f}: not a regular file (a FIFO)")
+        );
+        assert_eq!(
+            load_err(&dir),
+            format!("{}: not a regular file (a directory)", dir.display())
+        );
+        assert_eq!(
+            load_err("/dev/zero".as_ref()),
+            "/dev/zero: not a regular file (a character device)"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_file_name_that_is_not_utf8_is_opened() {
+        use std::os::unix::ffi::OsStrExt;
+        let dir = scratch("name");
+        let file = dir.join(std::ffi::OsStr::from_bytes(b"caf\xe9.config"));
+        std::fs::write(&file, "7005 -> 127.0.0.1:8005\n").unwrap();
+        assert_eq!(load(&file, &Options::default()).unwrap().0.len(), 1);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn files_over_the_size_cap_are_refused() {
+        let dir = scratch("cap");
+        let file = dir.join("big.config");
+        const CAP: usize = 16 << 20;
+        assert_eq!(CAP, MAX_FILE_BYTES, "the documented cap");
+        let line = "7005 -> 127.0.0.1:8005\n";
+        let mut text = line.to_string();
+        text.push_str(&" ".repeat(CAP - line.len() - 1));
+        text.push('\n');
+        std::fs::write(&file, &text).unwrap();
+        assert!(
+            load(file.to_str().unwrap(), &Options::default()).is_ok(),
+            "exactly the cap is read"
+        );
+        text.insert(0, '\n');
+        std::fs::write(&file, &text).unwrap();
+        assert_eq!(
+            load_err(&file),
+            format!(
+                "{}: larger than 16 MiB, the limit for a configuration file",
+                file.display()
+            )
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
