@@ -167,6 +167,8 @@ impl Taken {
 /// Parses a whole file's text. `defaults` are the options a line starts from (the command line's).
 /// Does not resolve host names; see [`resolve`].
 pub fn parse(text: &str, defaults: &Options) -> Result<Vec<Mapping>, Vec<Error>> {
+    // A byte order mark is not part of line 1 (editors on Windows write one).
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let mut mappings: Vec<Mapping> = Vec::new();
     let mut taken = Taken::default();
     let mut errors = Vec::new();
@@ -263,12 +265,13 @@ pub fn read(path: &Path) -> Result<String, String> {
 }
 
 /// The file's bytes as text, or where the first byte that is not UTF-8 is (columns count bytes,
-/// as they do for every error).
+/// as they do for every error, from after a byte order mark on line 1).
 fn decode(bytes: Vec<u8>) -> Result<String, Error> {
     String::from_utf8(bytes).map_err(|e| {
         let bytes = e.as_bytes();
         let bad = e.utf8_error().valid_up_to();
-        let before = &bytes[..bad];
+        let start = if bytes.starts_with(b"\xef\xbb\xbf") { 3 } else { 0 };
+        let before = &bytes[start..bad];
         let line_start = before.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
         Error {
             line: before.iter().filter(|&&b| b == b'\n').count() + 1,
@@ -509,7 +512,21 @@ mod tests {
         assert!(load_err(&file).starts_with(&format!("{f}:1:1: invalid UTF-8 (byte \\x80)")));
         std::fs::write(&file, b"1 -> h:1\n\n  \xe2\x82").unwrap();
         assert!(load_err(&file).starts_with(&format!("{f}:3:3: invalid UTF-8 (byte \\xe2)")));
+        // Columns of line 1 count from after a byte order mark.
+        std::fs::write(&file, b"\xef\xbb\xbf12\xff").unwrap();
+        assert!(load_err(&file).starts_with(&format!("{f}:1:3: invalid UTF-8 (byte \\xff)")));
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_leading_byte_order_mark_is_ignored() {
+        let m = parse("\u{feff}7005 -> 127.0.0.1:8005\n", &Options::default()).unwrap();
+        assert_eq!(m[0].canonical(), "[::]:7005 -> 127.0.0.1:8005");
+        // Columns of line 1 count from after the mark, as an editor shows them.
+        assert_eq!(
+            errs("\u{feff}  0 -> h:1"),
+            ["1:3: invalid port '0': must be from 1 to 65535"]
+        );
     }
 
     #[test]
