@@ -3,6 +3,7 @@
 //! per-line options (`dispatch=accept`, see `options`).
 //!
 //! Every error of the file is reported at once as `FILE:LINE:COL: message`, and nothing starts.
+//! Words of the file that a message echoes are cut and escaped (see [`shown`]).
 
 use crate::options::Options;
 use crate::target::{self, Target, parse_port};
@@ -16,6 +17,9 @@ use std::path::Path;
 /// The largest file read: far above any real one (100,000 mappings take about 3 MiB), and a bound
 /// on memory when the path names something huge.
 pub const MAX_FILE_BYTES: usize = 16 << 20;
+
+/// How many characters of a word a message echoes; the rest is shown as `…`.
+const SHOWN_CHARS: usize = 64;
 
 /// One line of the file, parsed.
 #[derive(Clone, Debug, PartialEq)]
@@ -186,7 +190,11 @@ pub fn parse(text: &str, defaults: &Options) -> Result<Vec<Mapping>, Vec<Error>>
                     mappings.push(m);
                 }
             }
-            Err((col, message)) => errors.push(Error { line, col, message }),
+            Err((col, message)) => errors.push(Error {
+                line,
+                col,
+                message: escaped(&message),
+            }),
         }
     }
     if errors.is_empty() { Ok(mappings) } else { Err(errors) }
@@ -197,12 +205,12 @@ pub fn resolve(mappings: &[Mapping]) -> Result<Vec<Vec<Target>>, Vec<Error>> {
     let mut out = Vec::new();
     let mut errors = Vec::new();
     for m in mappings {
-        match target::resolve_targets(&m.host, m.port) {
+        match echoing(target::resolve_targets(&m.host, m.port), &m.host) {
             Ok(t) => out.push(t),
             Err(message) => errors.push(Error {
                 line: m.line,
                 col: m.target_col,
-                message,
+                message: escaped(&message),
             }),
         }
     }
@@ -284,9 +292,56 @@ fn decode(bytes: Vec<u8>) -> Result<String, Error> {
     })
 }
 
-/// The path as messages name it.
+/// A word of the file as a message echoes it: at most [`SHOWN_CHARS`] characters, then `…`, with
+/// control and invisible characters escaped (`\x00`, `\u{feff}`), so that a message is one short
+/// line that shows what the file holds.
+pub fn shown(word: &str) -> String {
+    let mut out = escaped(&word.chars().take(SHOWN_CHARS).collect::<String>());
+    if word.chars().nth(SHOWN_CHARS).is_some() {
+        out.push('…');
+    }
+    out
+}
+
+/// `text` with control and invisible characters escaped.
+fn escaped(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_ascii_control() {
+            out.push_str(&format!("\\x{:02x}", c as u32));
+        } else if c.is_control() || invisible(c) {
+            out.push_str(&format!("\\u{{{:x}}}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Format characters that show as nothing, or reorder the text around them (bidirectional
+/// overrides): a word holding one looks like another word.
+fn invisible(c: char) -> bool {
+    matches!(c,
+        '\u{ad}' | '\u{61c}' | '\u{180e}' | '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}'
+        | '\u{2060}'..='\u{206f}' | '\u{feff}' | '\u{fff9}'..='\u{fffb}')
+}
+
+/// The path as messages name it: whole, with control characters escaped.
 fn shown_path(path: &Path) -> String {
-    path.display().to_string()
+    escaped(&path.display().to_string())
+}
+
+/// `result` with the word `arg`, which its message quotes as `'arg'`, shown cut and escaped
+/// (for messages made elsewhere: ports, options, access rules, resolution).
+fn echoing<T>(result: Result<T, String>, arg: &str) -> Result<T, String> {
+    result.map_err(|message| {
+        let short = shown(arg);
+        if short == arg {
+            message
+        } else {
+            message.replacen(&format!("'{arg}'"), &format!("'{short}'"), 1)
+        }
+    })
 }
 
 /// Splits a string into whitespace-separated words with their 1-based columns.
@@ -327,7 +382,7 @@ fn parse_line(raw: &str, defaults: &Options) -> LineResult {
     let (bind_col, bind) = match left.as_slice() {
         [(col, word)] => (*col, parse_bind(word).map_err(|m| (*col, m))?),
         [] => return Err((first_col, "missing listen port before '->'".into())),
-        [_, (col, word), ..] => return Err((*col, format!("unexpected '{word}' before '->'"))),
+        [_, (col, word), ..] => return Err((*col, format!("unexpected '{}' before '->'", shown(word)))),
     };
     let right = words(&text[arrow + 2..], arrow + 3);
     let Some(&(target_col, target)) = right.first() else {
@@ -338,9 +393,9 @@ fn parse_line(raw: &str, defaults: &Options) -> LineResult {
     options.rules.clear();
     for &(col, word) in &right[1..] {
         let Some((key, value)) = word.split_once('=') else {
-            return Err((col, format!("expected key=value, found '{word}'")));
+            return Err((col, format!("expected key=value, found '{}'", shown(word))));
         };
-        options.set(key, value).map_err(|m| (col, m))?;
+        echoing(echoing(options.set(key, value), key), value).map_err(|m| (col, m))?;
     }
     Ok(Some(Mapping {
         bind,
@@ -356,18 +411,20 @@ fn parse_line(raw: &str, defaults: &Options) -> LineResult {
 /// `PORT`, `IPV4:PORT` or `[IPV6]:PORT`.
 fn parse_bind(word: &str) -> Result<SocketAddr, String> {
     let Some((addr, port)) = word.rsplit_once(':') else {
-        return Ok(SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), parse_port(word)?));
+        let port = echoing(parse_port(word), word)?;
+        return Ok(SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), port));
     };
-    let port = parse_port(port)?;
+    let port = echoing(parse_port(port), port)?;
     let ip: IpAddr = if let Some(v6) = addr.strip_prefix('[').and_then(|a| a.strip_suffix(']')) {
         v6.parse::<Ipv6Addr>()
-            .map_err(|_| format!("invalid IPv6 address '{v6}'"))?
+            .map_err(|_| format!("invalid IPv6 address '{}'", shown(v6)))?
             .into()
     } else if addr.contains(':') {
-        return Err(format!("IPv6 listen address needs brackets: '[{addr}]:{port}'"));
+        let fixed = shown(&format!("[{addr}]:{port}"));
+        return Err(format!("IPv6 listen address needs brackets: '{fixed}'"));
     } else {
         addr.parse::<Ipv4Addr>()
-            .map_err(|_| format!("invalid listen address '{addr}': expected an IP address"))?
+            .map_err(|_| format!("invalid listen address '{}': expected an IP address", shown(addr)))?
             .into()
     };
     Ok(SocketAddr::new(ip, port))
@@ -376,16 +433,17 @@ fn parse_bind(word: &str) -> Result<SocketAddr, String> {
 /// `HOST:PORT` or `[IPV6]:PORT`.
 fn parse_target(word: &str) -> Result<(String, u16), String> {
     let Some((host, port)) = word.rsplit_once(':') else {
-        return Err(format!("expected HOST:PORT after '->', found '{word}'"));
+        return Err(format!("expected HOST:PORT after '->', found '{}'", shown(word)));
     };
     if host.is_empty() {
-        return Err(format!("missing host in '{word}'"));
+        return Err(format!("missing host in '{}'", shown(word)));
     }
     let bare = target::unbracket(host);
     if bare == host && host.contains(':') {
-        return Err(format!("IPv6 target needs brackets: '[{host}]:{port}'"));
+        let fixed = shown(&format!("[{host}]:{port}"));
+        return Err(format!("IPv6 target needs brackets: '{fixed}'"));
     }
-    Ok((bare.to_string(), parse_port(port)?))
+    Ok((bare.to_string(), echoing(parse_port(port), port)?))
 }
 
 #[cfg(test)]
@@ -493,6 +551,11 @@ mod tests {
         dir
     }
 
+    /// The start of a message that may be huge (for assertion output).
+    fn head(text: &str) -> String {
+        text.chars().take(300).collect()
+    }
+
     fn load_err(path: &std::path::Path) -> String {
         load(path.to_str().unwrap(), &Options::default()).unwrap_err()
     }
@@ -526,6 +589,61 @@ mod tests {
         assert_eq!(
             errs("\u{feff}  0 -> h:1"),
             ["1:3: invalid port '0': must be from 1 to 65535"]
+        );
+        // Anywhere else it is not whitespace: it is shown, escaped, in the message.
+        assert_eq!(
+            errs("1 -> h:1\n\u{feff}2 -> h:1"),
+            ["2:1: invalid port '\\u{feff}2': not a number"]
+        );
+    }
+
+    #[test]
+    fn echoed_words_are_cut_and_escaped() {
+        // Far longer than what is shown (the report's was 10 MB; nothing here depends on the size).
+        let long = "x".repeat(100_000);
+        for text in [
+            format!("1 -> h:1 dispatch={long}"),
+            format!("1 -> h:1 {long}=1"),
+            format!("1 -> h:1 {long}"),
+            format!("1 -> h:1 allow={long}"),
+            format!("1 -> h:1 keepalive={long}"),
+            format!("1 -> {long}"),
+            format!("1 -> h:{long}"),
+            format!("1 -> {long}:{long}"),
+            format!("{long} -> h:1"),
+            format!("1.2.3.4:{long} -> h:1"),
+            format!("{long}:1 -> h:1"),
+            format!("[{long}]:1 -> h:1"),
+            format!("{long}:{long} -> h:1"),
+            format!("x {long} -> h:1"),
+        ] {
+            let e = errs(&text);
+            assert_eq!(e.len(), 1, "{}", head(&e[0]));
+            assert!(
+                e[0].len() < 400 && e[0].contains(&format!("{}…", "x".repeat(64))),
+                "{}",
+                head(&e[0])
+            );
+        }
+        assert_eq!(
+            errs("1 -> h:1 dispatch=a\x00b\x1b[31m\x7f\u{9b}\u{202e}"),
+            ["1:10: invalid dispatch 'a\\x00b\\x1b[31m\\x7f\\u{9b}\\u{202e}': expected 'data' or 'accept'"]
+        );
+        assert_eq!(errs("\x01 -> h:1"), ["1:1: invalid port '\\x01': not a number"]);
+        // Exactly 64 characters are shown whole.
+        let word = "y".repeat(64);
+        assert_eq!(
+            errs(&format!("1 -> h:1 dispatch={word}")),
+            [format!("1:10: invalid dispatch '{word}': expected 'data' or 'accept'")]
+        );
+        // A host that does not resolve is echoed the same way.
+        let m = parse(&format!("1 -> a\x07{long}:1"), &Options::default()).unwrap();
+        let e = resolve(&m).unwrap_err();
+        assert!(
+            e[0].message
+                .starts_with(&format!("cannot resolve host 'a\\x07{}…'", "x".repeat(62))),
+            "{}",
+            head(&e[0].message)
         );
     }
 
@@ -647,6 +765,8 @@ mod properties {
             "[0-9]{1,6}",
             "[a-z]{1,8}",
             any::<String>(),
+            // Control characters and invisible ones, which `any::<String>()` never yields.
+            "[\\x00-\\x08\\x0e-\\x1f\\x7f\\u{80}-\\u{84}\\u{86}-\\u{9f}\\u{200b}\\u{202e}\\u{feff}]{1,3}",
         ];
         proptest::collection::vec(piece, 0..12).prop_map(|p| p.concat())
     }
@@ -713,6 +833,8 @@ mod properties {
                     for e in errors {
                         prop_assert!(e.line >= 1 && e.col >= 1, "{e}");
                         prop_assert!(!e.message.is_empty());
+                        // Words are echoed escaped: nothing that a terminal would act on.
+                        prop_assert!(!e.message.chars().any(|c| c.is_control() || invisible(c)), "{e:?}");
                     }
                 }
             }
