@@ -752,6 +752,17 @@ mod tests {
     }
 
     #[test]
+    fn a_listen_address_error_is_located_at_its_column() {
+        // What a reload reports when a new line's port cannot be bound.
+        let m = parse("7 -> h:1\n  127.0.0.1:8 -> h:1", &Options::default()).unwrap();
+        let e = m[1].bind_error("cannot listen on 127.0.0.1:8: Address in use".into());
+        assert_eq!(
+            e.located("/etc/p\n.config"),
+            "/etc/p\\x0a.config:2:3: cannot listen on 127.0.0.1:8: Address in use"
+        );
+    }
+
+    #[test]
     fn the_shipped_setup_config_is_valid() {
         let text = include_str!("../setup.config");
         let m = parse(text, &Options::default()).unwrap();
