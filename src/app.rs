@@ -69,7 +69,7 @@ pub fn lean_malloc() {
 
 /// `--check-config FILE`: prints each mapping as a canonical line.
 pub fn check_config(path: &std::path::Path, base: &Options) -> Result<(), StartError> {
-    let (mappings, _) = config::load(&path.display().to_string(), base).map_err(StartError::Located)?;
+    let (mappings, _) = config::load(path, base).map_err(StartError::Located)?;
     for m in &mappings {
         println!("{}", m.canonical());
     }
@@ -79,7 +79,7 @@ pub fn check_config(path: &std::path::Path, base: &Options) -> Result<(), StartE
 /// The mappings to serve, from `--config` or from the positional arguments, with their targets.
 fn mappings(cli: &Cli, base: &Options) -> Result<(Vec<Mapping>, Vec<Vec<Target>>), StartError> {
     if let Some(path) = &cli.config {
-        return config::load(&path.display().to_string(), base).map_err(StartError::Located);
+        return config::load(path, base).map_err(StartError::Located);
     }
     let (port, host, host_port) = match (cli.port, &cli.hostname, cli.host_port) {
         (Some(p), Some(h), Some(hp)) => (p, h, hp),

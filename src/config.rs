@@ -3,11 +3,23 @@
 //! per-line options (`dispatch=accept`, see `options`).
 //!
 //! Every error of the file is reported at once as `FILE:LINE:COL: message`, and nothing starts.
+//! Words of the file that a message echoes are cut and escaped (see [`shown`]).
 
 use crate::options::Options;
 use crate::target::{self, Target, parse_port};
+use std::collections::HashMap;
 use std::fmt;
+use std::io::Read;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::path::Path;
+
+/// The largest file read: far above any real one (100,000 mappings take about 3 MiB), and a bound
+/// on memory when the path names something huge.
+pub const MAX_FILE_BYTES: usize = 16 << 20;
+
+/// How many characters of a word a message echoes; the rest is shown as `…`.
+const SHOWN_CHARS: usize = 64;
 
 /// One line of the file, parsed.
 #[derive(Clone, Debug, PartialEq)]
@@ -19,6 +31,8 @@ pub struct Mapping {
     pub options: Options,
     /// 1-based line number in its file (0 for a mapping from the command line).
     pub line: usize,
+    /// Column of the listen address, for errors about it (overlaps, a port that cannot be bound).
+    bind_col: usize,
     /// Column of the target, for resolution errors.
     target_col: usize,
 }
@@ -31,6 +45,7 @@ impl Mapping {
             port,
             options,
             line: 0,
+            bind_col: 0,
             target_col: 0,
         }
     }
@@ -56,7 +71,19 @@ impl Mapping {
         out
     }
 
-    /// Two listeners on these addresses could not both bind.
+    /// A problem with this mapping's listen address, located at its line and column: what a reload
+    /// reports for a port that cannot be bound (`error.located(path)`).
+    pub fn bind_error(&self, message: String) -> Error {
+        Error {
+            line: self.line,
+            col: self.bind_col,
+            message,
+        }
+    }
+
+    /// Two listeners on these addresses could not both bind: the rule [`Taken`] applies in one
+    /// lookup, kept as its specification.
+    #[cfg(test)]
     fn overlaps(&self, other: &Mapping) -> bool {
         self.bind.port() == other.bind.port()
             && (self.bind.ip() == other.bind.ip()
@@ -79,10 +106,75 @@ impl fmt::Display for Error {
     }
 }
 
+impl Error {
+    /// `FILE:LINE:COL: message`.
+    pub fn located(&self, path: impl AsRef<Path>) -> String {
+        format!("{}:{self}", shown_path(path.as_ref()))
+    }
+}
+
+/// The listen addresses of the lines kept so far, for the overlap check in one lookup per line:
+/// equal addresses overlap, `[::]` (dual-stack) overlaps every address on its port, `0.0.0.0`
+/// every IPv4 address on its port. Values are indices of mappings, so the smallest is the
+/// earliest line.
+#[derive(Default)]
+struct Taken {
+    exact: HashMap<(IpAddr, u16), usize>,
+    ports: HashMap<u16, PortUse>,
+}
+
+/// The earliest line of each kind on one port.
+#[derive(Default)]
+struct PortUse {
+    any: Option<usize>,
+    any_ipv4: Option<usize>,
+    ipv4_wildcard: Option<usize>,
+    ipv6_wildcard: Option<usize>,
+}
+
+impl Taken {
+    /// The earliest kept line that `bind` overlaps.
+    fn overlapped(&self, bind: SocketAddr) -> Option<usize> {
+        let exact = self.exact.get(&(bind.ip(), bind.port())).copied();
+        let Some(port) = self.ports.get(&bind.port()) else {
+            return exact;
+        };
+        let ip = bind.ip();
+        let candidates = match (ip.is_ipv4(), ip.is_unspecified()) {
+            (false, true) => [port.any, None, None],
+            (true, true) => [port.any_ipv4, port.ipv6_wildcard, None],
+            (true, false) => [exact, port.ipv4_wildcard, port.ipv6_wildcard],
+            (false, false) => [exact, port.ipv6_wildcard, None],
+        };
+        candidates.into_iter().flatten().min()
+    }
+
+    fn insert(&mut self, bind: SocketAddr, index: usize) {
+        self.exact.entry((bind.ip(), bind.port())).or_insert(index);
+        let port = self.ports.entry(bind.port()).or_default();
+        port.any.get_or_insert(index);
+        let ip = bind.ip();
+        if ip.is_ipv4() {
+            port.any_ipv4.get_or_insert(index);
+        }
+        if ip.is_unspecified() {
+            let wildcard = if ip.is_ipv4() {
+                &mut port.ipv4_wildcard
+            } else {
+                &mut port.ipv6_wildcard
+            };
+            wildcard.get_or_insert(index);
+        }
+    }
+}
+
 /// Parses a whole file's text. `defaults` are the options a line starts from (the command line's).
 /// Does not resolve host names; see [`resolve`].
 pub fn parse(text: &str, defaults: &Options) -> Result<Vec<Mapping>, Vec<Error>> {
+    // A byte order mark is not part of line 1 (editors on Windows write one).
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let mut mappings: Vec<Mapping> = Vec::new();
+    let mut taken = Taken::default();
     let mut errors = Vec::new();
     for (i, raw) in text.lines().enumerate() {
         let line = i + 1;
@@ -90,18 +182,19 @@ pub fn parse(text: &str, defaults: &Options) -> Result<Vec<Mapping>, Vec<Error>>
             Ok(None) => {}
             Ok(Some(mut m)) => {
                 m.line = line;
-                if let Some(prev) = mappings.iter().find(|p| p.overlaps(&m)) {
-                    let col = raw.len() - raw.trim_start().len() + 1;
-                    errors.push(Error {
-                        line,
-                        col,
-                        message: format!("{} is already used by line {} ({})", m.bind, prev.line, prev.bind),
-                    });
+                if let Some(prev) = taken.overlapped(m.bind).map(|i| &mappings[i]) {
+                    let message = format!("{} is already used by line {} ({})", m.bind, prev.line, prev.bind);
+                    errors.push(m.bind_error(message));
                 } else {
+                    taken.insert(m.bind, mappings.len());
                     mappings.push(m);
                 }
             }
-            Err((col, message)) => errors.push(Error { line, col, message }),
+            Err((col, message)) => errors.push(Error {
+                line,
+                col,
+                message: escaped(&message),
+            }),
         }
     }
     if errors.is_empty() { Ok(mappings) } else { Err(errors) }
@@ -112,12 +205,12 @@ pub fn resolve(mappings: &[Mapping]) -> Result<Vec<Vec<Target>>, Vec<Error>> {
     let mut out = Vec::new();
     let mut errors = Vec::new();
     for m in mappings {
-        match target::resolve_targets(&m.host, m.port) {
+        match echoing(target::resolve_targets(&m.host, m.port), &m.host) {
             Ok(t) => out.push(t),
             Err(message) => errors.push(Error {
                 line: m.line,
                 col: m.target_col,
-                message,
+                message: escaped(&message),
             }),
         }
     }
@@ -125,23 +218,144 @@ pub fn resolve(mappings: &[Mapping]) -> Result<Vec<Vec<Target>>, Vec<Error>> {
 }
 
 /// Reads, parses and resolves a file. Errors come back as text, one `FILE:LINE:COL: message` per
-/// line.
-pub fn load(path: &str, defaults: &Options) -> Result<(Vec<Mapping>, Vec<Vec<Target>>), String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"))?;
-    let located = |errs: Vec<Error>| {
-        errs.iter()
-            .map(|e| format!("{path}:{e}"))
-            .collect::<Vec<_>>()
-            .join("\n")
-    };
+/// line (or one `FILE: message` line for a file that cannot be read as text).
+pub fn load(path: impl AsRef<Path>, defaults: &Options) -> Result<(Vec<Mapping>, Vec<Vec<Target>>), String> {
+    let path = path.as_ref();
+    let text = read(path)?;
+    let located = |errs: Vec<Error>| errs.iter().map(|e| e.located(path)).collect::<Vec<_>>().join("\n");
     let mappings = parse(&text, defaults).map_err(located)?;
     if mappings.is_empty() {
         return Err(format!(
-            "{path}: no mappings (expected lines like '7005 -> 127.0.0.1:8005')"
+            "{}: no mappings (expected lines like '7005 -> 127.0.0.1:8005')",
+            shown_path(path)
         ));
     }
     let targets = resolve(&mappings).map_err(located)?;
     Ok((mappings, targets))
+}
+
+/// Reads a file as text: a regular file (a FIFO would block, a device never end) of at most
+/// [`MAX_FILE_BYTES`], in UTF-8.
+pub fn read(path: &Path) -> Result<String, String> {
+    read_capped(path, MAX_FILE_BYTES)
+}
+
+fn read_capped(path: &Path, cap: usize) -> Result<String, String> {
+    let name = shown_path(path);
+    // Non-blocking, so that opening a FIFO does not wait for a writer; no effect on a regular file.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| format!("{name}: {e}"))?;
+    let meta = file.metadata().map_err(|e| format!("{name}: {e}"))?;
+    let kind = meta.file_type();
+    if !kind.is_file() {
+        let what = if kind.is_dir() {
+            "a directory"
+        } else if kind.is_fifo() {
+            "a FIFO"
+        } else if kind.is_char_device() {
+            "a character device"
+        } else if kind.is_block_device() {
+            "a block device"
+        } else {
+            "a socket"
+        };
+        return Err(format!("{name}: not a regular file ({what})"));
+    }
+    let too_large = || {
+        let limit = if cap.is_multiple_of(1 << 20) {
+            format!("{} MiB", cap >> 20)
+        } else {
+            format!("{cap} bytes")
+        };
+        format!("{name}: larger than {limit}, the limit for a configuration file")
+    };
+    if meta.len() > cap as u64 {
+        return Err(too_large());
+    }
+    // The size may be wrong (procfs says 0) or grow meanwhile: read one byte more than the cap.
+    let mut bytes = Vec::new();
+    file.take(cap as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("{name}: {e}"))?;
+    if bytes.len() > cap {
+        return Err(too_large());
+    }
+    decode(bytes).map_err(|e| format!("{name}:{e}"))
+}
+
+/// The file's bytes as text, or where the first byte that is not UTF-8 is (columns count bytes,
+/// as they do for every error, from after a byte order mark on line 1).
+fn decode(bytes: Vec<u8>) -> Result<String, Error> {
+    String::from_utf8(bytes).map_err(|e| {
+        let bytes = e.as_bytes();
+        let bad = e.utf8_error().valid_up_to();
+        let start = if bytes.starts_with(b"\xef\xbb\xbf") { 3 } else { 0 };
+        let before = &bytes[start..bad];
+        let line_start = before.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+        Error {
+            line: before.iter().filter(|&&b| b == b'\n').count() + 1,
+            col: before.len() - line_start + 1,
+            message: format!(
+                "invalid UTF-8 (byte \\x{:02x}): the file must be UTF-8 text",
+                bytes[bad]
+            ),
+        }
+    })
+}
+
+/// A word of the file as a message echoes it: at most [`SHOWN_CHARS`] characters, then `…`, with
+/// control and invisible characters escaped (`\x00`, `\u{feff}`), so that a message is one short
+/// line that shows what the file holds.
+pub fn shown(word: &str) -> String {
+    let mut out = escaped(&word.chars().take(SHOWN_CHARS).collect::<String>());
+    if word.chars().nth(SHOWN_CHARS).is_some() {
+        out.push('…');
+    }
+    out
+}
+
+/// `text` with control and invisible characters escaped.
+fn escaped(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_ascii_control() {
+            out.push_str(&format!("\\x{:02x}", c as u32));
+        } else if c.is_control() || invisible(c) {
+            out.push_str(&format!("\\u{{{:x}}}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Format characters that show as nothing, or reorder the text around them (bidirectional
+/// overrides): a word holding one looks like another word.
+fn invisible(c: char) -> bool {
+    matches!(c,
+        '\u{ad}' | '\u{61c}' | '\u{180e}' | '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}'
+        | '\u{2060}'..='\u{206f}' | '\u{feff}' | '\u{fff9}'..='\u{fffb}')
+}
+
+/// The path as messages name it: whole, with control characters escaped.
+fn shown_path(path: &Path) -> String {
+    escaped(&path.display().to_string())
+}
+
+/// `result` with the word `arg`, which its message quotes as `'arg'`, shown cut and escaped
+/// (for messages made elsewhere: ports, options, access rules, resolution).
+fn echoing<T>(result: Result<T, String>, arg: &str) -> Result<T, String> {
+    result.map_err(|message| {
+        let short = shown(arg);
+        if short == arg {
+            message
+        } else {
+            message.replacen(&format!("'{arg}'"), &format!("'{short}'"), 1)
+        }
+    })
 }
 
 /// Splits a string into whitespace-separated words with their 1-based columns.
@@ -179,10 +393,10 @@ fn parse_line(raw: &str, defaults: &Options) -> LineResult {
         ));
     };
     let left = words(&text[..arrow], 1);
-    let bind = match left.as_slice() {
-        [(col, word)] => parse_bind(word).map_err(|m| (*col, m))?,
+    let (bind_col, bind) = match left.as_slice() {
+        [(col, word)] => (*col, parse_bind(word).map_err(|m| (*col, m))?),
         [] => return Err((first_col, "missing listen port before '->'".into())),
-        [_, (col, word), ..] => return Err((*col, format!("unexpected '{word}' before '->'"))),
+        [_, (col, word), ..] => return Err((*col, format!("unexpected '{}' before '->'", shown(word)))),
     };
     let right = words(&text[arrow + 2..], arrow + 3);
     let Some(&(target_col, target)) = right.first() else {
@@ -193,9 +407,9 @@ fn parse_line(raw: &str, defaults: &Options) -> LineResult {
     options.rules.clear();
     for &(col, word) in &right[1..] {
         let Some((key, value)) = word.split_once('=') else {
-            return Err((col, format!("expected key=value, found '{word}'")));
+            return Err((col, format!("expected key=value, found '{}'", shown(word))));
         };
-        options.set(key, value).map_err(|m| (col, m))?;
+        echoing(echoing(options.set(key, value), key), value).map_err(|m| (col, m))?;
     }
     Ok(Some(Mapping {
         bind,
@@ -203,6 +417,7 @@ fn parse_line(raw: &str, defaults: &Options) -> LineResult {
         port,
         options,
         line: 0,
+        bind_col,
         target_col,
     }))
 }
@@ -210,18 +425,20 @@ fn parse_line(raw: &str, defaults: &Options) -> LineResult {
 /// `PORT`, `IPV4:PORT` or `[IPV6]:PORT`.
 fn parse_bind(word: &str) -> Result<SocketAddr, String> {
     let Some((addr, port)) = word.rsplit_once(':') else {
-        return Ok(SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), parse_port(word)?));
+        let port = echoing(parse_port(word), word)?;
+        return Ok(SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), port));
     };
-    let port = parse_port(port)?;
+    let port = echoing(parse_port(port), port)?;
     let ip: IpAddr = if let Some(v6) = addr.strip_prefix('[').and_then(|a| a.strip_suffix(']')) {
         v6.parse::<Ipv6Addr>()
-            .map_err(|_| format!("invalid IPv6 address '{v6}'"))?
+            .map_err(|_| format!("invalid IPv6 address '{}'", shown(v6)))?
             .into()
     } else if addr.contains(':') {
-        return Err(format!("IPv6 listen address needs brackets: '[{addr}]:{port}'"));
+        let fixed = shown(&format!("[{addr}]:{port}"));
+        return Err(format!("IPv6 listen address needs brackets: '{fixed}'"));
     } else {
         addr.parse::<Ipv4Addr>()
-            .map_err(|_| format!("invalid listen address '{addr}': expected an IP address"))?
+            .map_err(|_| format!("invalid listen address '{}': expected an IP address", shown(addr)))?
             .into()
     };
     Ok(SocketAddr::new(ip, port))
@@ -230,16 +447,17 @@ fn parse_bind(word: &str) -> Result<SocketAddr, String> {
 /// `HOST:PORT` or `[IPV6]:PORT`.
 fn parse_target(word: &str) -> Result<(String, u16), String> {
     let Some((host, port)) = word.rsplit_once(':') else {
-        return Err(format!("expected HOST:PORT after '->', found '{word}'"));
+        return Err(format!("expected HOST:PORT after '->', found '{}'", shown(word)));
     };
     if host.is_empty() {
-        return Err(format!("missing host in '{word}'"));
+        return Err(format!("missing host in '{}'", shown(word)));
     }
     let bare = target::unbracket(host);
     if bare == host && host.contains(':') {
-        return Err(format!("IPv6 target needs brackets: '[{host}]:{port}'"));
+        let fixed = shown(&format!("[{host}]:{port}"));
+        return Err(format!("IPv6 target needs brackets: '{fixed}'"));
     }
-    Ok((bare.to_string(), parse_port(port)?))
+    Ok((bare.to_string(), echoing(parse_port(port), port)?))
 }
 
 #[cfg(test)]
@@ -339,6 +557,211 @@ mod tests {
         assert!(e[0].message.contains("no-such-host.invalid"));
     }
 
+    /// A fresh directory for one test's files (removed again by the test when it passes).
+    fn scratch(name: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("portfwd-config-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    /// The start of a message that may be huge (for assertion output).
+    fn head(text: &str) -> String {
+        text.chars().take(300).collect()
+    }
+
+    fn load_err(path: &std::path::Path) -> String {
+        load(path.to_str().unwrap(), &Options::default()).unwrap_err()
+    }
+
+    #[test]
+    fn invalid_utf8_is_located_at_its_first_bad_byte() {
+        let dir = scratch("utf8");
+        let file = dir.join("latin1.config");
+        std::fs::write(&file, b"7005 -> 127.0.0.1:8005\n7006 -> caf\xe9:80 # \xff\n").unwrap();
+        let f = file.display();
+        assert_eq!(
+            load_err(&file),
+            format!("{f}:2:12: invalid UTF-8 (byte \\xe9): the file must be UTF-8 text")
+        );
+        // A bad byte first on line 1, and a truncated sequence at the very end.
+        std::fs::write(&file, b"\x80").unwrap();
+        assert!(load_err(&file).starts_with(&format!("{f}:1:1: invalid UTF-8 (byte \\x80)")));
+        std::fs::write(&file, b"1 -> h:1\n\n  \xe2\x82").unwrap();
+        assert!(load_err(&file).starts_with(&format!("{f}:3:3: invalid UTF-8 (byte \\xe2)")));
+        // Columns of line 1 count from after a byte order mark.
+        std::fs::write(&file, b"\xef\xbb\xbf12\xff").unwrap();
+        assert!(load_err(&file).starts_with(&format!("{f}:1:3: invalid UTF-8 (byte \\xff)")));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_leading_byte_order_mark_is_ignored() {
+        let m = parse("\u{feff}7005 -> 127.0.0.1:8005\n", &Options::default()).unwrap();
+        assert_eq!(m[0].canonical(), "[::]:7005 -> 127.0.0.1:8005");
+        // Columns of line 1 count from after the mark, as an editor shows them.
+        assert_eq!(
+            errs("\u{feff}  0 -> h:1"),
+            ["1:3: invalid port '0': must be from 1 to 65535"]
+        );
+        // Anywhere else it is not whitespace: it is shown, escaped, in the message.
+        assert_eq!(
+            errs("1 -> h:1\n\u{feff}2 -> h:1"),
+            ["2:1: invalid port '\\u{feff}2': not a number"]
+        );
+    }
+
+    #[test]
+    fn echoed_words_are_cut_and_escaped() {
+        // Far longer than what is shown (the report's was 10 MB; nothing here depends on the size).
+        let long = "x".repeat(100_000);
+        for text in [
+            format!("1 -> h:1 dispatch={long}"),
+            format!("1 -> h:1 {long}=1"),
+            format!("1 -> h:1 {long}"),
+            format!("1 -> h:1 allow={long}"),
+            format!("1 -> h:1 keepalive={long}"),
+            format!("1 -> {long}"),
+            format!("1 -> h:{long}"),
+            format!("1 -> {long}:{long}"),
+            format!("{long} -> h:1"),
+            format!("1.2.3.4:{long} -> h:1"),
+            format!("{long}:1 -> h:1"),
+            format!("[{long}]:1 -> h:1"),
+            format!("{long}:{long} -> h:1"),
+            format!("x {long} -> h:1"),
+        ] {
+            let e = errs(&text);
+            assert_eq!(e.len(), 1, "{}", head(&e[0]));
+            assert!(
+                e[0].len() < 400 && e[0].contains(&format!("{}…", "x".repeat(64))),
+                "{}",
+                head(&e[0])
+            );
+        }
+        assert_eq!(
+            errs("1 -> h:1 dispatch=a\x00b\x1b[31m\x7f\u{9b}\u{202e}"),
+            ["1:10: invalid dispatch 'a\\x00b\\x1b[31m\\x7f\\u{9b}\\u{202e}': expected 'data' or 'accept'"]
+        );
+        assert_eq!(errs("\x01 -> h:1"), ["1:1: invalid port '\\x01': not a number"]);
+        // Exactly 64 characters are shown whole.
+        let word = "y".repeat(64);
+        assert_eq!(
+            errs(&format!("1 -> h:1 dispatch={word}")),
+            [format!("1:10: invalid dispatch '{word}': expected 'data' or 'accept'")]
+        );
+        // A host that does not resolve is echoed the same way.
+        let m = parse(&format!("1 -> a\x07{long}:1"), &Options::default()).unwrap();
+        let e = resolve(&m).unwrap_err();
+        assert!(
+            e[0].message
+                .starts_with(&format!("cannot resolve host 'a\\x07{}…'", "x".repeat(62))),
+            "{}",
+            head(&e[0].message)
+        );
+    }
+
+    #[test]
+    fn only_regular_files_are_read() {
+        let dir = scratch("special");
+        let fifo = dir.join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        // Before the fix the open blocked until a writer came: wait a bounded time, then unblock it.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let path = fifo.to_str().unwrap().to_string();
+        let reader = std::thread::spawn(move || tx.send(load(&path, &Options::default())).unwrap());
+        let got = rx.recv_timeout(std::time::Duration::from_secs(10));
+        if got.is_err() {
+            drop(std::fs::OpenOptions::new().write(true).open(&fifo));
+        }
+        reader.join().unwrap();
+        let f = fifo.display();
+        assert_eq!(
+            got.expect("a FIFO blocked the read").unwrap_err(),
+            format!("{f}: not a regular file (a FIFO)")
+        );
+        assert_eq!(
+            load_err(&dir),
+            format!("{}: not a regular file (a directory)", dir.display())
+        );
+        assert_eq!(
+            load_err("/dev/zero".as_ref()),
+            "/dev/zero: not a regular file (a character device)"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_file_name_that_is_not_utf8_is_opened() {
+        use std::os::unix::ffi::OsStrExt;
+        let dir = scratch("name");
+        let file = dir.join(std::ffi::OsStr::from_bytes(b"caf\xe9.config"));
+        std::fs::write(&file, "7005 -> 127.0.0.1:8005\n").unwrap();
+        assert_eq!(load(&file, &Options::default()).unwrap().0.len(), 1);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn files_over_the_size_cap_are_refused() {
+        let dir = scratch("cap");
+        let file = dir.join("big.config");
+        assert_eq!(MAX_FILE_BYTES, 16 << 20, "the documented cap");
+        // A sparse file: refused by its size, nothing read.
+        std::fs::File::create(&file)
+            .unwrap()
+            .set_len(MAX_FILE_BYTES as u64 + 1)
+            .unwrap();
+        let big = format!(
+            "{}: larger than 16 MiB, the limit for a configuration file",
+            file.display()
+        );
+        assert_eq!(load_err(&file), big);
+        // The cap at a small scale: exactly the cap is read, one byte more is not.
+        let line = "7005 -> 127.0.0.1:8005\n";
+        std::fs::write(&file, line).unwrap();
+        assert_eq!(read_capped(&file, line.len()).unwrap(), line);
+        let over = format!(
+            "{}: larger than {} bytes, the limit for a configuration file",
+            file.display(),
+            line.len() - 1
+        );
+        assert_eq!(read_capped(&file, line.len() - 1).unwrap_err(), over);
+        // A file whose size says nothing (procfs: 0) is cut by what is read.
+        let maps = std::path::Path::new("/proc/self/maps");
+        assert_eq!(std::fs::metadata(maps).unwrap().len(), 0);
+        assert!(
+            read_capped(maps, 16)
+                .unwrap_err()
+                .ends_with("larger than 16 bytes, the limit for a configuration file")
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_hundred_thousand_mappings_parse_and_check() {
+        // Distinct listen addresses on every port (127.0.X.1 for X = 0, 1), then a line that
+        // overlaps the very first one: the only error, so every line was parsed and checked.
+        let mut text: String = (0..100_000)
+            .map(|i| format!("127.0.{}.1:{} -> 127.0.0.1:80\n", i / 60_000, 1 + i % 60_000))
+            .collect();
+        text.push_str("0.0.0.0:1 -> 127.0.0.1:80\n");
+        assert_eq!(
+            errs(&text),
+            ["100001:1: 0.0.0.0:1 is already used by line 1 (127.0.0.1:1)"]
+        );
+    }
+
+    #[test]
+    fn a_listen_address_error_is_located_at_its_column() {
+        // What a reload reports when a new line's port cannot be bound.
+        let m = parse("7 -> h:1\n  127.0.0.1:8 -> h:1", &Options::default()).unwrap();
+        let e = m[1].bind_error("cannot listen on 127.0.0.1:8: Address in use".into());
+        assert_eq!(
+            e.located("/etc/p\n.config"),
+            "/etc/p\\x0a.config:2:3: cannot listen on 127.0.0.1:8: Address in use"
+        );
+    }
+
     #[test]
     fn the_shipped_setup_config_is_valid() {
         let text = include_str!("../setup.config");
@@ -373,8 +796,54 @@ mod properties {
             "[0-9]{1,6}",
             "[a-z]{1,8}",
             any::<String>(),
+            // Control characters and invisible ones, which `any::<String>()` never yields.
+            "[\\x00-\\x08\\x0e-\\x1f\\x7f\\u{80}-\\u{84}\\u{86}-\\u{9f}\\u{200b}\\u{202e}\\u{feff}]{1,3}",
         ];
         proptest::collection::vec(piece, 0..12).prop_map(|p| p.concat())
+    }
+
+    /// Listen addresses on a few ports: wildcards of both families, specific and IPv4-mapped ones.
+    fn bind() -> impl Strategy<Value = String> {
+        let addr = prop::sample::select(vec![
+            "",
+            "0.0.0.0:",
+            "127.0.0.1:",
+            "127.0.0.2:",
+            "[::]:",
+            "[::1]:",
+            "[::ffff:127.0.0.1]:",
+            "[::ffff:0.0.0.0]:",
+        ]);
+        (addr, 1u16..=3).prop_map(|(a, p)| format!("{a}{p}"))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+        #[test]
+        fn the_overlap_check_is_the_pairwise_rule(binds in proptest::collection::vec(bind(), 0..12)) {
+            // Reference: every line against each earlier line that was kept, naming the first that
+            // overlaps (what the check did pairwise before it was made linear).
+            let mut kept: Vec<Mapping> = Vec::new();
+            let mut expected = Vec::new();
+            for (i, b) in binds.iter().enumerate() {
+                let mut m = parse_line(&format!("{b} -> h:1"), &Options::default()).unwrap().unwrap();
+                m.line = i + 1;
+                match kept.iter().find(|p| p.overlaps(&m)) {
+                    Some(p) => expected.push(format!("{}:1: {} is already used by line {} ({})", m.line, m.bind, p.line, p.bind)),
+                    None => kept.push(m),
+                }
+            }
+            let text: Vec<String> = binds.iter().map(|b| format!("{b} -> h:1")).collect();
+            let got: Vec<String> = match parse(&text.join("\n"), &Options::default()) {
+                Ok(m) => {
+                    prop_assert_eq!(m.len(), kept.len());
+                    Vec::new()
+                }
+                Err(e) => e.iter().map(Error::to_string).collect(),
+            };
+            prop_assert_eq!(got, expected);
+        }
     }
 
     proptest! {
@@ -395,6 +864,8 @@ mod properties {
                     for e in errors {
                         prop_assert!(e.line >= 1 && e.col >= 1, "{e}");
                         prop_assert!(!e.message.is_empty());
+                        // Words are echoed escaped: nothing that a terminal would act on.
+                        prop_assert!(!e.message.chars().any(|c| c.is_control() || invisible(c)), "{e:?}");
                     }
                 }
             }
