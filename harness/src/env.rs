@@ -2,7 +2,7 @@
 //! helper processes killed by pid, the descriptor limit, taking turns with other heavy tests,
 //! and the one way to skip with a reason.
 
-use std::io;
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::process::Child;
 use std::sync::{Mutex, MutexGuard};
@@ -78,9 +78,10 @@ fn test_name() -> String {
 }
 
 /// Says that a test (or a part of it) does not run here, and why: `SKIP: <test>: <reason>`.
-/// The caller returns (or leaves the part out) right after.
+/// The caller returns (or leaves the part out) right after. Written straight to stderr, past the
+/// test harness's capture of `eprintln!`, so that a skip shows in every run.
 pub fn skip(reason: impl std::fmt::Display) {
-    eprintln!("SKIP: {}: {reason}", test_name());
+    let _ = writeln!(io::stderr(), "SKIP: {}: {reason}", test_name());
 }
 
 /// Tests that load the whole machine (floods, thousands of connections or processes) or measure
