@@ -22,8 +22,8 @@ pub use backend::Backend;
 pub use env::{KillOnDrop, TempDir, is_root, need_descriptors, serial, skip, wait_child, wait_until};
 pub use forwarder::{Forwarder, field};
 pub use net::{
-    abort, assert_reset, connect_from, echo, echo_check, exchange, free_port, listen, local, port_taken, read_outcome,
-    read_to_end_or_err, refused, retry_ports, round_trip, round_trip_to,
+    abort, assert_reset, connect_from, echo, echo_check, exchange, free_port, ipv6_loopback, listen, local, port_taken,
+    read_outcome, read_to_end_or_err, refused, retry_ports, round_trip, round_trip_to,
 };
 pub use pattern::{pattern_hash, read_hash, send_pattern};
 pub use procs::{alive, descendants, fd_targets, stat};

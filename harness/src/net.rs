@@ -57,6 +57,11 @@ pub fn connect_from(src: IpAddr, dst: SocketAddr) -> io::Result<TcpStream> {
     Ok(t)
 }
 
+/// Whether this machine has an IPv6 loopback (`::1`) to bind.
+pub fn ipv6_loopback() -> bool {
+    TcpListener::bind("[::1]:0").is_ok()
+}
+
 /// 127.0.0.1:`port`.
 pub fn local(port: u16) -> SocketAddr {
     SocketAddr::from((Ipv4Addr::LOCALHOST, port))

@@ -21,10 +21,6 @@ const KIB: usize = 1 << 10;
 // Helpers
 // ---------------------------------------------------------------------------------------------
 
-fn ipv6_loopback() -> bool {
-    TcpListener::bind("[::1]:0").is_ok()
-}
-
 fn v4(last: u8) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(127, 0, 0, last))
 }

@@ -767,7 +767,7 @@ fn every_interface_and_ipv6_names_and_a_reload_of_one_daemon() {
     let sb = Sandbox::new("names");
     let b1 = Backend::start(echo);
     let b2 = Backend::start(tagged);
-    let ipv6 = TcpListener::bind("[::1]:0").is_ok();
+    let ipv6 = ipv6_loopback();
     let (ports, config, out) = launch_lines(
         &sb,
         2,
