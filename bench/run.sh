@@ -30,8 +30,8 @@ loopback only, and writes:
 Installs missing peers with apt-get (socat rinetd haproxy nginx
 libnginx-mod-stream iperf3 wrk redis-server redis-tools python3-matplotlib,
 linux-perf for the profiles), builds portfwd with `cargo build --release` and
-the C reference from tests/reference/server.c if it exists (its row is skipped
-with a note otherwise). A full run takes about 12 minutes on 2 cores.
+the C reference from harness/reference/server.c (its row is skipped with a
+note if that fails). A full run takes about 12 minutes on 2 cores.
 Every server is started in the foreground with its own config in a temp dir
 and killed by pid; nothing is left running.
 EOF
@@ -117,17 +117,14 @@ elif [ -x target/release/portfwd ]; then
 else
     log "target/release/portfwd missing: its row will be skipped"
 fi
-if [ -f tests/reference/server.c ]; then
-    mkdir -p target/reference
-    if cc -O2 -fopenmp tests/reference/server.c -o target/reference/server; then
-        log "built target/reference/server"
-    else
-        log "C reference failed to build: its row will be skipped"
-        rm -f target/reference/server
-    fi
+# The C reference: the harness's one build of it (harness/reference/server.c).
+TOOLS="${CARGO_TARGET_DIR:-target}/release"
+if command -v cargo >/dev/null && cargo build --release -q -p harness --bin portfwd-compare \
+    && "$TOOLS/portfwd-compare" --build-reference target/reference/server >/dev/null; then
+    log "built target/reference/server"
 else
+    log "C reference failed to build: its row will be skipped"
     rm -f target/reference/server
-    log "tests/reference/server.c missing: the C reference row will be skipped"
 fi
 
 # ---- measure and report

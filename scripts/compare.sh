@@ -7,8 +7,8 @@ usage() {
     cat <<'USAGE'
 usage: scripts/compare.sh [OPTIONS] [BINARY...]
 
-Builds portfwd and the C reference (tests/reference/server.c, cc -fopenmp),
-runs the comparison scenarios against the C reference, portfwd and every
+Builds portfwd, the harness's portfwd-compare and, through it, the C reference
+(harness/reference/server.c, cc -fopenmp), runs the comparison scenarios against the C reference, portfwd and every
 BINARY given, and prints a Markdown table: scenario, C reference, portfwd,
 one column per extra BINARY. Exits 0 when portfwd behaves as documented,
 1 when it does not, 2 on a setup error.
@@ -61,15 +61,15 @@ for spec in "${extras[@]+"${extras[@]}"}"; do
 done
 
 cd "$root"
-mkdir -p target/reference
-if [[ ! target/reference/server -nt tests/reference/server.c ]]; then
-    echo "compare.sh: building the C reference" >&2
-    cc -O2 -fopenmp -o target/reference/server tests/reference/server.c || die "building the C reference failed"
-fi
-echo "compare.sh: building portfwd ($profile)" >&2
-cargo build -q "${cargo_flags[@]+"${cargo_flags[@]}"}" --bin portfwd --bin portfwd-compare || die "cargo build failed"
+# Binaries go where cargo puts them: $CARGO_TARGET_DIR if set, ./target otherwise.
+bin="${CARGO_TARGET_DIR:-target}/$profile"
+echo "compare.sh: building portfwd and portfwd-compare ($profile)" >&2
+cargo build -q "${cargo_flags[@]+"${cargo_flags[@]}"}" -p portfwd --bin portfwd -p harness --bin portfwd-compare \
+    || die "cargo build failed"
+reference="$("$bin/portfwd-compare" --build-reference "${bin%/*}/reference/server")" \
+    || die "building the C reference failed"
 
-exec "target/$profile/portfwd-compare" \
-    --reference target/reference/server \
-    --portfwd "target/$profile/portfwd" \
+exec "$bin/portfwd-compare" \
+    --reference "$reference" \
+    --portfwd "$bin/portfwd" \
     "${pass[@]+"${pass[@]}"}" "${extras[@]+"${extras[@]}"}"

@@ -9,7 +9,7 @@ usage() {
 usage: scripts/load-test.sh [OPTIONS] [BINARY...]
 
 Runs portfwd-load (a Rust epoll client with an echo backend) against the C
-reference (tests/reference/server.c, built with cc -fopenmp), portfwd, and
+reference (harness/reference/server.c, built with cc -fopenmp), portfwd, and
 every BINARY given ([LABEL=]PATH[,ARG...], a forwarder with the seed's CLI),
 one after the other, with the seed's parameters: a new client every 2 ms,
 10 µs between a reply and the next request, each client waiting for its reply.
@@ -100,16 +100,16 @@ fi
 command -v cargo >/dev/null || die "cargo not found"
 command -v cc >/dev/null || die "cc not found (the C reference is built with cc -fopenmp)"
 cd "$root"
-mkdir -p target/reference
-if [[ ! target/reference/server -nt tests/reference/server.c ]]; then
-    echo "load-test.sh: building the C reference" >&2
-    cc -O2 -fopenmp -o target/reference/server tests/reference/server.c || die "building the C reference failed"
-fi
 cargo_flags=()
 [[ $profile == release ]] && cargo_flags=(--release)
-echo "load-test.sh: building portfwd ($profile)" >&2
-cargo build -q "${cargo_flags[@]+"${cargo_flags[@]}"}" --bin portfwd --bin portfwd-load || die "cargo build failed"
-load="target/$profile/portfwd-load"
+# Binaries go where cargo puts them: $CARGO_TARGET_DIR if set, ./target otherwise.
+bin="${CARGO_TARGET_DIR:-target}/$profile"
+echo "load-test.sh: building portfwd and the harness tools ($profile)" >&2
+cargo build -q "${cargo_flags[@]+"${cargo_flags[@]}"}" -p portfwd --bin portfwd \
+    -p harness --bin portfwd-load --bin portfwd-compare || die "cargo build failed"
+load="$bin/portfwd-load"
+reference="$("$bin/portfwd-compare" --build-reference "${bin%/*}/reference/server")" \
+    || die "building the C reference failed"
 
 run() { # label path [args...]
     local label=$1 path=$2
@@ -125,12 +125,12 @@ summary_file=$(mktemp)
 trap 'rm -f "$summary_file"' EXIT
 status=0
 if [[ -z "$only" || "$only" == reference ]]; then
-    run "C reference" target/reference/server || status=1
+    run "C reference" "$reference" || status=1
 fi
 if [[ -z "$only" || "$only" == portfwd ]]; then
     # portfwd caps live connections per mapping (--max-connections, default
     # 10,000; the rest wait in the backlog): lift the cap above the client count.
-    run portfwd "target/$profile/portfwd" --max-connections "$((clients + 1000))" || status=1
+    run portfwd "$bin/portfwd" --max-connections "$((clients + 1000))" || status=1
 fi
 if [[ -z "$only" || "$only" == extra ]]; then
     for spec in "${extras[@]+"${extras[@]}"}"; do

@@ -1,219 +1,238 @@
-//! Comparison with the course's original C server (tests/reference/server.c)
-//! and the seed's two test cases, through the `portfwd-compare` and
-//! `portfwd-load` binaries (which run each forwarder in its own process group
-//! and reap what it leaves behind).
+//! Comparison with the course's original C server (the C reference, built by the harness) and the
+//! seed's two test cases, through the harness's comparison suite and load test.
 //!
-//! The suite runs once (both servers, every scenario) and the tests below read
-//! its measured results: portfwd's documented behaviour, identical bytes from
-//! both servers wherever both are meant to work, and — so the harness is known
-//! to see leaks and hangs at all — the reference's documented defects.
+//! The suite runs once (both servers, every scenario) and the tests below read its typed results:
+//! portfwd's documented behaviour, identical bytes from both servers wherever both are meant to
+//! work, and — so the harness is known to see leaks and hangs at all — the reference's documented
+//! defects.
+//!
+//! Why a test binary of its own, with its own `main` (`harness = false` in Cargo.toml):
+//! * the load test's worker and echo-backend processes are this program run again with `--role`
+//!   (a process can hold only so many sockets), which only a `main` of our own can answer;
+//! * this process must be the reaper of what the C reference leaks by design (it never reaps
+//!   its children), and being a subreaper is process-wide: it would change where the daemons and
+//!   orphans of the integration tests go, which those tests check.
 
-#[path = "../src/bin/fwdkit/mod.rs"]
-mod fwdkit;
+use harness::compare::{self, Obs, Report, ScenarioId, ScenarioId::*};
+use harness::launch::{Kind, Spec};
+use harness::{procs, reference, serial};
+use libtest_mimic::{Arguments, Trial};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::OnceLock;
+use std::time::Duration;
 
-use std::collections::HashMap;
-use std::process::Command;
-use std::sync::{Mutex, OnceLock};
+const PORTFWD: &str = env!("CARGO_BIN_EXE_portfwd");
 
-/// Heavy runs (the suite, the load test) take turns: the machine has 2 cores
-/// and hang detection works with time-outs.
-static HEAVY: Mutex<()> = Mutex::new(());
-
-type Results = HashMap<(String, String), HashMap<String, String>>;
-
-fn reference_binary() -> String {
-    let root = fwdkit::manifest_dir();
-    let out = fwdkit::default_reference_path(&root);
-    fwdkit::build_reference(&root, &out).expect("build the C reference with cc -fopenmp");
-    out.to_string_lossy().into_owned()
+fn main() -> ExitCode {
+    harness::load::serve_role();
+    procs::set_subreaper();
+    let tests: [(&str, fn()); 8] = [
+        (
+            "portfwd_behaves_as_documented_in_every_scenario",
+            portfwd_behaves_as_documented_in_every_scenario,
+        ),
+        (
+            "both_servers_deliver_identical_bytes_where_both_work",
+            both_servers_deliver_identical_bytes_where_both_work,
+        ),
+        (
+            "seed_case2_requests_responses_and_fin_sequence",
+            seed_case2_requests_responses_and_fin_sequence,
+        ),
+        (
+            "portfwd_half_close_reset_and_eof_are_passed_on",
+            portfwd_half_close_reset_and_eof_are_passed_on,
+        ),
+        (
+            "portfwd_leaks_nothing_after_200_short_connections",
+            portfwd_leaks_nothing_after_200_short_connections,
+        ),
+        (
+            "server_speaks_first_needs_accept_dispatch",
+            server_speaks_first_needs_accept_dispatch,
+        ),
+        ("harness_sees_the_reference_defects", harness_sees_the_reference_defects),
+        ("load_1000_clients_through_portfwd", load_1000_clients_through_portfwd),
+    ];
+    let trials = tests
+        .into_iter()
+        .map(|(name, test)| {
+            Trial::test(name, move || {
+                test();
+                Ok(())
+            })
+        })
+        .collect();
+    libtest_mimic::run(&Arguments::from_args(), trials).exit_code()
 }
 
-/// Runs the whole suite once; (scenario, kind) -> fields.
-fn suite() -> &'static Results {
-    static RESULTS: OnceLock<Result<Results, String>> = OnceLock::new();
-    let r = RESULTS.get_or_init(|| {
-        let _turn = HEAVY.lock().unwrap_or_else(|e| e.into_inner());
-        let out = Command::new(env!("CARGO_BIN_EXE_portfwd-compare"))
-            .args(["--format", "both", "--wait-ms", "2500", "--reference"])
-            .arg(reference_binary())
-            .arg("--portfwd")
-            .arg(env!("CARGO_BIN_EXE_portfwd"))
-            .output()
-            .expect("run portfwd-compare");
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        eprintln!("{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-        let mut results = Results::new();
-        for line in stdout.lines().filter(|l| l.starts_with("RESULT ")) {
-            let fields: HashMap<String, String> = line
-                .split_whitespace()
-                .skip(1)
-                .filter_map(|kv| kv.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
-                .collect();
-            results.insert((fields["scenario"].clone(), fields["kind"].clone()), fields);
-        }
-        if results.is_empty() {
-            return Err(format!("portfwd-compare printed no results ({})", out.status));
-        }
-        Ok(results)
-    });
-    r.as_ref().unwrap_or_else(|e| panic!("{e}"))
+/// Runs the whole suite once, both servers, every scenario.
+fn suite() -> &'static Report {
+    static REPORT: OnceLock<Report> = OnceLock::new();
+    REPORT.get_or_init(|| {
+        // Heavy runs (the suite, the load test) take turns: the machine has 2 cores and hang
+        // detection works with time-outs.
+        let _turn = serial();
+        let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("reference/server");
+        let reference = reference::build(&out).expect("build the C reference with cc -fopenmp");
+        let specs = vec![Spec::reference(reference), Spec::portfwd(PORTFWD.into())];
+        compare::run(specs, &[], Duration::from_millis(2500), |sc, spec, obs, took| {
+            eprintln!(
+                "[{:>6.1}s] {:28} {:12} {}",
+                took.as_secs_f64(),
+                sc.name,
+                spec.label,
+                obs.text
+            );
+        })
+    })
 }
 
-fn get<'a>(scenario: &str, kind: &str) -> &'a HashMap<String, String> {
+fn get(id: ScenarioId, kind: Kind) -> &'static Obs {
     suite()
-        .get(&(scenario.to_string(), kind.to_string()))
-        .unwrap_or_else(|| panic!("no result for {scenario} / {kind}"))
+        .get(id, kind)
+        .unwrap_or_else(|| panic!("no result for {} / {kind:?}", id.name()))
 }
 
-fn field<'a>(scenario: &str, kind: &str, key: &str) -> &'a str {
-    get(scenario, kind)
-        .get(key)
-        .map(String::as_str)
-        .unwrap_or_else(|| panic!("no {key} for {scenario} / {kind}"))
+/// The digest of what `kind` delivered in `id`; every scenario asked for has one.
+fn digest(id: ScenarioId, kind: Kind) -> u64 {
+    get(id, kind)
+        .digest
+        .unwrap_or_else(|| panic!("no digest for {} / {kind:?}", id.name()))
 }
 
-const ALL: &[&str] = &[
-    "http_two_mappings",
-    "seed_case2",
-    "echo_1mib",
-    "echo_100_concurrent",
-    "client_half_close",
-    "server_closes_first",
-    "backend_down",
-    "backend_reset",
-    "short_200",
-    "server_speaks_first",
-    "server_speaks_first_accept",
+const ALL: &[ScenarioId] = &[
+    HttpTwoMappings,
+    SeedCase2,
+    Echo1Mib,
+    Echo100Concurrent,
+    ClientHalfClose,
+    ServerClosesFirst,
+    BackendDown,
+    BackendReset,
+    Short200,
+    ServerSpeaksFirst,
+    ServerSpeaksFirstAccept,
 ];
 
-#[test]
 fn portfwd_behaves_as_documented_in_every_scenario() {
     let failed: Vec<&str> = ALL
         .iter()
-        .copied()
-        .filter(|s| field(s, "portfwd", "ok") != "true")
+        .filter(|s| !get(**s, Kind::Portfwd).ok)
+        .map(|s| s.name())
         .collect();
     assert!(failed.is_empty(), "portfwd not as documented in: {failed:?}");
 }
 
-#[test]
 fn both_servers_deliver_identical_bytes_where_both_work() {
     for s in [
-        "http_two_mappings",
-        "seed_case2",
-        "echo_1mib",
-        "echo_100_concurrent",
-        "short_200",
-        "server_speaks_first",
+        HttpTwoMappings,
+        SeedCase2,
+        Echo1Mib,
+        Echo100Concurrent,
+        Short200,
+        ServerSpeaksFirst,
     ] {
         assert_eq!(
-            field(s, "portfwd", "digest"),
-            field(s, "reference", "digest"),
-            "{s}: bytes differ"
+            digest(s, Kind::Portfwd),
+            digest(s, Kind::Reference),
+            "{}: bytes differ",
+            s.name()
         );
     }
-    for s in ["http_two_mappings", "seed_case2", "echo_1mib", "echo_100_concurrent"] {
-        assert_eq!(field(s, "reference", "bytes_ok"), "true", "{s}: reference bytes");
-        assert_eq!(field(s, "portfwd", "bytes_ok"), "true", "{s}: portfwd bytes");
+    for s in [HttpTwoMappings, SeedCase2, Echo1Mib, Echo100Concurrent] {
+        assert_eq!(
+            get(s, Kind::Reference).bytes_ok,
+            Some(true),
+            "{}: reference bytes",
+            s.name()
+        );
+        assert_eq!(
+            get(s, Kind::Portfwd).bytes_ok,
+            Some(true),
+            "{}: portfwd bytes",
+            s.name()
+        );
     }
 }
 
-#[test]
 fn seed_case2_requests_responses_and_fin_sequence() {
-    // Two backends on 127.0.0.52:8008 / 127.0.0.53:8009 behind 127.0.0.41:8005/8006,
-    // client on 127.0.0.44: bytes identical, and the backend's FIN reaches the client.
-    assert_eq!(field("seed_case2", "portfwd", "bytes_ok"), "true");
-    assert_eq!(field("seed_case2", "portfwd", "client_eof"), "true");
-    assert_eq!(field("seed_case2", "portfwd", "backend_eof"), "true");
-    // The seed's Figure 4: the original holds the server's FIN (the client
-    // never sees EOF), but passes the client's FIN on once the client closes.
-    assert_eq!(field("seed_case2", "reference", "client_eof"), "false");
-    assert_eq!(field("seed_case2", "reference", "backend_eof"), "true");
+    // Two backends on 127.0.0.52:8008 / 127.0.0.53:8009 behind 127.0.0.41:8005/8006, client on
+    // 127.0.0.44: bytes identical, and the backend's FIN reaches the client.
+    let p = get(SeedCase2, Kind::Portfwd);
+    assert_eq!(p.bytes_ok, Some(true));
+    assert_eq!(p.client_eof, Some(true));
+    assert_eq!(p.backend_eof, Some(true));
+    // The seed's Figure 4: the original holds the server's FIN (the client never sees EOF), but
+    // passes the client's FIN on once the client closes.
+    let r = get(SeedCase2, Kind::Reference);
+    assert_eq!(r.client_eof, Some(false));
+    assert_eq!(r.backend_eof, Some(true));
 }
 
-#[test]
 fn portfwd_half_close_reset_and_eof_are_passed_on() {
-    assert_eq!(field("client_half_close", "portfwd", "backend_eof"), "true");
-    assert_eq!(field("client_half_close", "portfwd", "client_eof"), "true");
-    assert_eq!(field("server_closes_first", "portfwd", "client_eof"), "true");
-    assert_eq!(field("backend_reset", "portfwd", "client_reset"), "true");
-    assert_eq!(field("backend_reset", "portfwd", "bytes_ok"), "true");
-    assert_eq!(field("backend_down", "portfwd", "client_closed"), "true");
-    assert_eq!(field("backend_down", "portfwd", "alive"), "true");
+    let p = |id| get(id, Kind::Portfwd);
+    assert_eq!(p(ClientHalfClose).backend_eof, Some(true));
+    assert_eq!(p(ClientHalfClose).client_eof, Some(true));
+    assert_eq!(p(ServerClosesFirst).client_eof, Some(true));
+    assert_eq!(p(BackendReset).client_reset, Some(true));
+    assert_eq!(p(BackendReset).bytes_ok, Some(true));
+    assert_eq!(p(BackendDown).client_closed, Some(true));
+    assert_eq!(p(BackendDown).alive, Some(true));
 }
 
-#[test]
 fn portfwd_leaks_nothing_after_200_short_connections() {
-    assert_eq!(field("short_200", "portfwd", "echoed"), "200");
-    assert_eq!(field("short_200", "portfwd", "zombies"), "0");
-    assert_eq!(field("short_200", "portfwd", "leftover"), "0");
-    assert_eq!(field("short_200", "portfwd", "fd_delta"), "0");
-    assert_eq!(field("short_200", "portfwd", "backend_open"), "0");
+    let l = get(Short200, Kind::Portfwd).leftovers.expect("short_200 leftovers");
+    assert_eq!(l.echoed, 200);
+    assert_eq!(l.zombies, 0);
+    assert_eq!(l.processes, 0);
+    assert_eq!(l.fd_delta, 0);
+    assert_eq!(l.backend_open, 0);
 }
 
-#[test]
 fn server_speaks_first_needs_accept_dispatch() {
-    assert_eq!(field("server_speaks_first", "portfwd", "banner_first"), "false");
-    assert_eq!(field("server_speaks_first", "portfwd", "bytes_ok"), "true");
-    assert_eq!(field("server_speaks_first_accept", "portfwd", "banner_first"), "true");
-    assert_eq!(field("server_speaks_first_accept", "portfwd", "bytes_ok"), "true");
+    assert_eq!(get(ServerSpeaksFirst, Kind::Portfwd).banner_first, Some(false));
+    assert_eq!(get(ServerSpeaksFirst, Kind::Portfwd).bytes_ok, Some(true));
+    assert_eq!(get(ServerSpeaksFirstAccept, Kind::Portfwd).banner_first, Some(true));
+    assert_eq!(get(ServerSpeaksFirstAccept, Kind::Portfwd).bytes_ok, Some(true));
 }
 
-/// The harness must see the original's documented defects, or its clean
-/// portfwd results would mean nothing.
-#[test]
+/// The harness must see the original's documented defects, or its clean portfwd results would
+/// mean nothing.
 fn harness_sees_the_reference_defects() {
-    let n = |k: &str| field("short_200", "reference", k).parse::<i64>().expect(k);
-    assert_eq!(n("echoed"), 200);
-    assert!(n("zombies") >= 150, "reference zombies: {}", n("zombies"));
-    assert!(n("leftover") >= 150, "reference leftover processes: {}", n("leftover"));
-    assert!(n("fd_delta") >= 150, "reference main fds: {}", n("fd_delta"));
-    assert_eq!(field("client_half_close", "reference", "backend_eof"), "false");
-    assert_eq!(field("server_closes_first", "reference", "client_eof"), "false");
-    assert_eq!(field("backend_down", "reference", "client_closed"), "false");
-    assert_eq!(field("backend_reset", "reference", "client_reset"), "false");
-    assert_eq!(field("server_speaks_first_accept", "reference", "na"), "true");
+    let l = get(Short200, Kind::Reference).leftovers.expect("short_200 leftovers");
+    assert_eq!(l.echoed, 200);
+    assert!(l.zombies >= 150, "reference zombies: {}", l.zombies);
+    assert!(l.processes >= 150, "reference leftover processes: {}", l.processes);
+    assert!(l.fd_delta >= 150, "reference main fds: {}", l.fd_delta);
+    let r = |id| get(id, Kind::Reference);
+    assert_eq!(r(ClientHalfClose).backend_eof, Some(false));
+    assert_eq!(r(ServerClosesFirst).client_eof, Some(false));
+    assert_eq!(r(BackendDown).client_closed, Some(false));
+    assert_eq!(r(BackendReset).client_reset, Some(false));
+    assert!(r(ServerSpeaksFirstAccept).na);
 }
 
-/// The seed's case 1 at CI size: 1,000 echo clients ramped every 2 ms,
-/// 10 µs between requests, held 2 s.
-#[test]
+/// The seed's case 1 at CI size: 1,000 echo clients ramped every 2 ms, 10 µs between requests,
+/// held 2 s.
 fn load_1000_clients_through_portfwd() {
-    let _turn = HEAVY.lock().unwrap_or_else(|e| e.into_inner());
-    let out = Command::new(env!("CARGO_BIN_EXE_portfwd-load"))
-        .args([
-            "--clients",
-            "1000",
-            "--hold-secs",
-            "2",
-            "--max-secs",
-            "120",
-            "--kv",
-            "--label",
-            "portfwd",
-        ])
-        .arg("--forwarder")
-        .arg(env!("CARGO_BIN_EXE_portfwd"))
-        .output()
-        .expect("run portfwd-load");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    eprintln!("{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "portfwd-load failed");
-    let line = stdout
-        .lines()
-        .find(|l| l.starts_with("SUMMARY "))
-        .expect("SUMMARY line");
-    let f: HashMap<&str, &str> = line
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|kv| kv.split_once('='))
-        .collect();
-    let n = |k: &str| f[k].parse::<u64>().expect(k);
-    assert_eq!(f["cut_short"], "false");
-    assert_eq!(n("clients"), 1000);
-    assert_eq!(n("held"), 1000, "connections held at the end");
-    assert_eq!(n("served"), 1000, "connections that got replies");
-    assert_eq!(n("never_answered"), 0);
-    assert_eq!(n("errors"), 0);
-    assert!(n("answered") >= 2000, "requests answered: {}", n("answered"));
+    let _turn = serial();
+    let args = harness::load::Args {
+        forwarder: Some(PORTFWD.into()),
+        label: "portfwd".into(),
+        clients: 1000,
+        hold_secs: 2,
+        max_secs: 120,
+        ..harness::load::Args::defaults()
+    };
+    let s = harness::load::run(&args).unwrap_or_else(|e| panic!("load run failed: {e}"));
+    eprintln!("{}", s.kv_line());
+    assert!(!s.cut_short);
+    assert_eq!(s.clients, 1000);
+    assert_eq!(s.held, 1000, "connections held at the end");
+    assert_eq!(s.served, 1000, "connections that got replies");
+    assert_eq!(s.never_answered, 0);
+    assert_eq!(s.errors, 0);
+    assert!(s.answered >= 2000, "requests answered: {}", s.answered);
 }

@@ -6,9 +6,7 @@
 //! wait is bounded. A guard kills (by pid) whatever daemon of the test is left, and each test
 //! checks that nothing was left before the guard had to.
 
-mod common;
-
-use common::{Backend, echo, free_port, stat, wait_until};
+use crate::util::*;
 use std::fs;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -41,11 +39,6 @@ impl Out {
     }
 }
 
-/// Whether `pid` is a live process (a zombie is not: pid 1 may never reap our orphans).
-fn alive(pid: u32) -> bool {
-    matches!(stat(pid), Some((_, state, _)) if state != 'Z')
-}
-
 fn cmdline(pid: u32) -> String {
     fs::read(format!("/proc/{pid}/cmdline"))
         .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
@@ -56,21 +49,16 @@ fn cmdline(pid: u32) -> String {
 struct Sandbox {
     dir: PathBuf,
     run: PathBuf,
+    /// Removed (after the processes are killed) when the sandbox is dropped.
+    _tmp: TempDir,
 }
 
 impl Sandbox {
     fn new(tag: &str) -> Sandbox {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "portfwd-scripts-{}-{}-{tag}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::SeqCst)
-        ));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap();
-        let dir = dir.canonicalize().unwrap();
+        let tmp = TempDir::new(&format!("scripts-{tag}"));
+        let dir = tmp.path().canonicalize().unwrap();
         let run = dir.join("run");
-        Sandbox { dir, run }
+        Sandbox { dir, run, _tmp: tmp }
     }
 
     /// Runs a script with `PORTFWD_BIN` set to the binary under test, in the sandbox directory.
@@ -88,7 +76,7 @@ impl Sandbox {
         let child = Command::new(script(name))
             .args(args)
             .current_dir(&self.dir)
-            .env("PORTFWD_BIN", common::BIN)
+            .env("PORTFWD_BIN", BIN)
             .env_remove("PORTFWD_RUN_DIR")
             .stdin(Stdio::null())
             .stdout(fs::File::create(&out_path).unwrap())
@@ -149,19 +137,11 @@ impl Sandbox {
     /// forks and carry the same command line, naming this run directory).
     fn processes(&self) -> Vec<(u32, String)> {
         let needle = self.run.to_str().unwrap().to_string();
-        let mut found = Vec::new();
-        for e in fs::read_dir("/proc").unwrap().flatten() {
-            let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
-                continue;
-            };
-            if let Some((_, state, comm)) = stat(pid)
-                && state != 'Z'
-                && comm.starts_with("portfwd")
-                && cmdline(pid).contains(&needle)
-            {
-                found.push((pid, comm));
-            }
-        }
+        let mut found: Vec<(u32, String)> = procs::scan()
+            .into_iter()
+            .filter(|p| p.state != 'Z' && p.comm.starts_with("portfwd") && cmdline(p.pid).contains(&needle))
+            .map(|p| (p.pid, p.comm))
+            .collect();
         found.sort();
         found
     }
@@ -188,7 +168,6 @@ impl Drop for Sandbox {
             // daemon (or connection process) the test launched.
             unsafe { libc::kill(pid as i32, libc::SIGKILL) };
         }
-        let _ = fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -219,22 +198,6 @@ impl Running {
     }
 }
 
-/// Waits (bounded) for a child; kills it on timeout. Returns its exit code, None on timeout.
-fn wait_child(child: &mut Child, limit: Duration) -> Option<i32> {
-    let start = Instant::now();
-    loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            return Some(st.code().unwrap_or(128));
-        }
-        if start.elapsed() > limit {
-            let _ = child.kill();
-            let _ = child.wait();
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
 /// The name the launcher gives a mapping listening on 127.0.0.1:PORT.
 fn name(port: u16) -> String {
     format!("127.0.0.1_{port}")
@@ -247,7 +210,7 @@ fn launch(sb: &Sandbox, backends: &[u16], options: &[&str]) -> (Vec<u16>, PathBu
         sb,
         backends.len(),
         |ports| {
-            let mut text = String::from("# written by tests/scripts.rs\n\n");
+            let mut text = String::from("# written by the scripts tests\n\n");
             for (i, (p, b)) in ports.iter().zip(backends).enumerate() {
                 let opt = options.get(i).copied().unwrap_or("");
                 text += &format!("127.0.0.1:{p} -> 127.0.0.1:{b} {opt}\n");
@@ -261,7 +224,7 @@ fn launch(sb: &Sandbox, backends: &[u16], options: &[&str]) -> (Vec<u16>, PathBu
 /// Picks `n` fresh ports, writes the config `text(ports)` and launches it with `extra` after `--`;
 /// retries with other ports if one was taken meanwhile.
 fn launch_lines(sb: &Sandbox, n: usize, text: impl Fn(&[u16]) -> String, extra: &[&str]) -> (Vec<u16>, PathBuf, Out) {
-    for _ in 0..5 {
+    retry_ports(|| {
         let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
         let config = sb.write("setup.config", &text(&ports));
         let mut args = vec!["--run-dir", sb.run.to_str().unwrap(), config.to_str().unwrap()];
@@ -270,38 +233,18 @@ fn launch_lines(sb: &Sandbox, n: usize, text: impl Fn(&[u16]) -> String, extra: 
             args.extend_from_slice(extra);
         }
         let out = sb.run("port-forward.sh", &args);
-        if out.code != 0 && out.stderr.contains("in use") {
+        if out.code != 0 && port_taken(&out.stderr) {
             sb.stop(&["--now"]);
-            continue;
+            return Err(out.stderr);
         }
-        return (ports, config, out);
-    }
-    panic!("no free ports after 5 tries");
-}
-
-/// Connects to 127.0.0.1:port and checks an echo round trip; returns the open connection.
-fn round_trip(port: u16, msg: &[u8]) -> TcpStream {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap_or_else(|e| panic!("connect :{port}: {e}"));
-    s.set_read_timeout(Some(WAIT)).unwrap();
-    echo_once(&mut s, msg);
-    s
-}
-
-fn echo_once(s: &mut TcpStream, msg: &[u8]) {
-    s.write_all(msg).unwrap();
-    let mut got = vec![0u8; msg.len()];
-    s.read_exact(&mut got).unwrap();
-    assert_eq!(got, msg);
-}
-
-/// Whether 127.0.0.1:port refuses connections (nothing listens).
-fn refused(port: u16) -> bool {
-    matches!(TcpStream::connect(("127.0.0.1", port)), Err(e) if e.kind() == ErrorKind::ConnectionRefused)
+        Ok((ports, config, out))
+    })
+    .unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// The connection processes (descendants) of a daemon.
 fn connection_processes(daemon: u32) -> Vec<u32> {
-    common::descendants(daemon).into_iter().filter(|&p| alive(p)).collect()
+    descendants(daemon).into_iter().filter(|&p| alive(p)).collect()
 }
 
 #[test]
@@ -326,8 +269,7 @@ fn launch_two_mappings_forward_refuse_a_second_launch_and_stop() {
     let p2 = sb.pid_of(&n2).expect("pid file of the second mapping");
     assert_ne!(p1, p2);
     for (p, port) in [(p1, ports[0]), (p2, ports[1])] {
-        let (_, _, comm) = stat(p).expect("daemon is running");
-        assert_eq!(comm, "portfwd");
+        assert_eq!(stat(p).expect("daemon is running").comm, "portfwd");
         assert!(cmdline(p).contains("--daemonize"), "{}", cmdline(p));
         let conf = fs::read_to_string(sb.run.join(format!("{}.conf", name(port)))).unwrap();
         assert!(conf.contains(&format!("127.0.0.1:{port} -> 127.0.0.1:")), "{conf}");
@@ -344,7 +286,7 @@ fn launch_two_mappings_forward_refuse_a_second_launch_and_stop() {
 
     // Forward through both.
     for port in &ports {
-        let mut s = round_trip(*port, format!("hello through {port}").as_bytes());
+        let mut s = round_trip_to(*port, format!("hello through {port}").as_bytes());
         s.shutdown(Shutdown::Write).unwrap();
         let mut rest = Vec::new();
         s.read_to_end(&mut rest).unwrap();
@@ -372,7 +314,7 @@ fn launch_two_mappings_forward_refuse_a_second_launch_and_stop() {
     let mut daemons = sb.daemons();
     daemons.sort();
     assert_eq!(daemons, expected, "a second launch must not start more daemons");
-    round_trip(ports[0], b"still one daemon");
+    round_trip_to(ports[0], b"still one daemon");
 
     // Stop: both exit, their pid files go, nothing listens any more.
     let stop = sb.stop(&[]);
@@ -448,10 +390,10 @@ fn stale_pid_files_are_reported_replaced_and_removed() {
     );
     let (p1, p2) = (sb.pid_of(&n1).unwrap(), sb.pid_of(&n2).unwrap());
     assert!(p1 != gone_pid && p2 != other_pid);
-    assert_eq!(stat(p1).unwrap().2, "portfwd");
-    assert_eq!(stat(p2).unwrap().2, "portfwd");
-    round_trip(ports[0], b"one");
-    round_trip(ports[1], b"two");
+    assert_eq!(stat(p1).unwrap().comm, "portfwd");
+    assert_eq!(stat(p2).unwrap().comm, "portfwd");
+    round_trip_to(ports[0], b"one");
+    round_trip_to(ports[1], b"two");
 
     // A daemon killed with SIGKILL leaves its pid file behind: the next launch restarts that
     // mapping (and refuses the one still running); the stop copes with a stale file too.
@@ -472,7 +414,7 @@ fn stale_pid_files_are_reported_replaced_and_removed() {
     assert!(again.stderr.contains(&format!("refused {n2}")), "{}", again.all());
     let p1b = sb.pid_of(&n1).unwrap();
     assert_ne!(p1b, p1);
-    round_trip(ports[0], b"restarted");
+    round_trip_to(ports[0], b"restarted");
 
     // SAFETY: the restarted daemon, launched by this test.
     unsafe { libc::kill(p1b as i32, libc::SIGKILL) };
@@ -520,7 +462,7 @@ fn one_mapping_with_a_connection(sb: &Sandbox, backend: u16) -> (u16, u32, TcpSt
     assert_eq!(out.code, 0, "{}", out.all());
     let port = ports[0];
     let daemon = sb.pid_of(&name(port)).unwrap();
-    let conn = round_trip(port, b"before the stop");
+    let conn = round_trip_to(port, b"before the stop");
     let mut procs = Vec::new();
     assert!(
         wait_until(WAIT, || {
@@ -560,7 +502,7 @@ fn stop_without_now_leaves_established_connections_forwarding() {
         procs.iter().all(|&p| alive(p)),
         "connection processes ended by a plain stop"
     );
-    echo_once(&mut conn, b"after the stop");
+    round_trip(&mut conn, b"after the stop");
     conn.shutdown(Shutdown::Write).unwrap();
     let mut rest = Vec::new();
     conn.read_to_end(&mut rest).unwrap();
@@ -690,7 +632,7 @@ fn a_busy_port_fails_that_mapping_loudly_and_the_others_start() {
         out.all()
     );
     assert_eq!(sb.pid_files(), vec![format!("{}.pid", name(free))]);
-    round_trip(free, b"the other mapping works");
+    round_trip_to(free, b"the other mapping works");
     drop(holder);
 
     let stop = sb.stop(&[]);
@@ -739,14 +681,12 @@ fn demo_ports_busy() -> Vec<u16> {
 fn demo_runs_end_to_end() {
     let busy = demo_ports_busy();
     if !busy.is_empty() {
-        eprintln!("SKIPPED demo_runs_end_to_end: the demo needs ports 7005, 7006, 8005, 8006; busy: {busy:?}");
-        return;
+        return skip(format!("the demo needs ports 7005, 7006, 8005, 8006; busy: {busy:?}"));
     }
     if Command::new("python3").arg("--version").output().is_err()
         || Command::new("curl").arg("--version").output().is_err()
     {
-        eprintln!("SKIPPED demo_runs_end_to_end: the demo needs python3 and curl");
-        return;
+        return skip("the demo needs python3 and curl");
     }
     let sb = Sandbox::new("demo");
 
@@ -827,7 +767,7 @@ fn every_interface_and_ipv6_names_and_a_reload_of_one_daemon() {
     let sb = Sandbox::new("names");
     let b1 = Backend::start(echo);
     let b2 = Backend::start(tagged);
-    let ipv6 = TcpListener::bind("[::1]:0").is_ok();
+    let ipv6 = ipv6_loopback();
     let (ports, config, out) = launch_lines(
         &sb,
         2,
@@ -857,9 +797,9 @@ fn every_interface_and_ipv6_names_and_a_reload_of_one_daemon() {
         );
         let mut s = TcpStream::connect(("::1", ports[1])).unwrap();
         s.set_read_timeout(Some(WAIT)).unwrap();
-        echo_once(&mut s, b"over IPv6");
+        round_trip(&mut s, b"over IPv6");
     } else {
-        eprintln!("no IPv6 loopback here: the [::1] mapping was left out");
+        skip("the [::1] mapping: no IPv6 loopback here");
     }
     assert_eq!(ask(ports[0], b"ping"), b"ping");
 
@@ -905,7 +845,7 @@ fn options_after_double_dash_reach_the_daemons_and_stop_waits_for_the_drain() {
     assert_eq!(out.code, 0, "{}", out.all());
     let daemon = sb.pid_of(&name(ports[0])).unwrap();
     assert!(cmdline(daemon).contains("--drain-timeout 1"), "{}", cmdline(daemon));
-    let mut conn = round_trip(ports[0], b"held across the stop");
+    let mut conn = round_trip_to(ports[0], b"held across the stop");
     let mut procs = Vec::new();
     assert!(wait_until(WAIT, || {
         procs = connection_processes(daemon);
@@ -953,7 +893,7 @@ fn a_daemon_that_does_not_exit_in_time_is_reported_and_keeps_its_pid_file() {
     // fail, and keep the pid file (the daemon is still there).
     // SAFETY: a daemon this test launched.
     unsafe { libc::kill(daemon as i32, libc::SIGSTOP) };
-    assert!(wait_until(WAIT, || matches!(stat(daemon), Some((_, 'T', _)))));
+    assert!(wait_until(WAIT, || stat(daemon).is_some_and(|p| p.state == 'T')));
     let start = Instant::now();
     let stop = sb.stop(&["--timeout", "1"]);
     let took = start.elapsed();
@@ -1011,8 +951,8 @@ fn two_launches_at_once_start_each_mapping_once() {
     codes.sort();
     assert_eq!(codes, [0, 1], "{both}");
     assert_eq!(sb.daemons().len(), 2, "{:?}", sb.processes());
-    round_trip(ports[0], b"once");
-    round_trip(ports[1], b"twice");
+    round_trip_to(ports[0], b"once");
+    round_trip_to(ports[1], b"twice");
 
     let stop = sb.stop(&["--now"]);
     assert_eq!(stop.code, 0, "{}", stop.all());

@@ -1,72 +1,95 @@
-//! portfwd-compare: one scenario suite, run against any forwarder binary with
-//! the seed's CLI (`PROG PORT HOSTNAME HOST_PORT`): portfwd, the C reference
-//! (tests/reference/server.c) and any extra binary given. Prints what each
-//! observed side by side, and exits 0 when portfwd behaves as documented.
+//! The comparison suite: one set of scenarios, run against any forwarder binary with the seed's
+//! CLI (`PROG PORT HOSTNAME HOST_PORT`): portfwd, the C reference and any other. Each run gives
+//! typed results, an [`Obs`] per scenario and binary, which `portfwd-compare` prints side by
+//! side and the comparison tests assert on.
 //!
-//! Everything runs on 127.0.0.0/8. Backends are threads of this process;
-//! each forwarder runs in its own process group and is killed as a group.
+//! Everything runs on 127.0.0.0/8. Backends are threads of the calling process; each forwarder
+//! runs in its own process group and is killed as a group.
 
-#[path = "fwdkit/mod.rs"]
-mod fwdkit;
-
-use clap::Parser;
-use fwdkit::{End, Kind, Launch, Spec, fnv64, ms, pattern, read_exact_within, read_to_end_within};
+use crate::backend::Backend;
+use crate::launch::{Fwd, Kind, Launch, Spec};
+use crate::net::{End, connect_from, free_port, ms, read_exact_within, read_to_end_within};
+use crate::pattern::{fnv64, pattern};
 use std::io::{self, Read, Write};
-use std::net::{Ipv4Addr, Shutdown, SocketAddrV4, TcpStream};
-use std::os::fd::AsRawFd;
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr, SocketAddrV4, TcpStream};
 use std::sync::mpsc::{Sender, channel};
 use std::sync::{Arc, Barrier};
-use std::thread::{self, JoinHandle};
+use std::thread;
 use std::time::{Duration, Instant};
 
-#[derive(Parser, Debug)]
-#[command(
-    name = "portfwd-compare",
-    about = "Run the comparison scenario suite against portfwd, the C reference and other forwarders with the seed's CLI",
-    after_help = "EXTRA binaries are given as [LABEL=]PATH[,ARG...]; the ARGs go before the seed's \
-                  three positional arguments (PORT HOSTNAME HOST_PORT). Extra binaries are assumed \
-                  to bind every address (like the seed), so seed_case2 connects to 127.0.0.41 on them."
-)]
-struct Args {
-    /// portfwd binary (default: `portfwd` next to this program).
-    #[arg(long)]
-    portfwd: Option<PathBuf>,
-    /// C reference binary (default: build tests/reference/server.c into target/reference/server).
-    #[arg(long)]
-    reference: Option<PathBuf>,
-    /// Leave out the C reference column.
-    #[arg(long)]
-    no_reference: bool,
-    /// Leave out the portfwd column (e.g. to try the suite on other binaries only).
-    #[arg(long)]
-    no_portfwd: bool,
-    /// Run only these scenarios (comma separated ids; see --list).
-    #[arg(long, value_delimiter = ',')]
-    only: Vec<String>,
-    /// List the scenarios and what portfwd is documented to do, then exit.
-    #[arg(long)]
-    list: bool,
-    /// How long to wait for something that may never happen (EOF, a banner), in ms.
-    #[arg(long, default_value_t = 2000)]
-    wait_ms: u64,
-    /// Output: `table` (Markdown), `kv` (one machine-readable line per result), or `both`.
-    #[arg(long, default_value = "table")]
-    format: String,
-    /// Extra forwarder binaries: [LABEL=]PATH[,ARG...]
-    extra: Vec<String>,
+/// The scenarios, in the order they run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ScenarioId {
+    HttpTwoMappings,
+    SeedCase2,
+    Echo1Mib,
+    Echo100Concurrent,
+    ClientHalfClose,
+    ServerClosesFirst,
+    BackendDown,
+    BackendReset,
+    Short200,
+    ServerSpeaksFirst,
+    ServerSpeaksFirstAccept,
+}
+
+impl ScenarioId {
+    pub fn scenario(self) -> &'static Scenario {
+        SCENARIOS
+            .iter()
+            .find(|s| s.id == self)
+            .expect("every id has a scenario")
+    }
+
+    /// The scenario's name on the command line and in machine-readable output.
+    pub fn name(self) -> &'static str {
+        self.scenario().name
+    }
+
+    pub fn from_name(name: &str) -> Option<ScenarioId> {
+        SCENARIOS.iter().find(|s| s.name == name).map(|s| s.id)
+    }
 }
 
 /// What one binary did in one scenario.
-#[derive(Clone, Debug)]
-struct Obs {
-    text: String,
+#[derive(Clone, Debug, Default)]
+pub struct Obs {
+    /// What happened, for people.
+    pub text: String,
     /// Matches portfwd's documented behaviour.
-    ok: bool,
+    pub ok: bool,
     /// The scenario does not apply to this binary.
-    na: bool,
-    fields: Vec<(String, String)>,
+    pub na: bool,
+    /// FNV-1a of the bytes the clients (and backends) received, to compare binaries.
+    pub digest: Option<u64>,
+    pub bytes_ok: Option<bool>,
+    /// The client saw EOF (the backend's FIN passed on).
+    pub client_eof: Option<bool>,
+    /// The backend saw EOF (the client's FIN passed on).
+    pub backend_eof: Option<bool>,
+    /// The client's connection was closed (EOF or reset).
+    pub client_closed: Option<bool>,
+    /// The client saw a reset.
+    pub client_reset: Option<bool>,
+    /// The forwarder was still running afterwards.
+    pub alive: Option<bool>,
+    /// A server-speaks-first banner arrived before the client sent anything.
+    pub banner_first: Option<bool>,
+    /// What was left after a run of short connections.
+    pub leftovers: Option<Leftovers>,
+}
+
+/// What a run of short connections left behind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Leftovers {
+    pub echoed: usize,
+    pub zombies: usize,
+    /// Live processes of the forwarder besides its main process.
+    pub processes: usize,
+    /// Change in the main process's open descriptors.
+    pub fd_delta: i64,
+    /// Backend connections still open.
+    pub backend_open: usize,
 }
 
 impl Obs {
@@ -74,8 +97,7 @@ impl Obs {
         Obs {
             text: text.into(),
             ok,
-            na: false,
-            fields: vec![],
+            ..Obs::default()
         }
     }
     fn na(text: &str) -> Obs {
@@ -83,15 +105,78 @@ impl Obs {
             text: text.into(),
             ok: true,
             na: true,
-            fields: vec![],
+            ..Obs::default()
         }
     }
     fn err(text: impl Into<String>) -> Obs {
         Obs::new(false, format!("setup error: {}", text.into()))
     }
-    fn field(mut self, k: &str, v: impl ToString) -> Obs {
-        self.fields.push((k.into(), v.to_string()));
+
+    fn digest(mut self, d: u64) -> Obs {
+        self.digest = Some(d);
         self
+    }
+    fn bytes_ok(mut self, v: bool) -> Obs {
+        self.bytes_ok = Some(v);
+        self
+    }
+    fn client_eof(mut self, v: bool) -> Obs {
+        self.client_eof = Some(v);
+        self
+    }
+    fn backend_eof(mut self, v: bool) -> Obs {
+        self.backend_eof = Some(v);
+        self
+    }
+    fn client_closed(mut self, v: bool) -> Obs {
+        self.client_closed = Some(v);
+        self
+    }
+    fn client_reset(mut self, v: bool) -> Obs {
+        self.client_reset = Some(v);
+        self
+    }
+    fn alive(mut self, v: bool) -> Obs {
+        self.alive = Some(v);
+        self
+    }
+    fn banner_first(mut self, v: bool) -> Obs {
+        self.banner_first = Some(v);
+        self
+    }
+    fn leftovers(mut self, l: Leftovers) -> Obs {
+        self.leftovers = Some(l);
+        self
+    }
+
+    /// The measured values as `key=value` pairs (machine-readable output).
+    pub fn fields(&self) -> Vec<(&'static str, String)> {
+        let mut out = Vec::new();
+        let flags = [
+            ("bytes_ok", self.bytes_ok),
+            ("client_eof", self.client_eof),
+            ("backend_eof", self.backend_eof),
+            ("client_closed", self.client_closed),
+            ("client_reset", self.client_reset),
+            ("alive", self.alive),
+            ("banner_first", self.banner_first),
+        ];
+        for (k, v) in flags {
+            if let Some(v) = v {
+                out.push((k, v.to_string()));
+            }
+        }
+        if let Some(l) = self.leftovers {
+            out.push(("echoed", l.echoed.to_string()));
+            out.push(("zombies", l.zombies.to_string()));
+            out.push(("leftover", l.processes.to_string()));
+            out.push(("fd_delta", l.fd_delta.to_string()));
+            out.push(("backend_open", l.backend_open.to_string()));
+        }
+        if let Some(d) = self.digest {
+            out.push(("digest", format!("{d:016x}")));
+        }
+        out
     }
 }
 
@@ -104,16 +189,16 @@ impl Ctx<'_> {
     /// The usual set-up of a scenario: a backend running `handler` on 127.0.0.1, the forwarder in
     /// front of it, and a client connected to the forwarder. Keep the first two alive while the
     /// client is in use.
-    fn through(&self, handler: Handler) -> Result<(Backend, fwdkit::Fwd, TcpStream), Obs> {
+    fn through(&self, handler: Handler) -> Result<(Backend, Fwd, TcpStream), Obs> {
         let (b, f) = self.fronted(handler)?;
         let c = connect(f.port).map_err(|e| Obs::err(format!("connect: {e}")))?;
         Ok((b, f, c))
     }
 
     /// A backend running `handler` on 127.0.0.1 and the forwarder in front of it.
-    fn fronted(&self, handler: Handler) -> Result<(Backend, fwdkit::Fwd), Obs> {
-        let b = Backend::start(lo(0), handler).map_err(|e| Obs::err(e.to_string()))?;
-        let f = self.launch(Ipv4Addr::LOCALHOST, b.port()).start().map_err(Obs::err)?;
+    fn fronted(&self, handler: Handler) -> Result<(Backend, Fwd), Obs> {
+        let b = backend(lo(0), handler).map_err(|e| Obs::err(e.to_string()))?;
+        let f = self.launch(Ipv4Addr::LOCALHOST, b.port).start().map_err(Obs::err)?;
         Ok((b, f))
     }
 
@@ -129,149 +214,155 @@ impl Ctx<'_> {
     }
 }
 
-struct Scenario {
-    id: &'static str,
-    title: &'static str,
-    expect: &'static str,
+pub struct Scenario {
+    pub id: ScenarioId,
+    pub name: &'static str,
+    pub title: &'static str,
+    /// What portfwd is documented to do.
+    pub expect: &'static str,
     run: fn(&Ctx) -> Obs,
 }
 
-const SCENARIOS: &[Scenario] = &[
+pub const SCENARIOS: &[Scenario] = &[
     Scenario {
-        id: "http_two_mappings",
+        id: ScenarioId::HttpTwoMappings,
+        name: "http_two_mappings",
         title: "HTTP through two mappings to two backends",
         expect: "requests and responses byte-identical on both mappings",
         run: sc_http_two_mappings,
     },
     Scenario {
-        id: "seed_case2",
+        id: ScenarioId::SeedCase2,
+        name: "seed_case2",
         title: "Seed case 2: 127.0.0.44 -> 127.0.0.41:8005/8006 -> 127.0.0.52:8008 / 127.0.0.53:8009, FIN order",
         expect: "bytes identical; backend's FIN reaches the client, client's FIN reaches the backend",
         run: sc_seed_case2,
     },
     Scenario {
-        id: "echo_1mib",
+        id: ScenarioId::Echo1Mib,
+        name: "echo_1mib",
         title: "1 MiB echo integrity",
         expect: "1 MiB echoed back identical",
         run: sc_echo_1mib,
     },
     Scenario {
-        id: "echo_100_concurrent",
+        id: ScenarioId::Echo100Concurrent,
+        name: "echo_100_concurrent",
         title: "100 concurrent echo clients, 10 round trips each",
         expect: "all 1000 round trips identical",
         run: sc_echo_100,
     },
     Scenario {
-        id: "client_half_close",
+        id: ScenarioId::ClientHalfClose,
+        name: "client_half_close",
         title: "Client half-close (shutdown write), backend answers after EOF",
         expect: "backend sees EOF, client gets the answer and then EOF",
         run: sc_half_close,
     },
     Scenario {
-        id: "server_closes_first",
+        id: ScenarioId::ServerClosesFirst,
+        name: "server_closes_first",
         title: "Server closes first: when does the client see EOF?",
         expect: "client sees EOF right after the backend closes",
         run: sc_server_closes_first,
     },
     Scenario {
-        id: "backend_down",
+        id: ScenarioId::BackendDown,
+        name: "backend_down",
         title: "Backend down (nothing listening)",
         expect: "client connection closed promptly; forwarder keeps running",
         run: sc_backend_down,
     },
     Scenario {
-        id: "backend_reset",
+        id: ScenarioId::BackendReset,
+        name: "backend_reset",
         title: "Backend resets mid-stream (1000 B, then RST)",
         expect: "client gets the 1000 B, then a reset",
         run: sc_backend_reset,
     },
     Scenario {
-        id: "short_200",
+        id: ScenarioId::Short200,
+        name: "short_200",
         title: "200 short connections, then zombies / leftover processes / main's fds",
         expect: "all echoed; 0 zombies, 0 leftover processes, main fds unchanged, no backend connection left",
         run: sc_short_200,
     },
     Scenario {
-        id: "server_speaks_first",
+        id: ScenarioId::ServerSpeaksFirst,
+        name: "server_speaks_first",
         title: "Server-speaks-first backend (banner), default dispatch",
         expect: "like the seed: banner held until the client sends (documented; use --dispatch accept)",
         run: sc_speaks_first_default,
     },
     Scenario {
-        id: "server_speaks_first_accept",
+        id: ScenarioId::ServerSpeaksFirstAccept,
+        name: "server_speaks_first_accept",
         title: "Server-speaks-first backend with accept-time dispatch",
         expect: "banner delivered without the client sending, then echo works",
         run: sc_speaks_first_accept,
     },
 ];
 
+/// One scenario's results, one [`Obs`] per binary (in the order of the specs).
+pub struct Row {
+    pub scenario: &'static Scenario,
+    pub cells: Vec<Obs>,
+}
+
+/// The results of a run.
+pub struct Report {
+    pub specs: Vec<Spec>,
+    pub rows: Vec<Row>,
+}
+
+impl Report {
+    /// What the first binary of `kind` did in scenario `id`.
+    pub fn get(&self, id: ScenarioId, kind: Kind) -> Option<&Obs> {
+        let col = self.specs.iter().position(|s| s.kind == kind)?;
+        self.rows.iter().find(|r| r.scenario.id == id).map(|r| &r.cells[col])
+    }
+
+    /// Whether every portfwd column matched the documented behaviour.
+    pub fn portfwd_ok(&self) -> bool {
+        self.rows.iter().all(|r| {
+            r.cells
+                .iter()
+                .zip(&self.specs)
+                .all(|(o, s)| s.kind != Kind::Portfwd || o.ok)
+        })
+    }
+}
+
+/// Runs the scenarios `only` (all when empty) against every spec, one binary at a time; `wait` is
+/// how long to wait for something that may never happen (EOF, a banner). `progress` hears of each
+/// result as it comes, with the time it took.
+pub fn run(
+    specs: Vec<Spec>,
+    only: &[ScenarioId],
+    wait: Duration,
+    mut progress: impl FnMut(&Scenario, &Spec, &Obs, Duration),
+) -> Report {
+    let mut rows = Vec::new();
+    for sc in SCENARIOS.iter().filter(|s| only.is_empty() || only.contains(&s.id)) {
+        let mut cells = Vec::new();
+        for spec in &specs {
+            let t0 = Instant::now();
+            let obs = (sc.run)(&Ctx { spec, wait });
+            progress(sc, spec, &obs, t0.elapsed());
+            cells.push(obs);
+        }
+        rows.push(Row { scenario: sc, cells });
+    }
+    Report { specs, rows }
+}
+
 // ---------------------------------------------------------------- backends
 
 type Handler = Arc<dyn Fn(TcpStream) + Send + Sync>;
 
-/// A TCP server thread on 127.x with one thread per connection.
-struct Backend {
-    addr: SocketAddrV4,
-    stop: Arc<AtomicBool>,
-    open: Arc<AtomicUsize>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl Backend {
-    fn start(addr: SocketAddrV4, handler: Handler) -> io::Result<Backend> {
-        let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
-        sock.set_reuse_address(true)?;
-        sock.bind(&std::net::SocketAddr::V4(addr).into())?;
-        sock.listen(1024)?;
-        sock.set_nonblocking(true)?;
-        let listener: std::net::TcpListener = sock.into();
-        let addr = match listener.local_addr()? {
-            std::net::SocketAddr::V4(a) => a,
-            _ => unreachable!(),
-        };
-        let stop = Arc::new(AtomicBool::new(false));
-        let open = Arc::new(AtomicUsize::new(0));
-        let (s2, o2) = (stop.clone(), open.clone());
-        let thread = thread::spawn(move || {
-            while !s2.load(Ordering::Relaxed) {
-                let mut pfd = libc::pollfd {
-                    fd: listener.as_raw_fd(),
-                    events: libc::POLLIN,
-                    revents: 0,
-                };
-                // SAFETY: one valid pollfd, bounded timeout.
-                unsafe { libc::poll(&mut pfd, 1, 50) };
-                while let Ok((stream, _)) = listener.accept() {
-                    let _ = stream.set_nonblocking(false);
-                    o2.fetch_add(1, Ordering::Relaxed);
-                    let (h, o3) = (handler.clone(), o2.clone());
-                    thread::spawn(move || {
-                        h(stream);
-                        o3.fetch_sub(1, Ordering::Relaxed);
-                    });
-                }
-            }
-        });
-        Ok(Backend {
-            addr,
-            stop,
-            open,
-            thread: Some(thread),
-        })
-    }
-
-    fn port(&self) -> u16 {
-        self.addr.port()
-    }
-}
-
-impl Drop for Backend {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
+/// A backend on `addr` running `handler`.
+fn backend(addr: SocketAddrV4, handler: Handler) -> io::Result<Backend> {
+    Backend::bind(SocketAddr::V4(addr), move |s| handler(s))
 }
 
 fn lo(port: u16) -> SocketAddrV4 {
@@ -390,7 +481,7 @@ fn http_handler(name: &'static str, fin_after: Option<Duration>, wait: Duration,
 }
 
 fn connect(port: u16) -> io::Result<TcpStream> {
-    fwdkit::connect_from(None, lo(port), Duration::from_secs(5))
+    TcpStream::connect_timeout(&SocketAddr::V4(lo(port)), Duration::from_secs(5))
 }
 
 // ---------------------------------------------------------------- scenarios
@@ -399,7 +490,7 @@ fn sc_http_two_mappings(cx: &Ctx) -> Obs {
     let (tx, rx) = channel();
     let backends: Vec<(&'static str, Backend)> = match ["A", "B"]
         .into_iter()
-        .map(|n| Backend::start(lo(0), http_handler(n, None, cx.wait, tx.clone())).map(|b| (n, b)))
+        .map(|n| backend(lo(0), http_handler(n, None, cx.wait, tx.clone())).map(|b| (n, b)))
         .collect()
     {
         Ok(v) => v,
@@ -407,7 +498,7 @@ fn sc_http_two_mappings(cx: &Ctx) -> Obs {
     };
     let mut fwds = Vec::new();
     for (_, b) in &backends {
-        match cx.launch(Ipv4Addr::LOCALHOST, b.port()).start() {
+        match cx.launch(Ipv4Addr::LOCALHOST, b.port).start() {
             Ok(f) => fwds.push(f),
             Err(e) => return Obs::err(e),
         }
@@ -449,9 +540,7 @@ fn sc_http_two_mappings(cx: &Ctx) -> Obs {
             )
         });
     }
-    Obs::new(ok, parts.join("; "))
-        .field("digest", format!("{digest:016x}"))
-        .field("bytes_ok", ok)
+    Obs::new(ok, parts.join("; ")).digest(digest).bytes_ok(ok)
 }
 
 fn sc_seed_case2(cx: &Ctx) -> Obs {
@@ -464,15 +553,15 @@ fn sc_seed_case2(cx: &Ctx) -> Obs {
     let (tx, rx) = channel();
     let mut keep = Vec::new();
     let mut fwds = Vec::new();
-    for (name, port, backend) in map {
-        match Backend::start(
-            backend,
+    for (name, port, addr) in map {
+        match backend(
+            addr,
             http_handler(name, Some(Duration::from_millis(200)), cx.wait, tx.clone()),
         ) {
             Ok(b) => keep.push(b),
-            Err(e) => return Obs::err(format!("backend {backend}: {e}")),
+            Err(e) => return Obs::err(format!("backend {addr}: {e}")),
         }
-        let mut l = cx.launch(*backend.ip(), backend.port());
+        let mut l = cx.launch(*addr.ip(), addr.port());
         l.bind = Some(fwd_ip);
         l.port = Some(port);
         match l.start() {
@@ -486,8 +575,7 @@ fn sc_seed_case2(cx: &Ctx) -> Obs {
     let mut fin_to_backend = true;
     let mut parts = Vec::new();
     for (name, port, _) in map {
-        let mut c = match fwdkit::connect_from(Some(client_ip), SocketAddrV4::new(fwd_ip, port), Duration::from_secs(5))
-        {
+        let mut c = match connect_from(IpAddr::V4(client_ip), SocketAddr::from((fwd_ip, port))) {
             Ok(c) => c,
             Err(e) => return Obs::err(format!("connect from {client_ip} to {fwd_ip}:{port}: {e}")),
         };
@@ -537,10 +625,10 @@ fn sc_seed_case2(cx: &Ctx) -> Obs {
         ));
     }
     Obs::new(bytes_ok && eof_to_client && fin_to_backend, parts.join(" | "))
-        .field("digest", format!("{digest:016x}"))
-        .field("bytes_ok", bytes_ok)
-        .field("client_eof", eof_to_client)
-        .field("backend_eof", fin_to_backend)
+        .digest(digest)
+        .bytes_ok(bytes_ok)
+        .client_eof(eof_to_client)
+        .backend_eof(fin_to_backend)
 }
 
 fn sc_echo_1mib(cx: &Ctx) -> Obs {
@@ -573,9 +661,7 @@ fn sc_echo_1mib(cx: &Ctx) -> Obs {
             end.map(|e| e.describe()).unwrap_or_else(|| "DIFFERENT bytes".into())
         )
     };
-    Obs::new(ok, text)
-        .field("digest", format!("{:016x}", fnv64(0, &got)))
-        .field("bytes_ok", ok)
+    Obs::new(ok, text).digest(fnv64(0, &got)).bytes_ok(ok)
 }
 
 fn sc_echo_100(cx: &Ctx) -> Obs {
@@ -646,9 +732,7 @@ fn sc_echo_100(cx: &Ctx) -> Obs {
     if !errors.is_empty() {
         text += &format!("; errors: {}", errors.join(", "));
     }
-    Obs::new(ok, text)
-        .field("digest", format!("{digest:016x}"))
-        .field("bytes_ok", ok)
+    Obs::new(ok, text).digest(digest).bytes_ok(ok)
 }
 
 fn sc_half_close(cx: &Ctx) -> Obs {
@@ -694,9 +778,9 @@ fn sc_half_close(cx: &Ctx) -> Obs {
         )
     };
     Obs::new(backend.0 && client_ok, format!("{}; {client}", backend.1))
-        .field("backend_eof", backend.0)
-        .field("client_eof", end.is_eof())
-        .field("digest", format!("{:016x}", fnv64(0, &reply)))
+        .backend_eof(backend.0)
+        .client_eof(end.is_eof())
+        .digest(fnv64(0, &reply))
 }
 
 fn sc_server_closes_first(cx: &Ctx) -> Obs {
@@ -720,15 +804,12 @@ fn sc_server_closes_first(cx: &Ctx) -> Obs {
     let (extra, end) = read_to_end_within(&mut c, usize::MAX, cx.wait);
     let ok = reply == b"bye\n" && extra.is_empty() && end.is_eof();
     Obs::new(ok, format!("reply 4 B; then client sees {}", end.describe()))
-        .field("client_eof", end.is_eof())
-        .field("digest", format!("{:016x}", fnv64(0, &reply)))
+        .client_eof(end.is_eof())
+        .digest(fnv64(0, &reply))
 }
 
 fn sc_backend_down(cx: &Ctx) -> Obs {
-    let dead = match fwdkit::free_port() {
-        Ok(p) => p,
-        Err(e) => return Obs::err(e.to_string()),
-    };
+    let dead = free_port();
     let mut f = match cx.launch(Ipv4Addr::LOCALHOST, dead).start() {
         Ok(f) => f,
         Err(e) => return Obs::err(e),
@@ -751,8 +832,8 @@ fn sc_backend_down(cx: &Ctx) -> Obs {
             if alive { "still running" } else { "EXITED" }
         ),
     )
-    .field("client_closed", end.is_closed())
-    .field("alive", alive)
+    .client_closed(end.is_closed())
+    .alive(alive)
 }
 
 fn sc_backend_reset(cx: &Ctx) -> Obs {
@@ -792,9 +873,9 @@ fn sc_backend_reset(cx: &Ctx) -> Obs {
         bytes_ok && end.is_reset(),
         format!("client got {} B, then {how}", got.len()),
     )
-    .field("bytes_ok", bytes_ok)
-    .field("client_reset", end.is_reset())
-    .field("digest", format!("{:016x}", fnv64(0, &got)))
+    .bytes_ok(bytes_ok)
+    .client_reset(end.is_reset())
+    .digest(fnv64(0, &got))
 }
 
 fn sc_short_200(cx: &Ctx) -> Obs {
@@ -820,13 +901,13 @@ fn sc_short_200(cx: &Ctx) -> Obs {
     }
     let took = t0.elapsed();
     // Settle: wait (bounded) until nothing changes any more, or all is clean.
-    let me = std::process::id() as i32;
+    let me = std::process::id();
     let measure = || {
         let procs = f.procs();
         let zombies = procs.iter().filter(|p| p.state == 'Z' && p.ppid != me).count();
         let live = procs.iter().filter(|p| p.state != 'Z' && p.pid != f.pid()).count();
         let fds = f.fd_count().unwrap_or(0) as i64 - base_fds as i64;
-        (zombies, live, fds, b.open.load(Ordering::Relaxed))
+        (zombies, live, fds, b.open())
     };
     let deadline = Instant::now() + cx.wait.max(Duration::from_secs(2));
     let mut last = measure();
@@ -854,12 +935,14 @@ fn sc_short_200(cx: &Ctx) -> Obs {
             ms(took)
         ),
     )
-    .field("echoed", good)
-    .field("zombies", zombies)
-    .field("leftover", live)
-    .field("fd_delta", fds)
-    .field("backend_open", open)
-    .field("digest", format!("{digest:016x}"))
+    .leftovers(Leftovers {
+        echoed: good,
+        zombies,
+        processes: live,
+        fd_delta: fds,
+        backend_open: open,
+    })
+    .digest(digest)
 }
 
 const BANNER: &[u8] = b"220 backend ready\r\n";
@@ -875,11 +958,11 @@ fn banner_handler() -> Handler {
 
 /// Connect, wait for the banner without sending, then send and read the rest.
 fn speaks_first(cx: &Ctx, accept: bool) -> (bool, bool, String, u64) {
-    let b = match Backend::start(lo(0), banner_handler()) {
+    let b = match backend(lo(0), banner_handler()) {
         Ok(b) => b,
         Err(e) => return (false, false, format!("setup error: {e}"), 0),
     };
-    let mut l = cx.launch(Ipv4Addr::LOCALHOST, b.port());
+    let mut l = cx.launch(Ipv4Addr::LOCALHOST, b.port);
     l.accept_dispatch = accept;
     let f = match l.start() {
         Ok(f) => f,
@@ -926,9 +1009,9 @@ fn sc_speaks_first_default(cx: &Ctx) -> Obs {
     // Documented portfwd default (--dispatch data, like the seed): the banner
     // waits for the client's first bytes.
     Obs::new(!banner_first && after_ok, text)
-        .field("banner_first", banner_first)
-        .field("bytes_ok", after_ok)
-        .field("digest", format!("{digest:016x}"))
+        .banner_first(banner_first)
+        .bytes_ok(after_ok)
+        .digest(digest)
 }
 
 fn sc_speaks_first_accept(cx: &Ctx) -> Obs {
@@ -937,157 +1020,7 @@ fn sc_speaks_first_accept(cx: &Ctx) -> Obs {
     }
     let (banner_first, after_ok, text, digest) = speaks_first(cx, true);
     Obs::new(banner_first && after_ok, text)
-        .field("banner_first", banner_first)
-        .field("bytes_ok", after_ok)
-        .field("digest", format!("{digest:016x}"))
-}
-
-// ---------------------------------------------------------------- main
-
-fn kind_name(k: Kind, i: usize) -> String {
-    match k {
-        Kind::Reference => "reference".into(),
-        Kind::Portfwd => "portfwd".into(),
-        Kind::Other => format!("extra{i}"),
-    }
-}
-
-fn main() {
-    let args = Args::parse();
-    if args.list {
-        for s in SCENARIOS {
-            println!("{:28} {}\n{:28} portfwd: {}", s.id, s.title, "", s.expect);
-        }
-        return;
-    }
-    if !matches!(args.format.as_str(), "table" | "kv" | "both") {
-        eprintln!("portfwd-compare: --format must be table, kv or both");
-        std::process::exit(2);
-    }
-    for o in &args.only {
-        if !SCENARIOS.iter().any(|s| s.id == o) {
-            eprintln!("portfwd-compare: unknown scenario {o:?} (see --list)");
-            std::process::exit(2);
-        }
-    }
-    fwdkit::set_subreaper();
-
-    let mut specs = Vec::new();
-    if !args.no_reference {
-        let path = match &args.reference {
-            Some(p) => p.clone(),
-            None => {
-                let root = fwdkit::manifest_dir();
-                match fwdkit::build_reference(&root, &fwdkit::default_reference_path(&root)) {
-                    Ok(p) => p,
-                    Err(e) => {
-                        eprintln!("portfwd-compare: {e}");
-                        std::process::exit(2);
-                    }
-                }
-            }
-        };
-        specs.push(Spec::reference(path));
-    }
-    if !args.no_portfwd {
-        let path = args.portfwd.clone().unwrap_or_else(|| {
-            std::env::current_exe()
-                .ok()
-                .and_then(|p| p.parent().map(|d| d.join("portfwd")))
-                .unwrap_or_default()
-        });
-        specs.push(Spec::portfwd(path));
-    }
-    for e in &args.extra {
-        match Spec::parse_extra(e) {
-            Ok(s) => specs.push(s),
-            Err(err) => {
-                eprintln!("portfwd-compare: {err}");
-                std::process::exit(2);
-            }
-        }
-    }
-    for s in &specs {
-        if !s.path.is_file() {
-            eprintln!("portfwd-compare: {} binary not found: {}", s.label, s.path.display());
-            std::process::exit(2);
-        }
-    }
-
-    let wait = Duration::from_millis(args.wait_ms);
-    let chosen: Vec<&Scenario> = SCENARIOS
-        .iter()
-        .filter(|s| args.only.is_empty() || args.only.iter().any(|o| o == s.id))
-        .collect();
-    let mut rows: Vec<(&Scenario, Vec<Obs>)> = Vec::new();
-    let mut portfwd_ok = true;
-    for sc in &chosen {
-        let mut cells = Vec::new();
-        for (i, spec) in specs.iter().enumerate() {
-            let t0 = Instant::now();
-            let obs = (sc.run)(&Ctx { spec, wait });
-            eprintln!(
-                "[{:>6.1}s] {:28} {:12} {}",
-                t0.elapsed().as_secs_f64(),
-                sc.id,
-                spec.label,
-                obs.text
-            );
-            if spec.kind == Kind::Portfwd && !obs.ok {
-                portfwd_ok = false;
-            }
-            if args.format != "table" {
-                let mut line = format!(
-                    "RESULT scenario={} kind={} ok={} na={}",
-                    sc.id,
-                    kind_name(spec.kind, i),
-                    obs.ok,
-                    obs.na
-                );
-                for (k, v) in &obs.fields {
-                    line += &format!(" {k}={v}");
-                }
-                println!("{line}");
-            }
-            cells.push(obs);
-        }
-        rows.push((sc, cells));
-    }
-    if args.format != "kv" {
-        print_table(&specs, &rows);
-    }
-    if !args.no_portfwd {
-        println!(
-            "\nportfwd {} as documented",
-            if portfwd_ok { "behaves" } else { "DOES NOT behave" }
-        );
-    }
-    std::process::exit(if portfwd_ok { 0 } else { 1 });
-}
-
-fn print_table(specs: &[Spec], rows: &[(&Scenario, Vec<Obs>)]) {
-    let mut head = String::from("| Scenario |");
-    let mut sep = String::from("|---|");
-    for s in specs {
-        head += &format!(" {} |", s.label);
-        sep += "---|";
-    }
-    println!("{head}\n{sep}");
-    for (sc, cells) in rows {
-        let mut line = format!("| {} (`{}`) |", sc.title, sc.id);
-        for (s, o) in specs.iter().zip(cells) {
-            let mark = match (s.kind, o.na) {
-                (_, true) => "",
-                (Kind::Portfwd, _) if o.ok => "✓ ",
-                (Kind::Portfwd, _) => "✗ UNEXPECTED: ",
-                _ => "",
-            };
-            line += &format!(" {mark}{} |", o.text.replace('|', "/"));
-        }
-        println!("{line}");
-    }
-    println!("\n✓ = portfwd did what it is documented to do. Documented portfwd behaviour per scenario:");
-    for (sc, _) in rows {
-        println!("- `{}`: {}", sc.id, sc.expect);
-    }
+        .banner_first(banner_first)
+        .bytes_ok(after_ok)
+        .digest(digest)
 }

@@ -1,17 +1,14 @@
-//! Issue 4 end to end: limits, timeouts and access control under floods, faults and hostile
+//! Limits, timeouts and access control under floods, faults and hostile
 //! clients. The real binary, real sockets on loopback, kernel-picked ports, bounded waits.
 //!
-//! Tests that need root (a fork limit for another uid, `--user`) print why they skip otherwise.
+//! Tests that need root (a fork limit for another uid, `--user`) say why they skip otherwise.
 
-mod common;
-
-use common::*;
-use socket2::{Domain, SockRef, Socket, Type};
+use crate::util::*;
+use socket2::SockRef;
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -24,124 +21,11 @@ const KIB: usize = 1 << 10;
 // Helpers
 // ---------------------------------------------------------------------------------------------
 
-fn is_root() -> bool {
-    // SAFETY: geteuid cannot fail and has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
-
-fn ipv6_loopback() -> bool {
-    TcpListener::bind("[::1]:0").is_ok()
-}
-
 fn v4(last: u8) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(127, 0, 0, last))
 }
 
 const V6_LOOPBACK: IpAddr = IpAddr::V6(Ipv6Addr::LOCALHOST);
-
-/// Connects to `dst` from the address `src` (any port), like a client on another host would.
-fn connect_from(src: IpAddr, dst: SocketAddr) -> io::Result<TcpStream> {
-    let s = Socket::new(Domain::for_address(dst), Type::STREAM, None)?;
-    s.bind(&SocketAddr::new(src, 0).into())?;
-    s.connect_timeout(&dst.into(), Duration::from_secs(5))?;
-    let t: TcpStream = s.into();
-    t.set_read_timeout(Some(Duration::from_secs(10)))?;
-    Ok(t)
-}
-
-/// Sends `len` pattern bytes through an echo path, half-closes, and checks that exactly the same
-/// bytes come back.
-fn echo_check(s: TcpStream, seed: u64, len: usize) -> io::Result<()> {
-    let mut w = s.try_clone()?;
-    let sender = thread::Builder::new().stack_size(256 * 1024).spawn(move || {
-        let h = send_pattern(&mut w, seed, len)?;
-        w.shutdown(Shutdown::Write)?;
-        Ok::<_, io::Error>(h)
-    })?;
-    let (n, got) = read_hash(&mut &s)?;
-    let sent = sender.join().expect("sender thread")?;
-    if n == len && got == sent {
-        Ok(())
-    } else {
-        Err(io::Error::other(format!(
-            "sent {len} bytes, got {n} back, same bytes: {}",
-            got == sent
-        )))
-    }
-}
-
-/// What a client sees when it reads: the kind of error, or `Ok(n)` for n bytes then EOF.
-fn read_outcome(s: &mut TcpStream) -> Result<usize, ErrorKind> {
-    let (data, end) = read_to_end_or_err(s);
-    end.map(|()| data.len()).map_err(|e| e.kind())
-}
-
-/// Asserts that the forwarder reset this client at once (a refusal or a failed fork).
-fn assert_reset(s: &mut TcpStream, what: &str) {
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    assert_eq!(read_outcome(s), Err(ErrorKind::ConnectionReset), "{what}");
-}
-
-/// Sends SIGUSR1 and returns the stats line it produced.
-fn stats(fwd: &Forwarder) -> String {
-    let marker = " stats live=";
-    let before = fwd.log.lock().unwrap().iter().filter(|l| l.contains(marker)).count();
-    fwd.signal(libc::SIGUSR1);
-    assert!(
-        fwd.wait_log_count(marker, before + 1, Duration::from_secs(5)),
-        "no stats line after SIGUSR1:\n{}",
-        fwd.log_text()
-    );
-    let log = fwd.log.lock().unwrap();
-    log.iter().filter(|l| l.contains(marker)).nth(before).unwrap().clone()
-}
-
-/// The number after `key=` in a log line.
-fn field(line: &str, key: &str) -> u64 {
-    let pat = format!(" {key}=");
-    let at = line.find(&pat).unwrap_or_else(|| panic!("no {key} in {line}")) + pat.len();
-    line[at..]
-        .split(|c: char| !c.is_ascii_digit())
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap()
-}
-
-fn count_lines(fwd: &Forwarder, needle: &str) -> usize {
-    fwd.log.lock().unwrap().iter().filter(|l| l.contains(needle)).count()
-}
-
-/// CPU time (user + system, all threads) a process has used, in clock ticks.
-fn cpu_ticks(pid: u32) -> u64 {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let rest: Vec<&str> = text[text.rfind(')').unwrap() + 2..].split(' ').collect();
-    // After the command: state(3) ... utime(14) stime(15).
-    rest[11].parse::<u64>().unwrap() + rest[12].parse::<u64>().unwrap()
-}
-
-fn clock_ticks_per_sec() -> u64 {
-    // SAFETY: sysconf has no preconditions.
-    unsafe { libc::sysconf(libc::_SC_CLK_TCK) as u64 }
-}
-
-fn socket_fds(pid: u32) -> Vec<i32> {
-    fd_targets(pid)
-        .into_iter()
-        .filter(|(_, t)| t.starts_with("socket:"))
-        .map(|(n, _)| n)
-        .collect()
-}
-
-/// A line of /proc/PID/status, without its key: `Uid:\t0\t0\t0\t0` gives `0 0 0 0`.
-fn status(pid: u32, key: &str) -> String {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = text
-        .lines()
-        .find(|l| l.starts_with(&format!("{key}:")))
-        .unwrap_or_else(|| panic!("no {key} in /proc/{pid}/status"));
-    line[key.len() + 1..].split_whitespace().collect::<Vec<_>>().join(" ")
-}
 
 /// A duplicate, in this process, of descriptor `fd` of process `pid` (`pidfd_getfd(2)`, Linux 5.6;
 /// needs ptrace rights over `pid`, which a test has over the forwarder it started as itself).
@@ -161,53 +45,25 @@ fn steal_fd(pid: u32, fd: i32) -> io::Result<OwnedFd> {
     }
 }
 
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("portfwd-limits-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
 /// Starts `portfwd EXTRA... --config FILE` where FILE is `lines(ports)` for `n` fresh ports;
 /// returns the forwarder (its `port` is the first) and the ports. Retries if a port was taken.
 fn start_config(name: &str, n: usize, extra: &[&str], lines: impl Fn(&[u16]) -> String) -> (Forwarder, Vec<u16>) {
-    let dir = temp_dir(name);
+    let dir = TempDir::new(name);
     let file = dir.join("setup.config");
-    for _ in 0..5 {
+    let (f, ports) = retry_ports(|| {
         let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
         std::fs::write(&file, lines(&ports)).unwrap();
         let mut args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         args.extend(["--config".to_string(), file.display().to_string()]);
-        match Forwarder::spawn(&args, ports[0]) {
-            Ok(f) => {
-                assert!(
-                    f.wait_log_count("listening on", n, Duration::from_secs(5)),
-                    "{}",
-                    f.log_text()
-                );
-                return (f, ports);
-            }
-            Err(e) if e.contains("in use") => continue,
-            Err(e) => panic!("portfwd did not start: {e}"),
-        }
-    }
-    panic!("no free ports after 5 tries");
-}
-
-/// `portfwd ARGS PORT 127.0.0.1 BACKEND` on a fresh port, from a command `make` prepares.
-fn start_with(make: impl Fn() -> Command, args: &[&str], backend: u16) -> Forwarder {
-    for _ in 0..5 {
-        let port = free_port();
-        let mut cmd = make();
-        cmd.args(args)
-            .args([port.to_string(), "127.0.0.1".into(), backend.to_string()]);
-        match Forwarder::spawn_command(cmd, port) {
-            Ok(f) => return f,
-            Err(e) if e.contains("in use") => continue,
-            Err(e) => panic!("portfwd did not start: {e}"),
-        }
-    }
-    panic!("no free port after 5 tries");
+        Forwarder::spawn(BIN, &args, ports[0]).map(|f| (f, ports))
+    })
+    .unwrap_or_else(|e| panic!("portfwd did not start: {e}"));
+    assert!(
+        f.wait_log_count("listening on", n, Duration::from_secs(5)),
+        "{}",
+        f.log_text()
+    );
+    (f, ports)
 }
 
 /// Sets a resource limit (soft and hard) in a child between fork and exec.
@@ -268,37 +124,9 @@ fn counting_echo(tally: &Arc<Tally>) -> Backend {
     })
 }
 
-/// The children of a process, from `/proc/PID/task/*/children`: cheaper than `descendants`, which
-/// reads every process's stat (slow when the host runs tens of thousands of processes).
-fn children(pid: u32) -> Vec<u32> {
-    let mut out = Vec::new();
-    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
-        for task in tasks.flatten() {
-            if let Ok(text) = std::fs::read_to_string(task.path().join("children")) {
-                out.extend(text.split_whitespace().filter_map(|p| p.parse::<u32>().ok()));
-            }
-        }
-    }
-    out
-}
-
-/// Connection processes and their pumps (children and grandchildren).
-fn family(pid: u32) -> Vec<u32> {
-    let mut out = Vec::new();
-    for c in children(pid) {
-        out.push(c);
-        out.extend(children(c));
-    }
-    out
-}
-
-fn processes_below(pid: u32) -> usize {
-    family(pid).len()
-}
-
 /// Waits until the forwarder has no connection process left (all reaped, none stray).
 fn wait_no_descendants(fwd: &Forwarder, limit: Duration) -> bool {
-    wait_until(limit, || children(fwd.pid()).is_empty())
+    wait_until(limit, || fwd.descendants().is_empty())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -316,6 +144,8 @@ fn flood_with_dispatch_accept_is_served_in_full_never_above_the_cap() {
 }
 
 fn flood(dispatch: &str) {
+    // Samples the forwarder's processes while it is flooded: no other heavy test meanwhile.
+    let _turn = serial();
     const CAP: usize = 16;
     const CLIENTS: usize = 3 * CAP;
     let tally = Arc::new(Tally::default());
@@ -328,6 +158,7 @@ fn flood(dispatch: &str) {
         t.leave();
     });
     let fwd = Forwarder::start(
+        BIN,
         &["--max-connections", &CAP.to_string(), "--dispatch", dispatch],
         "127.0.0.1",
         backend.port,
@@ -340,7 +171,7 @@ fn flood(dispatch: &str) {
         let (most, done) = (Arc::clone(&most_processes), Arc::clone(&done));
         thread::spawn(move || {
             while !done.load(Ordering::SeqCst) {
-                most.fetch_max(processes_below(pid), Ordering::SeqCst);
+                most.fetch_max(descendants(pid).len(), Ordering::SeqCst);
                 thread::sleep(Duration::from_millis(5));
             }
         })
@@ -388,20 +219,20 @@ fn max_connections_counts_silent_clients_and_resumes_when_one_leaves() {
     let addr = SocketAddr::from(([127, 0, 0, 1], ports[0]));
     let silent1 = TcpStream::connect(addr).unwrap();
     let _silent2 = TcpStream::connect(addr).unwrap();
-    assert!(wait_until(Duration::from_secs(5), || field(&stats(&fwd), "waiting") == 2));
+    assert!(wait_until(Duration::from_secs(5), || field(&fwd.stats(), "waiting") == 2));
     // The third is in the kernel's backlog: connected, but nothing reaches the backend.
     let third = TcpStream::connect(addr).unwrap();
     third.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     let mut w = third.try_clone().unwrap();
     w.write_all(b"queued").unwrap();
     w.shutdown(Shutdown::Write).unwrap();
-    let line = stats(&fwd);
+    let line = fwd.stats();
     assert_eq!((field(&line, "waiting"), field(&line, "accepted")), (2, 2), "{line}");
     abort(silent1);
     let mut got = Vec::new();
     (&third).read_to_end(&mut got).unwrap();
     assert_eq!(got, b"queued");
-    assert_eq!(field(&stats(&fwd), "accepted"), 3);
+    assert_eq!(field(&fwd.stats(), "accepted"), 3);
 }
 
 #[test]
@@ -421,7 +252,7 @@ fn the_command_line_cap_counts_every_mapping_of_the_process() {
     let b = SocketAddr::from(([127, 0, 0, 1], ports[1]));
     let silent_a = TcpStream::connect(a).unwrap();
     let _silent_b = TcpStream::connect(b).unwrap();
-    assert!(wait_until(Duration::from_secs(5), || field(&stats(&fwd), "waiting") == 2));
+    assert!(wait_until(Duration::from_secs(5), || field(&fwd.stats(), "waiting") == 2));
     let third = TcpStream::connect(b).unwrap();
     third.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     let mut w = third.try_clone().unwrap();
@@ -436,22 +267,22 @@ fn the_command_line_cap_counts_every_mapping_of_the_process() {
         "{}",
         fwd.log_text()
     );
-    let line = stats(&fwd);
+    let line = fwd.stats();
     assert_eq!((field(&line, "waiting"), field(&line, "accepted")), (2, 2), "{line}");
     abort(silent_a);
     let mut got = Vec::new();
     (&third).read_to_end(&mut got).unwrap();
     assert_eq!(got, b"queued");
-    assert_eq!(count_lines(&fwd, "at max_connections"), 1, "{}", fwd.log_text());
+    assert_eq!(fwd.count_lines("at max_connections"), 1, "{}", fwd.log_text());
 }
 
 #[test]
 fn max_per_source_refuses_the_extra_connection_from_one_address_only() {
     let backend = Backend::start(echo);
-    let fwd = Forwarder::start(&["--max-per-source", "2"], "127.0.0.1", backend.port);
+    let fwd = Forwarder::start(BIN, &["--max-per-source", "2"], "127.0.0.1", backend.port);
     let a1 = connect_from(v4(2), fwd.addr()).unwrap();
     let _a2 = connect_from(v4(2), fwd.addr()).unwrap();
-    assert!(wait_until(Duration::from_secs(5), || field(&stats(&fwd), "waiting") == 2));
+    assert!(wait_until(Duration::from_secs(5), || field(&fwd.stats(), "waiting") == 2));
     assert!(!served_from(v4(2), fwd.addr()), "third connection from 127.0.0.2");
     assert!(
         fwd.wait_log_count("outcome=refused reason=max-per-source", 1, Duration::from_secs(5)),
@@ -465,24 +296,26 @@ fn max_per_source_refuses_the_extra_connection_from_one_address_only() {
     echo_check(connect_from(v4(3), fwd.addr()).unwrap(), 1, 1000).unwrap();
     // When one of the two leaves, that address may come again.
     abort(a1);
-    assert!(wait_until(Duration::from_secs(5), || field(&stats(&fwd), "waiting") == 1));
+    assert!(wait_until(Duration::from_secs(5), || field(&fwd.stats(), "waiting") == 1));
     echo_check(connect_from(v4(2), fwd.addr()).unwrap(), 2, 1000).unwrap();
-    assert_eq!(count_lines(&fwd, "outcome=refused"), 1);
+    assert_eq!(fwd.count_lines("outcome=refused"), 1);
 }
 
 #[test]
 fn a_flood_of_refused_clients_is_logged_twenty_lines_a_second_and_counted_in_full() {
     const FLOOD: u64 = 300;
+    // A rate over wall-clock seconds: no other heavy test meanwhile.
+    let _turn = serial();
     let backend = Backend::start(echo);
-    let fwd = Forwarder::start(&["--deny", "127.0.0.3/32"], "127.0.0.1", backend.port);
+    let fwd = Forwarder::start(BIN, &["--deny", "127.0.0.3/32"], "127.0.0.1", backend.port);
     let started = Instant::now();
     for _ in 0..FLOOD {
         // Each is reset, maybe before connect returns: only the forwarder's count matters here.
         let _ = connect_from(v4(3), fwd.addr());
     }
     let spanned = started.elapsed().as_secs() + 1;
-    assert!(wait_until(Duration::from_secs(10), || field(&stats(&fwd), "refused") == FLOOD));
-    let one_by_one = || count_lines(&fwd, "outcome=refused reason=access-denied") as u64;
+    assert!(wait_until(Duration::from_secs(10), || field(&fwd.stats(), "refused") == FLOOD));
+    let one_by_one = || fwd.count_lines("outcome=refused reason=access-denied") as u64;
     let summed = || -> u64 {
         let lines = fwd.log.lock().unwrap().clone();
         lines
@@ -517,9 +350,15 @@ fn a_flood_of_refused_clients_is_logged_twenty_lines_a_second_and_counted_in_ful
 fn slow_loris_two_thousand_silent_sockets_are_closed_after_the_first_byte_timeout() {
     const SILENT: usize = 2000;
     const TIMEOUT: Duration = Duration::from_secs(3);
+    let _turn = serial();
+    // The silent sockets and a few hundred more, here and in the forwarder (which inherits the
+    // limit).
+    if let Err(why) = need_descriptors(SILENT as u64 + 300) {
+        return skip(why);
+    }
     let backend = Backend::start(echo);
-    let fwd = Forwarder::start(&["--first-byte-timeout", "3"], "127.0.0.1", backend.port);
-    let baseline = socket_fds(fwd.pid()).len();
+    let fwd = Forwarder::start(BIN, &["--first-byte-timeout", "3"], "127.0.0.1", backend.port);
+    let baseline = procs::socket_fds(fwd.pid()).len();
     let start = Instant::now();
     let mut silent = Vec::with_capacity(SILENT);
     for _ in 0..SILENT {
@@ -542,17 +381,17 @@ fn slow_loris_two_thousand_silent_sockets_are_closed_after_the_first_byte_timeou
     silent[0].set_nonblocking(false).unwrap();
     // After the timeout, the main process holds none of them.
     assert!(
-        wait_until(TIMEOUT + Duration::from_secs(15), || socket_fds(fwd.pid()).len()
+        wait_until(TIMEOUT + Duration::from_secs(15), || procs::socket_fds(fwd.pid()).len()
             <= baseline),
         "main process still holds {} sockets",
-        socket_fds(fwd.pid()).len()
+        procs::socket_fds(fwd.pid()).len()
     );
     assert!(start.elapsed() >= TIMEOUT);
     for (i, s) in silent.iter_mut().enumerate() {
         s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         assert_eq!(read_outcome(s), Ok(0), "silent client {i} was not closed");
     }
-    let line = stats(&fwd);
+    let line = fwd.stats();
     assert_eq!(field(&line, "first_byte_timeouts"), SILENT as u64, "{line}");
     assert_eq!(field(&line, "waiting"), 0, "{line}");
     // And service goes on.
@@ -631,7 +470,7 @@ fn idle_timeout_closes_a_silent_connection_but_not_one_with_one_way_traffic() {
     busy.read_to_string(&mut answer).unwrap();
     assert_eq!(answer, sent.to_string());
     assert!(fwd.wait_log_count("outcome=closed", 1, Duration::from_secs(5)));
-    assert_eq!(count_lines(&fwd, "outcome=idle-timeout"), 1, "{}", fwd.log_text());
+    assert_eq!(fwd.count_lines("outcome=idle-timeout"), 1, "{}", fwd.log_text());
 
     // Bytes first, then silence: idle from the last byte on (the pump is past its first read).
     let mut quiet = TcpStream::connect(addr).unwrap();
@@ -656,7 +495,7 @@ fn idle_timeout_closes_a_silent_connection_but_not_one_with_one_way_traffic() {
     );
     // Counted when the main process reaps it, which may come just after the line.
     assert!(wait_until(Duration::from_secs(5), || field(
-        &stats(&fwd),
+        &fwd.stats(),
         "idle_timeout"
     ) == 2));
 }
@@ -664,19 +503,23 @@ fn idle_timeout_closes_a_silent_connection_but_not_one_with_one_way_traffic() {
 #[test]
 fn keepalive_and_idle_socket_options_on_both_legs() {
     let backend = Backend::start(echo);
-    let fwd = Forwarder::start(&["--keepalive", "20", "--idle-timeout", "3"], "127.0.0.1", backend.port);
+    let fwd = Forwarder::start(
+        BIN,
+        &["--keepalive", "20", "--idle-timeout", "3"],
+        "127.0.0.1",
+        backend.port,
+    );
     let mut c = fwd.connect();
     c.write_all(b"ping").unwrap();
     let mut buf = [0u8; 4];
     c.read_exact(&mut buf).unwrap();
-    let procs = family(fwd.pid());
-    assert_eq!(procs.len(), 2, "a connection and its pump");
+    let kids = fwd.descendants();
+    assert_eq!(kids.len(), 2, "a connection and its pump");
     let mut legs = 0;
-    for &pid in &procs {
-        for fd in socket_fds(pid) {
+    for &pid in &kids {
+        for fd in procs::socket_fds(pid) {
             let Ok(dup) = steal_fd(pid, fd) else {
-                println!("SKIP keepalive: pidfd_getfd not permitted or not supported");
-                return;
+                return skip("pidfd_getfd not permitted or not supported");
             };
             let s = SockRef::from(&dup);
             let (local, peer) = (s.local_addr().unwrap(), s.peer_addr().unwrap());
@@ -719,7 +562,7 @@ fn keepalive_and_idle_socket_options_on_both_legs() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("at most 32767"), "{err}");
-    let dir = temp_dir("ka-max");
+    let dir = TempDir::new("ka-max");
     std::fs::write(dir.join("c"), "1 -> 127.0.0.1:2 keepalive=32768\n").unwrap();
     let out = Command::new(BIN)
         .arg("--check-config")
@@ -737,10 +580,10 @@ fn keepalive_and_idle_socket_options_on_both_legs() {
     c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     c.write_all(b"ping").unwrap();
     c.read_exact(&mut buf).unwrap();
-    let procs = family(off.pid());
-    assert_eq!(procs.len(), 2);
-    for &pid in &procs {
-        for fd in socket_fds(pid) {
+    let kids = off.descendants();
+    assert_eq!(kids.len(), 2);
+    for &pid in &kids {
+        for fd in procs::socket_fds(pid) {
             let dup = steal_fd(pid, fd).unwrap();
             assert!(
                 !SockRef::from(&dup).keepalive().unwrap(),
@@ -753,19 +596,14 @@ fn keepalive_and_idle_socket_options_on_both_legs() {
 #[test]
 fn keepalive_ends_a_connection_whose_peers_went_silent() {
     if !is_root() {
-        println!("SKIP dead-peer keepalive: needs root for a network namespace of its own");
-        return;
+        return skip("needs root for a network namespace of its own");
     }
     // This test thread moves to a network namespace of its own, so that it can silence its
     // loopback without touching anyone else's: the backend, the forwarder and the client it
     // starts from here live there too.
     // SAFETY: unshare changes only the calling thread's namespaces.
     if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
-        println!(
-            "SKIP dead-peer keepalive: unshare(CLONE_NEWNET): {}",
-            io::Error::last_os_error()
-        );
-        return;
+        return skip(format!("unshare(CLONE_NEWNET): {}", io::Error::last_os_error()));
     }
     let ip = |args: &[&str]| {
         Command::new("ip")
@@ -775,11 +613,10 @@ fn keepalive_ends_a_connection_whose_peers_went_silent() {
             .unwrap_or(false)
     };
     if !ip(&["link", "set", "lo", "up"]) {
-        println!("SKIP dead-peer keepalive: `ip link set lo up` failed (iproute2 missing?)");
-        return;
+        return skip("`ip link set lo up` failed (iproute2 missing?)");
     }
     let backend = Backend::start(echo);
-    let fwd = Forwarder::start(&["--keepalive", "1"], "127.0.0.1", backend.port);
+    let fwd = Forwarder::start(BIN, &["--keepalive", "1"], "127.0.0.1", backend.port);
     let mut c = fwd.connect();
     c.write_all(b"ping").unwrap();
     let mut buf = [0u8; 4];
@@ -816,14 +653,17 @@ fn keepalive_ends_a_connection_whose_peers_went_silent() {
 fn out_of_descriptors_pauses_without_spinning_and_recovers_by_itself() {
     const NOFILE: u64 = 32;
     const SILENT: usize = 60;
+    // Measures the forwarder's CPU use: no other heavy test meanwhile.
+    let _turn = serial();
     let backend = Backend::start(echo);
-    let fwd = start_with(
+    let fwd = Forwarder::start_command(
         || {
             let mut cmd = Command::new(BIN);
             limit_in_child(&mut cmd, libc::RLIMIT_NOFILE, NOFILE);
             cmd
         },
         &["--first-byte-timeout", "off", "--accept-threads", "2"],
+        "127.0.0.1",
         backend.port,
     );
     let silent: Vec<TcpStream> = (0..SILENT).map(|_| TcpStream::connect(fwd.addr()).unwrap()).collect();
@@ -839,17 +679,17 @@ fn out_of_descriptors_pauses_without_spinning_and_recovers_by_itself() {
     w.shutdown(Shutdown::Write).unwrap();
 
     // Stuck, but not busy: under 20% of one core over two seconds (a busy loop would use ~100%).
-    let before = cpu_ticks(fwd.pid());
+    let before = procs::cpu_ticks(fwd.pid());
     let t0 = Instant::now();
     thread::sleep(Duration::from_secs(2));
-    let used = (cpu_ticks(fwd.pid()) - before) as f64 / clock_ticks_per_sec() as f64;
+    let used = (procs::cpu_ticks(fwd.pid()) - before) as f64 / procs::clock_ticks_per_sec() as f64;
     let share = used / t0.elapsed().as_secs_f64();
     println!(
         "descriptor exhaustion: main process used {:.1}% of a core",
         share * 100.0
     );
     assert!(share < 0.2, "{:.0}% of a core while out of descriptors", share * 100.0);
-    assert!(socket_fds(fwd.pid()).len() as u64 <= NOFILE);
+    assert!(procs::socket_fds(fwd.pid()).len() as u64 <= NOFILE);
 
     // The silent clients leave; the one in the backlog is served, then new ones.
     for s in silent {
@@ -861,21 +701,22 @@ fn out_of_descriptors_pauses_without_spinning_and_recovers_by_itself() {
     echo_check(fwd.connect(), 3, 64 * KIB).unwrap();
     assert!(fwd.wait_log_count("accepting again", 1, Duration::from_secs(5)));
     assert_eq!(
-        count_lines(&fwd, "pausing accepts"),
+        fwd.count_lines("pausing accepts"),
         1,
         "logged once:\n{}",
         fwd.log_text()
     );
-    assert_eq!(count_lines(&fwd, "accepting again"), 1);
+    assert_eq!(fwd.count_lines("accepting again"), 1);
     let mut fwd = fwd;
     assert!(fwd.alive());
 }
 
-/// A process of `uid` that only takes up one of that uid's `RLIMIT_NPROC` slots. Killed on drop.
-struct Sleeper(std::process::Child);
+/// A process of `uid` that only takes up one of that uid's `RLIMIT_NPROC` slots. Killed (and
+/// reaped, so that its slot is free again) on drop.
+struct Sleeper;
 
 impl Sleeper {
-    fn start(uid: u32) -> Sleeper {
+    fn start(uid: u32) -> KillOnDrop {
         let mut cmd = Command::new("setpriv");
         cmd.args([
             format!("--reuid={uid}"),
@@ -887,24 +728,16 @@ impl Sleeper {
         let child = cmd.stdin(Stdio::null()).spawn().expect("spawn sleep");
         // It counts once setpriv has switched to the uid.
         let pid = child.id();
-        assert!(wait_until(Duration::from_secs(5), || status(pid, "Uid")
+        assert!(wait_until(Duration::from_secs(5), || procs::status(pid, "Uid")
             .starts_with(&uid.to_string())));
-        Sleeper(child)
-    }
-}
-
-impl Drop for Sleeper {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait(); // reaped: its slot is free again
+        KillOnDrop(child)
     }
 }
 
 #[test]
 fn fork_failures_reset_the_client_are_logged_and_service_resumes() {
     if !is_root() {
-        println!("SKIP fork failure: needs root to run the forwarder as another uid with RLIMIT_NPROC");
-        return;
+        return skip("needs root to run the forwarder as another uid with RLIMIT_NPROC");
     }
     // RLIMIT_NPROC counts every task of the real uid, so this uid must be used by nothing else.
     // The limit is set once at start (raising it later would need CAP_SYS_RESOURCE); sleepers of
@@ -913,16 +746,17 @@ fn fork_failures_reset_the_client_are_logged_and_service_resumes() {
     let tally = Arc::new(Tally::default());
     let backend = counting_echo(&tally);
     // The main process and its one accept thread are 2 tasks; one connection is 2 more.
-    let fwd = start_with(
+    let fwd = Forwarder::start_command(
         || {
             let mut cmd = as_uid(UID);
             limit_in_child(&mut cmd, libc::RLIMIT_NPROC, 4);
             cmd
         },
         &["--accept-threads", "1"],
+        "127.0.0.1",
         backend.port,
     );
-    assert_eq!(status(fwd.pid(), "Uid"), format!("{UID} {UID} {UID} {UID}"));
+    assert_eq!(procs::status(fwd.pid(), "Uid"), format!("{UID} {UID} {UID} {UID}"));
     echo_check(fwd.connect(), 30, 32 * KIB).expect("served while there is room");
     assert!(wait_no_descendants(&fwd, Duration::from_secs(5)));
 
@@ -975,7 +809,7 @@ fn fork_failures_reset_the_client_are_logged_and_service_resumes() {
         echo_check(fwd.connect(), 40 + i, 32 * KIB).unwrap_or_else(|e| panic!("{e}\n{}", fwd.log_text()));
         assert!(wait_no_descendants(&fwd, Duration::from_secs(5)));
     }
-    let line = stats(&fwd);
+    let line = fwd.stats();
     assert_eq!(field(&line, "fork_failed"), 4, "{line}");
     assert_eq!(field(&line, "closed"), 4, "{line}");
     let mut fwd = fwd;
@@ -984,10 +818,10 @@ fn fork_failures_reset_the_client_are_logged_and_service_resumes() {
 
 #[test]
 fn backend_flapping_down_up_down_up_never_stops_the_forwarder() {
-    let listener = listen("127.0.0.1:0");
+    let listener = listen(local(0)).unwrap();
     let port = listener.local_addr().unwrap().port();
     let mut backend = Some(Backend::from_listener(listener, echo));
-    let fwd = Forwarder::start(&["--connect-timeout", "1"], "127.0.0.1", port);
+    let fwd = Forwarder::start(BIN, &["--connect-timeout", "1"], "127.0.0.1", port);
     let served = Arc::new(AtomicUsize::new(0));
     let failed = Arc::new(AtomicUsize::new(0));
     let wrong = Arc::new(Mutex::new(Vec::<String>::new()));
@@ -1026,11 +860,11 @@ fn backend_flapping_down_up_down_up_never_stops_the_forwarder() {
     assert!(progress(&served), "up");
     drop(backend.take()); // down: the port refuses connections
     assert!(progress(&failed), "down");
-    backend.replace(Backend::from_listener(listen(&format!("127.0.0.1:{port}")), echo));
+    backend.replace(Backend::from_listener(listen(local(port)).unwrap(), echo));
     assert!(progress(&served), "up again");
     drop(backend.take());
     assert!(progress(&failed), "down again");
-    backend.replace(Backend::from_listener(listen(&format!("127.0.0.1:{port}")), echo));
+    backend.replace(Backend::from_listener(listen(local(port)).unwrap(), echo));
     assert!(progress(&served), "up at the end");
     stop.store(true, Ordering::SeqCst);
     for c in clients {
@@ -1065,11 +899,11 @@ fn backend_flapping_down_up_down_up_never_stops_the_forwarder() {
 #[test]
 fn a_connection_process_killed_by_a_signal_is_logged_and_the_forwarder_goes_on() {
     let backend = Backend::start(echo);
-    let fwd = Forwarder::start(&[], "127.0.0.1", backend.port);
+    let fwd = Forwarder::start(BIN, &[], "127.0.0.1", backend.port);
     let mut c = fwd.connect();
     c.write_all(b"ping").unwrap();
     c.read_exact(&mut [0u8; 4]).unwrap();
-    let conn = children(fwd.pid())[0];
+    let conn = procs::children(fwd.pid())[0];
     // SAFETY: kill on the process group of a connection this test's forwarder forked.
     unsafe { libc::kill(-(conn as i32), libc::SIGKILL) };
     let needle = "outcome=reset error=SIGKILL (connection process killed)";
@@ -1085,7 +919,7 @@ fn a_connection_process_killed_by_a_signal_is_logged_and_the_forwarder_goes_on()
     let _ = read_outcome(&mut c);
     assert!(wait_no_descendants(&fwd, Duration::from_secs(5)));
     echo_check(fwd.connect(), 8, 64 * KIB).unwrap();
-    assert_eq!(field(&stats(&fwd), "reset"), 1);
+    assert_eq!(field(&fwd.stats(), "reset"), 1);
     let mut fwd = fwd;
     assert!(fwd.alive());
 }
@@ -1118,7 +952,7 @@ fn served_from(src: IpAddr, dst: SocketAddr) -> bool {
 fn allow_and_deny_rules_ipv4_and_ipv6_per_mapping_then_global() {
     let v6 = ipv6_loopback();
     if !v6 {
-        println!("SKIP the IPv6 cases: ::1 is not available");
+        skip("the IPv6 cases: ::1 is not available");
     }
     let tally = Arc::new(Tally::default());
     let backend = counting_echo(&tally);
@@ -1173,7 +1007,7 @@ fn allow_and_deny_rules_ipv4_and_ipv6_per_mapping_then_global() {
             "no refusal logged for {ip} on {port}:\n{log}"
         );
     }
-    assert_eq!(field(&stats(&fwd), "refused"), n as u64);
+    assert_eq!(field(&fwd.stats(), "refused"), n as u64);
     assert!(wait_no_descendants(&fwd, Duration::from_secs(5)));
 }
 
@@ -1183,6 +1017,7 @@ fn deny_rules_alone_leave_the_default_open() {
     let backend = counting_echo(&tally);
     // An IPv4-mapped IPv6 range stands for those IPv4 clients (of a dual-stack listener too).
     let fwd = Forwarder::start(
+        BIN,
         &[
             "--deny",
             "127.0.0.3",
@@ -1201,7 +1036,7 @@ fn deny_rules_alone_leave_the_default_open() {
     if ipv6_loopback() {
         assert!(!served_from(V6_LOOPBACK, SocketAddr::new(V6_LOOPBACK, fwd.port)));
     } else {
-        println!("SKIP the IPv6 case: ::1 is not available");
+        skip("the IPv6 case: ::1 is not available");
     }
     assert_eq!(tally.accepted.load(Ordering::SeqCst), 2);
 }
@@ -1218,43 +1053,34 @@ fn free_privileged_port() -> Option<u16> {
 #[test]
 fn user_drop_binds_a_privileged_port_then_no_process_runs_as_root() {
     if !is_root() {
-        println!("SKIP --user: needs root");
-        return;
+        return skip("needs root");
     }
     const UID: u32 = 64998;
     let backend = Backend::start(echo);
-    let mut fwd = None;
-    for _ in 0..5 {
+    let fwd = retry_ports(|| {
         let port = free_privileged_port().expect("a free port below 1024");
         let args: Vec<String> = ["--user", "64998:64998", "--bind", "127.0.0.1"]
             .iter()
             .map(|s| s.to_string())
             .chain([port.to_string(), "127.0.0.1".into(), backend.port.to_string()])
             .collect();
-        match Forwarder::spawn(&args, port) {
-            Ok(f) => {
-                fwd = Some(f);
-                break;
-            }
-            Err(e) if e.contains("in use") => continue,
-            Err(e) => panic!("portfwd did not start: {e}"),
-        }
-    }
-    let fwd = fwd.expect("started");
+        Forwarder::spawn(BIN, &args, port)
+    })
+    .unwrap_or_else(|e| panic!("portfwd did not start: {e}"));
     assert!(fwd.port < 1024);
     let mut c = fwd.connect();
     c.write_all(b"ping").unwrap();
     c.read_exact(&mut [0u8; 4]).unwrap();
-    let procs = family(fwd.pid());
-    assert_eq!(procs.len(), 2);
-    for pid in std::iter::once(fwd.pid()).chain(procs) {
-        let who = format!("{:?} ({pid})", stat(pid).map(|s| s.2));
-        assert_eq!(status(pid, "Uid"), format!("{UID} {UID} {UID} {UID}"), "{who}");
-        assert_eq!(status(pid, "Gid"), format!("{UID} {UID} {UID} {UID}"), "{who}");
-        let groups = status(pid, "Groups");
+    let kids = fwd.descendants();
+    assert_eq!(kids.len(), 2);
+    for pid in std::iter::once(fwd.pid()).chain(kids) {
+        let who = format!("{:?} ({pid})", stat(pid).map(|s| s.comm));
+        assert_eq!(procs::status(pid, "Uid"), format!("{UID} {UID} {UID} {UID}"), "{who}");
+        assert_eq!(procs::status(pid, "Gid"), format!("{UID} {UID} {UID} {UID}"), "{who}");
+        let groups = procs::status(pid, "Groups");
         assert!(groups.is_empty() || groups == UID.to_string(), "{who}: groups {groups}");
-        assert_eq!(status(pid, "CapEff"), "0000000000000000", "{who}");
-        assert_eq!(status(pid, "CapPrm"), "0000000000000000", "{who}");
+        assert_eq!(procs::status(pid, "CapEff"), "0000000000000000", "{who}");
+        assert_eq!(procs::status(pid, "CapPrm"), "0000000000000000", "{who}");
     }
     c.shutdown(Shutdown::Write).unwrap();
     assert_eq!(read_outcome(&mut c), Ok(0));
@@ -1279,8 +1105,7 @@ fn user_that_cannot_be_switched_to_refuses_to_start() {
     assert!(err.contains("no such user 'no-such-user-portfwd'"), "{err}");
     assert!(TcpStream::connect(("127.0.0.1", port)).is_err(), "nothing listens");
     if !is_root() {
-        println!("SKIP the failed-switch case: needs root to start as another uid");
-        return;
+        return skip("the failed-switch case: needs root to start as another uid");
     }
     // Not root: switching to root fails, and portfwd exits instead of running unswitched.
     let mut cmd = as_uid(64997);

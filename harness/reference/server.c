@@ -5,8 +5,8 @@
  *
  *     usage: server port hostname host-port
  *
- * Build (done automatically by scripts/compare.sh, scripts/load-test.sh and
- * tests/compare.rs):  cc -O2 -fopenmp -o target/reference/server server.c
+ * Built by the harness (harness/src/reference.rs, for the comparison tests,
+ * portfwd-compare and the scripts):  cc -O2 -fopenmp -o server server.c
  *
  * This file follows the pseudo code LITERALLY, including everything it leaves
  * out.  It is a faithful reference, not a fixed one.  Omissions and their

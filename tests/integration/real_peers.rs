@@ -1,24 +1,12 @@
 //! Real programs on both ends: curl against Python's HTTP server, an SMTP dialogue with Python's
 //! smtpd (a server that speaks first), and a couple of thousand clients held open at once.
 
-mod common;
-
-use common::*;
+use crate::util::*;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::thread;
 use std::time::Duration;
-
-/// A helper process started by a test, killed by pid when dropped.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn have(cmd: &str) -> bool {
     Command::new(cmd)
@@ -32,7 +20,7 @@ fn have(cmd: &str) -> bool {
 /// Starts a Python server that binds port 0 itself and prints the port the kernel gave it on its
 /// first line of output (so no other test can take the port between choosing and binding it).
 /// Returns the process and the port, once the server is listening.
-fn python_server(script: &str) -> (Proc, u16) {
+fn python_server(script: &str) -> (KillOnDrop, u16) {
     let mut child = Command::new("python3")
         .args(["-u", "-W", "ignore", "-c", script])
         .stdout(Stdio::piped())
@@ -40,7 +28,7 @@ fn python_server(script: &str) -> (Proc, u16) {
         .spawn()
         .expect("python3");
     let stdout = child.stdout.take().unwrap();
-    let p = Proc(child);
+    let p = KillOnDrop(child);
     let (tx, rx) = std::sync::mpsc::channel();
     thread::spawn(move || {
         // The first line is the port; the rest (smtpd prints each message) is read and dropped, so
@@ -64,8 +52,7 @@ fn curl_through_the_forwarder_to_a_real_http_server() {
     if !have("curl") || !have("python3") {
         panic!("curl and python3 are needed (.ci/run installs them)");
     }
-    let dir = std::env::temp_dir().join(format!("portfwd-http-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = TempDir::new("http");
     let body: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
     std::fs::write(dir.join("blob.bin"), &body).unwrap();
     let script = format!(
@@ -74,10 +61,10 @@ fn curl_through_the_forwarder_to_a_real_http_server() {
          s = http.server.ThreadingHTTPServer(('127.0.0.1', 0), h)\n\
          print(s.server_address[1])\n\
          s.serve_forever()\n",
-        dir = dir.to_str().unwrap()
+        dir = dir.path().to_str().unwrap()
     );
     let (_http, port) = python_server(&script);
-    let fwd = Forwarder::start(&[], "127.0.0.1", port);
+    let fwd = Forwarder::start(BIN, &[], "127.0.0.1", port);
     let out = dir.join("got.bin");
     let status = Command::new("curl")
         .args(["-sS", "--fail", "--max-time", "20", "-o", out.to_str().unwrap()])
@@ -97,7 +84,6 @@ fn curl_through_the_forwarder_to_a_real_http_server() {
         "{}",
         fwd.log_text()
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -108,7 +94,7 @@ fn smtp_dialogue_with_a_real_server_that_speaks_first() {
          print(s.socket.getsockname()[1])\n\
          asyncore.loop()\n",
     );
-    let fwd = Forwarder::start(&["--dispatch", "accept"], "127.0.0.1", port);
+    let fwd = Forwarder::start(BIN, &["--dispatch", "accept"], "127.0.0.1", port);
     let s = fwd.connect();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let mut r = BufReader::new(s.try_clone().unwrap());
@@ -151,8 +137,13 @@ fn smtp_dialogue_with_a_real_server_that_speaks_first() {
 #[test]
 fn two_thousand_clients_held_open_at_once() {
     let n = 2000;
+    let _turn = serial();
+    // Each client and its inward connection end here; the forwarder hands every one off.
+    if let Err(why) = need_descriptors(2 * n as u64 + 300) {
+        return skip(why);
+    }
     let backend = Backend::start(echo);
-    let fwd = Forwarder::start(&[], "127.0.0.1", backend.port);
+    let fwd = Forwarder::start(BIN, &[], "127.0.0.1", backend.port);
     let mut clients = Vec::with_capacity(n);
     for i in 0..n {
         let mut c = TcpStream::connect(fwd.addr()).unwrap();

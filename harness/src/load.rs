@@ -1,5 +1,6 @@
-//! portfwd-load: the seed's Case 1 ("maximum active sockets") for any
-//! forwarder with the seed's CLI.
+//! The seed's Case 1 ("maximum active sockets") for any forwarder with the
+//! seed's CLI: the engine of `portfwd-load` and of the comparison tests' load
+//! test.
 //!
 //! Starts epoll echo backends and the forwarder (own process group) in front
 //! of them, then ramps echo clients with the seed's parameters: one new client
@@ -13,13 +14,13 @@
 //! worker process per `--per-process` clients (a process cannot have more
 //! descriptors than `ulimit -n`, and the hard limit may be out of reach), the
 //! backends sharing one port through SO_REUSEPORT. Workers print TICK lines;
-//! the coordinator merges them into the table.
+//! the coordinator merges them into the table. The worker and backend
+//! processes are the calling program run again (`--role`): a program that
+//! calls [`run`] must call [`serve_role`] first thing in `main`.
 
-#[path = "fwdkit/mod.rs"]
-mod fwdkit;
-
+use crate::launch::{Launch, Spec};
+use crate::procs::set_subreaper;
 use clap::Parser;
-use fwdkit::{Launch, Spec, percentiles};
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, BufRead, BufReader, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
@@ -30,6 +31,7 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+/// The load test's parameters: `portfwd-load`'s command line.
 #[derive(Parser, Debug, Clone)]
 #[command(
     name = "portfwd-load",
@@ -37,64 +39,69 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
     after_help = "Example (CI size): portfwd-load --forwarder target/debug/portfwd --clients 1000\n\
                   Full mode (the seed's 20,000): see scripts/load-test.sh --full."
 )]
-struct Args {
+pub struct Args {
     /// Forwarder binary taking `[ARGS] PORT HOSTNAME HOST_PORT`.
     #[arg(long)]
-    forwarder: Option<PathBuf>,
+    pub forwarder: Option<PathBuf>,
     /// Extra argument placed before the seed's positional arguments (repeatable).
     #[arg(long = "forwarder-arg", allow_hyphen_values = true)]
-    forwarder_args: Vec<String>,
+    pub forwarder_args: Vec<String>,
     /// Name shown in the report.
     #[arg(long, default_value = "forwarder")]
-    label: String,
+    pub label: String,
     /// Number of clients to ramp up to.
     #[arg(long, default_value_t = 1000)]
-    clients: usize,
+    pub clients: usize,
     /// Delay between client spawns, µs (seed: 0.002 s).
     #[arg(long, default_value_t = 2000)]
-    spawn_interval_us: u64,
+    pub spawn_interval_us: u64,
     /// Delay between a reply and the client's next request, µs (seed: 10000 ns).
     #[arg(long, default_value_t = 10)]
-    request_interval_us: u64,
+    pub request_interval_us: u64,
     /// Seconds to hold all clients after the ramp.
     #[arg(long, default_value_t = 3)]
-    hold_secs: u64,
+    pub hold_secs: u64,
     /// Report interval, ms (default: a tenth of the ramp, within 200..=2000).
     #[arg(long)]
-    report_ms: Option<u64>,
+    pub report_ms: Option<u64>,
     /// Client source addresses, comma separated (default: one 127.0.1.x per 10,000 clients).
     #[arg(long, value_delimiter = ',')]
-    sources: Vec<Ipv4Addr>,
+    pub sources: Vec<Ipv4Addr>,
     /// Request size in bytes.
     #[arg(long, default_value_t = 32)]
-    msg_size: usize,
+    pub msg_size: usize,
     /// Hard bound on the whole run, seconds.
     #[arg(long, default_value_t = 300)]
-    max_secs: u64,
+    pub max_secs: u64,
     /// A client waiting longer than this for a reply counts as stalled, ms.
     #[arg(long, default_value_t = 1000)]
-    stall_ms: u64,
+    pub stall_ms: u64,
     /// Clients per worker process, and connections per echo backend process.
     #[arg(long, default_value_t = 12_000)]
-    per_process: usize,
+    pub per_process: usize,
     /// Also print one machine-readable SUMMARY line.
     #[arg(long)]
-    kv: bool,
+    pub kv: bool,
     /// Internal: `backend` or `worker`.
     #[arg(long, hide = true)]
-    role: Option<String>,
+    pub role: Option<String>,
     /// Internal: backend port to share (0: pick) / forwarder port for a worker.
     #[arg(long, hide = true, default_value_t = 0)]
-    port: u16,
+    pub port: u16,
     #[arg(long, hide = true, default_value_t = 0)]
-    worker_index: usize,
+    pub worker_index: usize,
     #[arg(long, hide = true, default_value_t = 1)]
-    workers: usize,
+    pub workers: usize,
     #[arg(long, hide = true, default_value_t = 0)]
-    start_unix_ms: u64,
+    pub start_unix_ms: u64,
 }
 
 impl Args {
+    /// The defaults: the command line with no options.
+    pub fn defaults() -> Args {
+        Args::parse_from(["portfwd-load"])
+    }
+
     fn report_every(&self) -> Duration {
         let ramp_ms = self.clients as u64 * self.spawn_interval_us / 1000;
         Duration::from_millis(self.report_ms.unwrap_or((ramp_ms / 10).clamp(200, 2000)).max(50))
@@ -669,65 +676,152 @@ fn parse_tick(line: &str) -> Option<(u64, Tick)> {
     ))
 }
 
-fn die(msg: impl std::fmt::Display) -> ! {
-    eprintln!("portfwd-load: {msg}");
-    std::process::exit(2);
+/// Percentiles (0..=100) of `v`, which is sorted in place.
+fn percentiles(v: &mut [u32], ps: &[f64]) -> Vec<u32> {
+    v.sort_unstable();
+    ps.iter()
+        .map(|p| {
+            if v.is_empty() {
+                0
+            } else {
+                let i = ((p / 100.0) * (v.len() - 1) as f64).round() as usize;
+                v[i.min(v.len() - 1)]
+            }
+        })
+        .collect()
 }
 
-fn spawn_self(args: &[String]) -> io::Result<Child> {
+/// A worker or backend process of this run: killed and reaped when dropped (a backend also
+/// exits when its standard input closes).
+struct RoleProc(Child);
+
+impl Drop for RoleProc {
+    fn drop(&mut self) {
+        drop(self.0.stdin.take());
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn_self(args: &[String]) -> io::Result<RoleProc> {
     Command::new(std::env::current_exe()?)
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
+        .map(RoleProc)
 }
 
-fn main() {
+/// If this program was started as a worker or backend of a load run (`--role ...`), does that
+/// job and exits; otherwise returns at once.
+pub fn serve_role() {
+    let mut argv = std::env::args();
+    if argv.nth(1).as_deref() != Some("--role") {
+        return;
+    }
     let a = Args::parse();
     match a.role.as_deref() {
         Some("backend") => {
             if let Err(e) = backend_main(a.port) {
-                die(format!("backend: {e}"));
+                eprintln!("portfwd-load: backend: {e}");
+                std::process::exit(2);
             }
-            return;
         }
-        Some("worker") => return worker_main(&a),
-        Some(r) => die(format!("unknown role {r}")),
-        None => {}
+        Some("worker") => worker_main(&a),
+        r => {
+            eprintln!("portfwd-load: unknown role {r:?}");
+            std::process::exit(2);
+        }
     }
+    std::process::exit(0);
+}
+
+/// How a load run ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Summary {
+    pub label: String,
+    /// Clients started.
+    pub clients: usize,
+    /// Connections held at the end.
+    pub held: usize,
+    /// Connections that had at least one reply by the end.
+    pub served: usize,
+    pub peak_held: usize,
+    pub never_answered: usize,
+    /// Requests answered.
+    pub answered: u64,
+    pub errors: usize,
+    pub connect_errors: usize,
+    pub resets: usize,
+    pub eofs: usize,
+    pub mismatches: usize,
+    pub p50_us: u32,
+    pub p99_us: u32,
+    /// The forwarder was still running at the end.
+    pub alive: bool,
+    /// The run hit `--max-secs` before it was over.
+    pub cut_short: bool,
+}
+
+impl Summary {
+    /// The machine-readable `SUMMARY k=v ...` line.
+    pub fn kv_line(&self) -> String {
+        format!(
+            "SUMMARY label={} clients={} held={} served={} peak_held={} never_answered={} answered={} errors={} connect_errors={} resets={} eofs={} mismatches={} p50_us={} p99_us={} alive={} cut_short={}",
+            self.label.replace(' ', "_"),
+            self.clients,
+            self.held,
+            self.served,
+            self.peak_held,
+            self.never_answered,
+            self.answered,
+            self.errors,
+            self.connect_errors,
+            self.resets,
+            self.eofs,
+            self.mismatches,
+            self.p50_us,
+            self.p99_us,
+            self.alive,
+            self.cut_short
+        )
+    }
+}
+
+/// Runs the load test `a` describes, printing its table on stdout as it goes, and returns the
+/// summary. The caller must have called [`serve_role`] at the start of its `main`.
+pub fn run(a: &Args) -> Result<Summary, String> {
     let Some(forwarder) = a.forwarder.clone() else {
-        die("--forwarder PATH is required (see --help)")
+        return Err("--forwarder PATH is required (see --help)".into());
     };
     if a.clients == 0 || a.msg_size < 26 || a.per_process == 0 {
-        die("--clients and --per-process must be > 0 and --msg-size >= 26");
+        return Err("--clients and --per-process must be > 0 and --msg-size >= 26".into());
     }
     if !forwarder.is_file() {
-        die(format!("forwarder not found: {}", forwarder.display()));
+        return Err(format!("forwarder not found: {}", forwarder.display()));
     }
-    fwdkit::set_subreaper();
+    set_subreaper();
     let nofile = raise_nofile(a.per_process as u64 + 4096);
     let procs_needed = a.clients.div_ceil(a.per_process);
 
     // echo backends sharing one port
-    let mut backends: Vec<Child> = Vec::new();
+    let mut backends: Vec<RoleProc> = Vec::new();
     let mut bport = 0u16;
     for _ in 0..procs_needed {
         let mut b = spawn_self(&["--role".into(), "backend".into(), "--port".into(), bport.to_string()])
-            .unwrap_or_else(|e| die(format!("echo backend: {e}")));
+            .map_err(|e| format!("echo backend: {e}"))?;
         let mut line = String::new();
-        let mut rd = BufReader::new(b.stdout.take().expect("piped"));
+        let mut rd = BufReader::new(b.0.stdout.take().expect("piped"));
         let _ = rd.read_line(&mut line);
+        backends.push(b);
         bport = line
             .trim()
             .strip_prefix("PORT ")
             .and_then(|p| p.parse().ok())
-            .unwrap_or_else(|| {
-                die(format!("echo backend did not start: {line:?}"));
-            });
-        backends.push(b);
+            .ok_or_else(|| format!("echo backend did not start: {line:?}"))?;
     }
 
-    let mut spec = Spec::parse_extra(&forwarder.to_string_lossy()).expect("path");
+    let mut spec = Spec::parse_extra(&forwarder.to_string_lossy())?;
     spec.pre_args = a.forwarder_args.clone();
     spec.label = a.label.clone();
     let launch = Launch {
@@ -738,8 +832,8 @@ fn main() {
         accept_dispatch: false,
         port: None,
     };
-    let mut fwd = launch.start().unwrap_or_else(|e| die(e));
-    let srcs = sources(&a);
+    let mut fwd = launch.start()?;
+    let srcs = sources(a);
     eprintln!(
         "portfwd-load: {} on port {} -> echo 127.0.0.1:{bport} ({procs_needed} backend and worker processes); {} clients, spawn every {} µs, {} µs between requests, hold {} s, sources {:?}, nofile {nofile}",
         a.label, fwd.port, a.clients, a.spawn_interval_us, a.request_interval_us, a.hold_secs, srcs
@@ -782,8 +876,8 @@ fn main() {
             args.push("--sources".into());
             args.push(a.sources.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(","));
         }
-        let mut c = spawn_self(&args).unwrap_or_else(|e| die(format!("worker: {e}")));
-        let out = c.stdout.take().expect("piped");
+        let mut c = spawn_self(&args).map_err(|e| format!("worker: {e}"))?;
+        let out = c.0.stdout.take().expect("piped");
         let tx = tx.clone();
         thread::spawn(move || {
             for line in BufReader::new(out).lines().map_while(Result::ok) {
@@ -930,35 +1024,26 @@ fn main() {
     if let Some(e) = &first_error {
         println!("first error: {e}");
     }
-    if a.kv {
-        println!(
-            "SUMMARY label={} clients={} held={} served={} peak_held={} never_answered={} answered={} errors={} connect_errors={} resets={} eofs={} mismatches={} p50_us={} p99_us={} alive={} cut_short={}",
-            a.label.replace(' ', "_"),
-            fin.spawned,
-            fin.held,
-            fin.served,
-            peak_held,
-            fin.never,
-            fin.answered,
-            fin.errors.total(),
-            fin.errors.connect,
-            fin.errors.reset,
-            fin.errors.eof,
-            fin.errors.mismatch,
-            hp[0],
-            hp[2],
-            alive,
-            cut_short
-        );
-    }
-    for w in &mut workers {
-        let _ = w.kill();
-        let _ = w.wait();
-    }
+    let summary = Summary {
+        label: a.label.clone(),
+        clients: fin.spawned,
+        held: fin.held,
+        served: fin.served,
+        peak_held,
+        never_answered: fin.never,
+        answered: fin.answered,
+        errors: fin.errors.total(),
+        connect_errors: fin.errors.connect,
+        resets: fin.errors.reset,
+        eofs: fin.errors.eof,
+        mismatches: fin.errors.mismatch,
+        p50_us: hp[0],
+        p99_us: hp[2],
+        alive,
+        cut_short,
+    };
+    drop(workers);
     fwd.stop();
-    for b in &mut backends {
-        drop(b.stdin.take()); // the backend exits when its stdin closes
-        let _ = b.kill();
-        let _ = b.wait();
-    }
+    drop(backends);
+    Ok(summary)
 }

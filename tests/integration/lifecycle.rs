@@ -1,50 +1,22 @@
-//! Issue 3 end to end: `--check-config`, `--config` with many mappings in one process,
+//! Running portfwd for real: `--check-config`, `--config` with many mappings in one process,
 //! `--daemonize` with pid and log files, and the signals (TERM, QUIT, HUP, USR1).
 
-mod common;
-
-use common::*;
+use crate::util::*;
 use std::io::{Read, Write};
-use std::net::{Shutdown, TcpStream};
-use std::path::{Path, PathBuf};
+use std::net::TcpStream;
+use std::path::Path;
 use std::process::Command;
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("portfwd-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
 fn write(path: &Path, text: &str) {
     std::fs::write(path, text).unwrap();
 }
 
-/// Sends `msg` through `port`, half-closes, returns everything read back.
-fn round_trip(port: u16, msg: &[u8]) -> std::io::Result<Vec<u8>> {
-    let mut c = TcpStream::connect(("127.0.0.1", port))?;
-    c.set_read_timeout(Some(Duration::from_secs(10)))?;
-    c.write_all(msg)?;
-    c.shutdown(Shutdown::Write)?;
-    let mut out = Vec::new();
-    c.read_to_end(&mut out)?;
-    Ok(out)
-}
-
-fn refused(port: u16) -> bool {
-    TcpStream::connect(("127.0.0.1", port)).is_err()
-}
-
-fn pid_alive(pid: u32) -> bool {
-    stat(pid).is_some_and(|(_, state, _)| state != 'Z')
-}
-
 #[test]
 fn check_config_prints_canonical_mappings() {
-    let dir = temp_dir("check-ok");
+    let dir = TempDir::new("check-ok");
     let file = dir.join("ok.config");
     write(
         &file,
@@ -69,7 +41,7 @@ fn check_config_prints_canonical_mappings() {
 
 #[test]
 fn check_config_reports_every_error_located_and_exits_2() {
-    let dir = temp_dir("check-bad");
+    let dir = TempDir::new("check-bad");
     let file = dir.join("bad.config");
     write(
         &file,
@@ -121,7 +93,7 @@ fn one_process_serves_every_mapping_of_a_config() {
         let _ = s.write_all(b"B:");
         echo(s)
     });
-    let dir = temp_dir("config-two");
+    let dir = TempDir::new("config-two");
     let file = dir.join("two.config");
     let (p1, p2) = (free_port(), free_port());
     write(
@@ -131,14 +103,14 @@ fn one_process_serves_every_mapping_of_a_config() {
             a.port, b.port
         ),
     );
-    let fwd = Forwarder::spawn(&["--config".into(), file.display().to_string()], p1).expect("start");
+    let fwd = Forwarder::spawn(BIN, &["--config".into(), file.display().to_string()], p1).expect("start");
     assert!(
         fwd.wait_log_count("listening on", 2, Duration::from_secs(5)),
         "{}",
         fwd.log_text()
     );
-    assert_eq!(round_trip(p1, b"one").unwrap(), b"A:one");
-    assert_eq!(round_trip(p2, b"two").unwrap(), b"B:two");
+    assert_eq!(exchange(p1, b"one").unwrap(), b"A:one");
+    assert_eq!(exchange(p2, b"two").unwrap(), b"B:two");
     assert!(fwd.wait_log_count("outcome=closed", 2, Duration::from_secs(5)));
 }
 
@@ -166,7 +138,7 @@ struct Daemon(u32);
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        if pid_alive(self.0) {
+        if alive(self.0) {
             // SAFETY: a daemon this test started (its pid came from our pid file).
             unsafe { libc::kill(self.0 as i32, libc::SIGKILL) };
         }
@@ -181,7 +153,7 @@ fn signal(pid: u32, sig: i32) {
 #[test]
 fn daemon_returns_once_listening_and_cleans_up_on_sigterm() {
     let backend = Backend::start(echo);
-    let dir = temp_dir("daemon");
+    let dir = TempDir::new("daemon");
     let (pid_file, log_file) = (dir.join("p.pid"), dir.join("p.log"));
     let port = free_port();
     let args: Vec<String> = ["--log-file", log_file.to_str().unwrap(), "--bind", "127.0.0.1"]
@@ -194,11 +166,11 @@ fn daemon_returns_once_listening_and_cleans_up_on_sigterm() {
     let pid = pid.expect("pid file written");
     let _guard = Daemon(pid);
     // Listening already: no waiting needed.
-    assert_eq!(round_trip(port, b"now").unwrap(), b"now");
-    let (ppid, _, comm) = stat(pid).unwrap();
-    assert_eq!(comm, "portfwd");
+    assert_eq!(exchange(port, b"now").unwrap(), b"now");
+    let daemon = stat(pid).unwrap();
+    assert_eq!(daemon.comm, "portfwd");
     assert_ne!(
-        ppid,
+        daemon.ppid,
         std::process::id(),
         "detached: reparented to init (or a subreaper)"
     );
@@ -227,14 +199,14 @@ fn daemon_returns_once_listening_and_cleans_up_on_sigterm() {
     assert!(!dir.join("second.pid").exists());
     // SIGTERM: the port is free at once, the pid file goes.
     signal(pid, libc::SIGTERM);
-    assert!(wait_until(Duration::from_secs(5), || !pid_alive(pid)));
+    assert!(wait_until(Duration::from_secs(5), || !alive(pid)));
     assert!(refused(port));
     assert!(!pid_file.exists(), "pid file removed on a clean exit");
 }
 
 #[test]
 fn daemon_start_up_errors_reach_the_terminal() {
-    let dir = temp_dir("daemon-err");
+    let dir = TempDir::new("daemon-err");
     let (code, err, pid) = daemonize(
         &[
             "--log-file".into(),
@@ -283,7 +255,7 @@ fn slow_backend(chunks: usize) -> Backend {
 #[test]
 fn sigterm_frees_the_port_at_once_and_lets_connections_finish() {
     let backend = slow_backend(15);
-    let mut fwd = Forwarder::start(&["--bind", "127.0.0.1"], "127.0.0.1", backend.port);
+    let mut fwd = Forwarder::start(BIN, &["--bind", "127.0.0.1"], "127.0.0.1", backend.port);
     let download = slow_download(fwd.port);
     assert!(wait_until(Duration::from_secs(5), || fwd.descendants().len() == 2));
     fwd.signal(libc::SIGTERM);
@@ -301,6 +273,7 @@ fn sigterm_frees_the_port_at_once_and_lets_connections_finish() {
 fn drain_timeout_ends_connections_still_open() {
     let backend = slow_backend(200); // 20 s of data, far past the drain timeout
     let mut fwd = Forwarder::start(
+        BIN,
         &["--bind", "127.0.0.1", "--drain-timeout", "1"],
         "127.0.0.1",
         backend.port,
@@ -330,13 +303,13 @@ fn drain_timeout_ends_connections_still_open() {
 #[test]
 fn sigquit_ends_everything_now() {
     let backend = slow_backend(200);
-    let mut fwd = Forwarder::start(&["--bind", "127.0.0.1"], "127.0.0.1", backend.port);
+    let mut fwd = Forwarder::start(BIN, &["--bind", "127.0.0.1"], "127.0.0.1", backend.port);
     let download = slow_download(fwd.port);
     assert!(wait_until(Duration::from_secs(5), || fwd.descendants().len() == 2));
     let pids = fwd.descendants();
     fwd.signal(libc::SIGQUIT);
     assert!(wait_until(Duration::from_secs(5), || !fwd.alive()));
-    assert!(pids.iter().all(|p| !pid_alive(*p)), "connection processes ended");
+    assert!(pids.iter().all(|p| !alive(*p)), "connection processes ended");
     let (len, _) = download.join().unwrap();
     assert!(len < 2_000_000);
 }
@@ -344,9 +317,9 @@ fn sigquit_ends_everything_now() {
 #[test]
 fn sigusr1_logs_stats() {
     let backend = Backend::start(echo);
-    let fwd = Forwarder::start(&[], "127.0.0.1", backend.port);
+    let fwd = Forwarder::start(BIN, &[], "127.0.0.1", backend.port);
     for _ in 0..3 {
-        assert_eq!(round_trip(fwd.port, b"12345").unwrap(), b"12345");
+        assert_eq!(exchange(fwd.port, b"12345").unwrap(), b"12345");
     }
     assert!(fwd.wait_log_count("outcome=closed", 3, Duration::from_secs(5)));
     // The log line is written before the process exits; wait for the main process to reap it.
@@ -371,23 +344,22 @@ fn sigusr1_logs_stats() {
 #[test]
 fn processes_are_named_for_ps() {
     let backend = Backend::start(echo);
-    let fwd = Forwarder::start(&[], "127.0.0.1", backend.port);
+    let fwd = Forwarder::start(BIN, &[], "127.0.0.1", backend.port);
     let mut c = fwd.connect();
     c.write_all(b"x").unwrap();
     let mut b = [0u8; 1];
     c.read_exact(&mut b).unwrap();
     assert!(wait_until(Duration::from_secs(5), || fwd.descendants().len() == 2));
-    let (_, _, main) = stat(fwd.pid()).unwrap();
-    assert_eq!(main, "portfwd");
-    let mut names: Vec<String> = fwd.descendants().into_iter().map(|p| stat(p).unwrap().2).collect();
+    assert_eq!(stat(fwd.pid()).unwrap().comm, "portfwd");
+    let mut names: Vec<String> = fwd.descendants().into_iter().map(|p| stat(p).unwrap().comm).collect();
     names.sort();
     assert_eq!(names, ["portfwd-c2s", "portfwd-s2c"]);
     // Each connection is a process group of its own, led by its connection process.
     for pid in fwd.descendants() {
         // SAFETY: getpgid only reads another process's group id.
         let pgid = unsafe { libc::getpgid(pid as i32) };
-        let (ppid, _, comm) = stat(pid).unwrap();
-        let leader = if comm == "portfwd-c2s" { pid } else { ppid };
+        let p = stat(pid).unwrap();
+        let leader = if p.comm == "portfwd-c2s" { pid } else { p.ppid };
         assert_eq!(pgid as u32, leader);
     }
 }
@@ -396,7 +368,7 @@ fn processes_are_named_for_ps() {
 fn sighup_reload_adds_removes_and_keeps_mappings_while_a_transfer_runs() {
     let slow = slow_backend(15);
     let echo_backend = Backend::start(echo);
-    let dir = temp_dir("reload");
+    let dir = TempDir::new("reload");
     let file = dir.join("r.config");
     let (kept, removed, added) = (free_port(), free_port(), free_port());
     write(
@@ -406,7 +378,7 @@ fn sighup_reload_adds_removes_and_keeps_mappings_while_a_transfer_runs() {
             slow.port, echo_backend.port
         ),
     );
-    let fwd = Forwarder::spawn(&["--config".into(), file.display().to_string()], kept).expect("start");
+    let fwd = Forwarder::spawn(BIN, &["--config".into(), file.display().to_string()], kept).expect("start");
     assert!(fwd.wait_log_count("listening on", 2, Duration::from_secs(5)));
     let download = slow_download(kept);
     assert!(wait_until(Duration::from_secs(5), || fwd.descendants().len() == 2));
@@ -437,7 +409,7 @@ fn sighup_reload_adds_removes_and_keeps_mappings_while_a_transfer_runs() {
         "{}",
         fwd.log_text()
     );
-    assert_eq!(round_trip(added, b"new").unwrap(), b"new");
+    assert_eq!(exchange(added, b"new").unwrap(), b"new");
     assert!(refused(removed), "removed mapping's port is closed");
     thread::sleep(Duration::from_millis(200));
     stop_tx.send(()).unwrap();
@@ -465,13 +437,13 @@ fn sighup_reload_adds_removes_and_keeps_mappings_while_a_transfer_runs() {
         "{}",
         fwd.log_text()
     );
-    assert_eq!(round_trip(added, b"still").unwrap(), b"still", "old mappings stay");
+    assert_eq!(exchange(added, b"still").unwrap(), b"still", "old mappings stay");
 }
 
 #[test]
 fn sighup_reopens_the_log_file() {
     let backend = Backend::start(echo);
-    let dir = temp_dir("logrotate");
+    let dir = TempDir::new("logrotate");
     let log = dir.join("f.log");
     let port = free_port();
     let mut child = Command::new(BIN)
@@ -484,7 +456,7 @@ fn sighup_reopens_the_log_file() {
     std::fs::rename(&log, dir.join("f.log.1")).unwrap();
     signal(child.id(), libc::SIGHUP);
     assert!(wait_until(Duration::from_secs(5), || log.exists()));
-    assert_eq!(round_trip(port, b"rotated").unwrap(), b"rotated");
+    assert_eq!(exchange(port, b"rotated").unwrap(), b"rotated");
     assert!(wait_until(Duration::from_secs(5), || std::fs::read_to_string(&log)
         .unwrap()
         .contains("outcome=closed")));

@@ -1,9 +1,7 @@
 //! The command line as a user meets it: help, version, and one clear line with exit status 2 for
 //! each kind of bad input, with nothing left listening.
 
-mod common;
-
-use common::*;
+use crate::util::*;
 use std::net::TcpListener;
 use std::process::{Command, Output};
 
@@ -97,11 +95,9 @@ fn address_in_use_leaves_nothing_behind() {
 fn no_permission_to_bind_a_privileged_port() {
     let start: u32 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start")
         .map_or(1024, |s| s.trim().parse().unwrap_or(1024));
-    // SAFETY: geteuid cannot fail.
-    let root = unsafe { libc::geteuid() } == 0;
+    let root = is_root();
     if start == 0 || (!root && Command::new("setpriv").arg("--version").output().is_err()) {
-        eprintln!("skipped: every port is unprivileged here");
-        return;
+        return skip("every port is unprivileged here");
     }
     let mut cmd = if root {
         // Drop to nobody, as an unprivileged user would run it.
@@ -124,7 +120,7 @@ fn no_permission_to_bind_a_privileged_port() {
 #[test]
 fn start_up_line_names_the_mapping_and_pid() {
     let backend = Backend::start(echo);
-    let fwd = Forwarder::start(&["--bind", "127.0.0.1"], "localhost", backend.port);
+    let fwd = Forwarder::start(BIN, &["--bind", "127.0.0.1"], "localhost", backend.port);
     let log = fwd.log_text();
     let expect = format!("listening on 127.0.0.1:{} -> localhost (", fwd.port);
     assert!(log.contains(&expect), "{log}");
