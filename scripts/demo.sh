@@ -23,7 +23,8 @@ A tour of portfwd for a newcomer, in one command, from any directory:
   6. stops everything with scripts/stop-script.sh, and removes what it made.
 
 It needs the ports 7005, 7006, 8005 and 8006 free, python3 and curl; the
-release binary is built if missing ($PORTFWD_BIN overrides it). On any
+release binary (in the target directory cargo reports, CARGO_TARGET_DIR
+included) is built if missing, and $PORTFWD_BIN overrides it. On any
 failure, or Ctrl-C, it still stops what it started (only that: it kills
 only the pids it started) and exits non-zero.
 USAGE
@@ -46,6 +47,8 @@ esac
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(cd "$here/.." && pwd)
 config=$root/setup.config
+# shellcheck source=scripts/lib/binary.sh
+source "$here/lib/binary.sh"
 
 if [[ -t 1 ]]; then bold=$'\033[1m' plain=$'\033[0m'; else bold="" plain=""; fi
 step() { printf '\n%s== %s%s\n' "$bold" "$*" "$plain"; }
@@ -53,6 +56,9 @@ step() { printf '\n%s== %s%s\n' "$bold" "$*" "$plain"; }
 command -v python3 >/dev/null || die "python3 is needed for the demo's web servers"
 command -v curl >/dev/null || die "curl is needed to fetch the pages"
 [[ -f $config ]] || die "$config is missing"
+# Found (or built) once, before anything starts; port-forward.sh runs the same binary.
+PORTFWD_BIN=$(find_portfwd_bin demo.sh "$root") || die "no portfwd binary"
+export PORTFWD_BIN
 
 # Every port the demo needs must be free: say which one is not, and who holds it if ss can tell.
 busy=$(python3 - <<'PY'

@@ -9,8 +9,9 @@ usage: scripts/port-forward.sh [OPTIONS] [CONFIG] [-- PORTFWD_OPTION...]
 Starts one portfwd daemon per mapping of CONFIG (default: ./setup.config),
 the way the seed's port-forward.sh did, and reports what it started.
 
-  1. Finds the binary: $PORTFWD_BIN if set, else target/release/portfwd of
-     this repository, built with `cargo build --release` if it is missing.
+  1. Finds the binary: $PORTFWD_BIN if set, else release/portfwd in the
+     target directory cargo reports for this repository (CARGO_TARGET_DIR
+     is honoured), built with `cargo build --release` if it is missing.
   2. Validates the whole file with `portfwd --check-config CONFIG`. If any
      line is wrong, every error is printed (FILE:LINE:COL: message) and
      nothing is started.
@@ -59,6 +60,8 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(cd "$here/.." && pwd)
 # shellcheck source=scripts/lib/rundir.sh
 source "$here/lib/rundir.sh"
+# shellcheck source=scripts/lib/binary.sh
+source "$here/lib/binary.sh"
 
 config=""
 run_dir=${PORTFWD_RUN_DIR:-./run}
@@ -99,19 +102,7 @@ config=${config:-./setup.config}
 config_abs=$(cd "$(dirname -- "$config")" && pwd -P)/$(basename -- "$config")
 
 # --- the binary -------------------------------------------------------------------------------
-if [[ -n ${PORTFWD_BIN:-} ]]; then
-    bin=$PORTFWD_BIN
-    [[ -x $bin ]] || die "PORTFWD_BIN='$bin' is not an executable file"
-else
-    bin=$root/target/release/portfwd
-    if [[ ! -x $bin ]]; then
-        command -v cargo >/dev/null || die "$bin is missing and cargo is not installed to build it"
-        echo "port-forward.sh: $bin is missing; building it (cargo build --release)" >&2
-        cargo build --release --manifest-path "$root/Cargo.toml" >&2 ||
-            die "cargo build --release failed; nothing started"
-        [[ -x $bin ]] || die "cargo build --release did not produce $bin"
-    fi
-fi
+bin=$(find_portfwd_bin port-forward.sh "$root") || die "no portfwd binary; nothing started"
 
 # --- validate the whole file before anything starts -------------------------------------------
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/port-forward.XXXXXX")
