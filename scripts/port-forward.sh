@@ -6,8 +6,9 @@ usage() {
     cat <<'USAGE'
 usage: scripts/port-forward.sh [OPTIONS] [CONFIG] [-- PORTFWD_OPTION...]
 
-Starts one portfwd daemon per mapping of CONFIG (default: ./setup.config),
-the way the seed's port-forward.sh did, and reports what it started.
+Starts one portfwd daemon per mapping of CONFIG (default: the repository's
+setup.config), the way the seed's port-forward.sh did, and reports what it
+started.
 
   1. Finds the binary: $PORTFWD_BIN if set, else release/portfwd in the
      target directory cargo reports for this repository (CARGO_TARGET_DIR
@@ -16,8 +17,9 @@ the way the seed's port-forward.sh did, and reports what it started.
      line is wrong, every error is printed (FILE:LINE:COL: message) and
      nothing is started.
   3. For each mapping, in the run directory (--run-dir DIR, else
-     $PORTFWD_RUN_DIR, else ./run), writes NAME.conf (that mapping alone,
-     as one canonical config line) and runs
+     $PORTFWD_RUN_DIR, else run/ beside CONFIG: the same from any current
+     directory), writes NAME.conf (that mapping alone, as one canonical
+     config line) and runs
        portfwd --daemonize --config NAME.conf --pid-file NAME.pid \
                --log-file NAME.log [PORTFWD_OPTION...]
      which returns once the daemon listens. NAME comes from the listening
@@ -30,7 +32,7 @@ the way the seed's port-forward.sh did, and reports what it started.
 
 Each daemon is on its own: `kill -HUP PID` reloads its NAME.conf, `kill
 -USR1 PID` logs its stats, NAME.log holds its log lines. Stop them all with
-scripts/stop-script.sh (same --run-dir).
+scripts/stop-script.sh (same CONFIG, or same --run-dir).
 
 PORTFWD_OPTION... (after --) are given to every daemon, e.g.
   scripts/port-forward.sh setup.config -- --drain-timeout 30 --verbose
@@ -40,8 +42,9 @@ lines. BIND is an IPv4 address or [IPv6]; without it the mapping listens on
 every interface (IPv6 and IPv4).
 
 Options:
-  --run-dir DIR   where the .conf, .pid and .log files go (default ./run,
-                  or $PORTFWD_RUN_DIR); created if missing
+  --run-dir DIR   where the .conf, .pid and .log files go (default: run/ in
+                  CONFIG's directory, or $PORTFWD_RUN_DIR; a relative DIR
+                  is taken from the current directory); created if missing
   -h, --help      this help
 
 Exit status: 0 every mapping was started; 1 at least one mapping was not
@@ -64,7 +67,7 @@ source "$here/lib/rundir.sh"
 source "$here/lib/binary.sh"
 
 config=""
-run_dir=${PORTFWD_RUN_DIR:-./run}
+run_dir=""
 daemon_opts=()
 while [[ $# -gt 0 ]]; do
     case $1 in
@@ -72,15 +75,10 @@ while [[ $# -gt 0 ]]; do
         usage
         exit 0
         ;;
-    --run-dir)
-        [[ $# -ge 2 && -n $2 ]] || die "--run-dir needs a directory (see --help)"
-        run_dir=$2
-        shift 2
-        ;;
-    --run-dir=*)
-        run_dir=${1#--run-dir=}
-        [[ -n $run_dir ]] || die "--run-dir needs a directory (see --help)"
-        shift
+    --run-dir | --run-dir=*)
+        take_run_dir_option "$@" || die "--run-dir needs a directory (see --help)"
+        run_dir=$pf_run_dir
+        shift "$pf_shift"
         ;;
     --)
         shift
@@ -95,11 +93,12 @@ while [[ $# -gt 0 ]]; do
         ;;
     esac
 done
-config=${config:-./setup.config}
+config=${config:-$root/setup.config}
 
 [[ -f $config ]] || die "config file '$config' not found (give its path, or see --help)"
 [[ -r $config ]] || die "config file '$config' is not readable"
 config_abs=$(cd "$(dirname -- "$config")" && pwd -P)/$(basename -- "$config")
+run_dir=$(resolve_run_dir "$run_dir" "$config") || die "cannot find the directory of '$config'"
 
 # --- the binary -------------------------------------------------------------------------------
 bin=$(find_portfwd_bin port-forward.sh "$root") || die "no portfwd binary; nothing started"
