@@ -5,10 +5,11 @@ set -euo pipefail
 usage() {
     cat <<'USAGE'
 usage: scripts/port-forward.sh [OPTIONS] [CONFIG] [-- PORTFWD_OPTION...]
+       scripts/port-forward.sh --status [--run-dir DIR] [CONFIG]
 
 Starts one portfwd daemon per mapping of CONFIG (default: the repository's
 setup.config), the way the seed's port-forward.sh did, and reports what it
-started.
+started. With --status, reports what runs instead and starts nothing.
 
   1. Finds the binary: $PORTFWD_BIN if set, else release/portfwd in the
      target directory cargo reports for this repository (CARGO_TARGET_DIR
@@ -45,12 +46,18 @@ Options:
   --run-dir DIR   where the .conf, .pid and .log files go (default: run/ in
                   CONFIG's directory, or $PORTFWD_RUN_DIR; a relative DIR
                   is taken from the current directory); created if missing
+  --status        report each daemon of the run directory: its pid, its
+                  mapping, the config it was written from, the addresses it
+                  listens on, and its live connections (connection
+                  processes); a stale pid file is reported, not removed
   -h, --help      this help
 
 Exit status: 0 every mapping was started; 1 at least one mapping was not
 started (already running, or its daemon failed: the reason is printed; the
 others were started and keep running); 2 usage or config error, or no
 binary: nothing was started.
+With --status: 0 every pid file names a running daemon; 1 a pid file is
+stale; 3 nothing runs; 2 usage error.
 USAGE
 }
 
@@ -65,9 +72,12 @@ root=$(cd "$here/.." && pwd)
 source "$here/lib/rundir.sh"
 # shellcheck source=scripts/lib/binary.sh
 source "$here/lib/binary.sh"
+# shellcheck source=scripts/lib/status.sh
+source "$here/lib/status.sh"
 
 config=""
 run_dir=""
+status_only=0
 daemon_opts=()
 while [[ $# -gt 0 ]]; do
     case $1 in
@@ -79,6 +89,10 @@ while [[ $# -gt 0 ]]; do
         take_run_dir_option "$@" || die "--run-dir needs a directory (see --help)"
         run_dir=$pf_run_dir
         shift "$pf_shift"
+        ;;
+    --status)
+        status_only=1
+        shift
         ;;
     --)
         shift
@@ -94,6 +108,18 @@ while [[ $# -gt 0 ]]; do
     esac
 done
 config=${config:-$root/setup.config}
+
+if ((status_only)); then
+    ((${#daemon_opts[@]} == 0)) || die "--status starts nothing: PORTFWD_OPTION... makes no sense with it"
+    if [[ -z $run_dir && -z ${PORTFWD_RUN_DIR:-} && ! -f $config ]]; then
+        die "config file '$config' not found (give its path, or --run-dir; see --help)"
+    fi
+    run=$(resolve_run_dir "$run_dir" "$config") || die "cannot find the directory of '$config'"
+    [[ ! -d $run ]] || run=$(cd -- "$run" && pwd -P)
+    status=0
+    show_status "$run" || status=$?
+    exit "$status"
+fi
 
 [[ -f $config ]] || die "config file '$config' not found (give its path, or see --help)"
 [[ -r $config ]] || die "config file '$config' is not readable"
