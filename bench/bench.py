@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
-"""portfwd benchmark harness (issue 6).
+"""portfwd benchmark harness.
 
-Runs every measurement on loopback against each forwarder and writes a raw CSV
-(one line per sample) plus a JSON file with machine info to bench/results/.
-bench/report.py turns that CSV into docs/benchmarks.md and docs/bench-*.png.
+Runs every measurement on loopback against each forwarder and writes the run into
+a folder of its own, bench/results/<stamp>/: raw.csv (one line per sample),
+raw.json (machine, parameters, versions), profile-*.txt and a README.md to
+complete. bench/report.py turns raw.csv into docs/benchmarks.md,
+docs/bench-*.png and the run's summary.csv.
 
 Normally started by bench/run.sh, which installs peers and builds binaries.
 Every server is started here in the foreground, in its own process group, with
@@ -30,27 +32,12 @@ import sys
 import tempfile
 import time
 
+from rows import ROWS, ROW_TESTS  # bench/rows.py (the script's folder is on sys.path)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, "bench", "results")
 PORTFWD = os.path.join(ROOT, "target", "release", "portfwd")
 CREF = os.path.join(ROOT, "target", "reference", "server")
-
-ROWS = ["direct", "portfwd", "portfwd-accept", "cref", "socat", "rinetd", "haproxy", "nginx"]
-LABELS = {
-    "direct": "direct (no forwarder)",
-    "portfwd": "portfwd",
-    "portfwd-accept": "portfwd --dispatch accept",
-    "cref": "C reference (seed server.c)",
-    "socat": "socat (fork)",
-    "rinetd": "rinetd",
-    "haproxy": "haproxy (mode tcp)",
-    "nginx": "nginx stream",
-}
-
-# Rows measured in some tests only. portfwd --dispatch accept differs from the default only in
-# when a connection gets its processes (at accept instead of at the first byte): that shows in
-# the tests that open connections under load, not in bulk throughput or held memory.
-ROW_TESTS = {"portfwd-accept": {"connrate", "keepalive", "redis", "firstbyte"}}
 
 # ---------------------------------------------------------------- utilities
 
@@ -909,6 +896,27 @@ def profile(row, kind, bport, dur, outdir):
 # -------------------------------------------------------------------- main
 
 
+def write_readme(run_dir, meta):
+    """The run's README: the facts bench.py knows; what the run showed is for a person to add."""
+    mib = (meta.get("mem_total_kib") or 0) // 1024
+    lines = [
+        f"# Run {meta['date_utc']}",
+        "",
+        f"- **What**: {'quick' if meta['quick'] else 'full'} benchmark run (bench/bench.py, "
+        f"{meta['params']['reps']} repetition(s)); rows {', '.join(meta['rows'])}.",
+        f"- **portfwd**: {meta.get('git_rev') or '(no commit)'}.",
+        f"- **Machine**: {meta.get('ncpu')} CPUs ({meta.get('cpu')}), {mib} MiB, "
+        f"Linux {meta.get('kernel')}.",
+        "- **What it showed**: (to write: the figures that matter, or see analysis.md).",
+        "- **Files**: `raw.csv`, `raw.json`"
+        + (", `profile-*.txt`" if meta.get("profiles") else "")
+        + "; `summary.csv` once bench/report.py has run.",
+    ]
+    with open(os.path.join(run_dir, "README.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -920,7 +928,9 @@ def main():
                          "profile of portfwd (slow)")
     ap.add_argument("--portfwd", default=None, metavar="PATH",
                     help="portfwd binary to measure (default target/release/portfwd)")
-    ap.add_argument("--out", default=None, help="raw CSV path (default bench/results/raw-<stamp>.csv)")
+    ap.add_argument("--out", default=None, metavar="DIR",
+                    help="the run's folder (default bench/results/<stamp>/, <stamp>-quick/ "
+                         "with --quick)")
     args = ap.parse_args()
     global LOG, PORTFWD, CREF
     if args.portfwd:
@@ -976,9 +986,10 @@ def main():
                 PORTFWD = dst
             else:
                 CREF = dst
-    os.makedirs(RESULTS, exist_ok=True)
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S")
-    raw_path = args.out or os.path.join(RESULTS, f"raw-{stamp}{'-quick' if q else ''}.csv")
+    run_dir = os.path.abspath(args.out or os.path.join(RESULTS, stamp + ("-quick" if q else "")))
+    os.makedirs(run_dir, exist_ok=True)
+    raw_path = os.path.join(run_dir, "raw.csv")
     LOG = open(os.path.join(TMP, "bench.log"), "w")
     nofile = raise_nofile()
     set_subreaper()
@@ -1190,12 +1201,12 @@ def main():
                     if kind == "tput1":
                         ip = start_iperf3()
                         try:
-                            p = profile(row, kind, ip.port, P["profile_dur"], RESULTS)
+                            p = profile(row, kind, ip.port, P["profile_dur"], run_dir)
                         finally:
                             ip.stop()
                     else:
                         dur = P["profile_dur"] if "strace" not in kind else 2
-                        p = profile(row, kind, web.port, dur, RESULTS)
+                        p = profile(row, kind, web.port, dur, run_dir)
                     if p:
                         profiles.append(os.path.relpath(p, ROOT))
                 except Exception as e:
@@ -1253,10 +1264,12 @@ def main():
         meta["versions"]["socat"] = "socat " + m.group(1) if m else meta["versions"]["socat"]
     except Exception:
         pass
-    with open(raw_path[:-4] + ".json", "w") as f:
+    with open(os.path.join(run_dir, "raw.json"), "w") as f:
         json.dump(meta, f, indent=1)
-    log(f"done in {meta['duration_s']} s; raw results: {os.path.relpath(raw_path, ROOT)}")
-    print(raw_path)
+    write_readme(run_dir, meta)
+    shown = os.path.relpath(run_dir, ROOT) if run_dir.startswith(ROOT + os.sep) else run_dir
+    log(f"done in {meta['duration_s']} s; results: {shown}/")
+    print(run_dir)
 
 
 if __name__ == "__main__":

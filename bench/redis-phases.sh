@@ -10,7 +10,12 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 MODE="${1:-data}"
-PF="${PORTFWD:-$ROOT/target/release/portfwd}"
+# shellcheck source=scripts/lib/binary.sh
+source "$ROOT/scripts/lib/binary.sh"
+# $PORTFWD (this script's old name for it) or $PORTFWD_BIN, else cargo's release build.
+if [ "$MODE" != socat ]; then
+    PF=$(PORTFWD_BIN="${PORTFWD:-${PORTFWD_BIN:-}}" find_portfwd_bin redis-phases.sh "$ROOT")
+fi
 TMP="$(mktemp -d /tmp/redis-phases.XXXXXX)"
 ulimit -n 20000 2>/dev/null || true
 

@@ -1,12 +1,14 @@
 #!/usr/bin/env python3
-"""Turn a raw CSV from bench/bench.py into docs/benchmarks.md, docs/bench-*.png
-and bench/results/summary.csv.
+"""Turn a run of bench/bench.py into docs/benchmarks.md, docs/bench-*.png and
+the run's summary.csv.
 
-usage: report.py [RAW_CSV]   (default: the newest bench/results/raw-*.csv)
+usage: report.py [RUN]
 
-If bench/results/analysis-<stamp>.md exists for the run being reported (same
-stamp as the raw CSV), it is included as the run's analysis section.
+RUN is a run's folder, bench/results/<stamp>/, or its raw.csv (default: the
+newest run in bench/results/). The run's analysis.md, if someone wrote one, is
+included as its analysis section; its profile-*.txt are excerpted.
 """
+import argparse
 import csv
 import glob
 import json
@@ -15,23 +17,11 @@ import statistics
 import sys
 from collections import defaultdict
 
+from rows import LABELS, ROWS, SHORT  # bench/rows.py (the script's folder is on sys.path)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, "bench", "results")
 DOCS = os.path.join(ROOT, "docs")
-
-ROWS = ["direct", "portfwd", "portfwd-accept", "cref", "socat", "rinetd", "haproxy", "nginx"]
-LABELS = {
-    "direct": "direct (no forwarder)",
-    "portfwd": "**portfwd**",
-    "portfwd-accept": "portfwd `--dispatch accept`",
-    "cref": "C reference (seed)",
-    "socat": "socat (fork)",
-    "rinetd": "rinetd",
-    "haproxy": "haproxy (mode tcp)",
-    "nginx": "nginx stream",
-}
-SHORT = {"direct": "direct", "portfwd": "portfwd", "portfwd-accept": "pf accept", "cref": "C ref", "socat": "socat",
-         "rinetd": "rinetd", "haproxy": "haproxy", "nginx": "nginx"}
 
 
 def load(raw):
@@ -214,13 +204,26 @@ def plots(s, rows, stamp):
 
 
 def main():
-    raws = sorted(glob.glob(os.path.join(RESULTS, "raw-*.csv")), key=os.path.getmtime)
-    raw = sys.argv[1] if len(sys.argv) > 1 else (raws[-1] if raws else None)
-    if not raw:
-        sys.exit("no raw CSV found in bench/results/")
-    meta_path = raw[:-4] + ".json"
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 usage="report.py [-h] [RUN]")
+    ap.add_argument("run", nargs="?", metavar="RUN",
+                    help="a run's folder or its raw.csv (default: the newest in bench/results/)")
+    args = ap.parse_args()
+    if args.run:
+        run_dir = args.run if os.path.isdir(args.run) else os.path.dirname(args.run) or "."
+    else:
+        # Folder names are UTC stamps: the last in name order is the newest.
+        runs = sorted(glob.glob(os.path.join(RESULTS, "*", "raw.csv")))
+        if not runs:
+            sys.exit("no run found in bench/results/ (no */raw.csv)")
+        run_dir = os.path.dirname(runs[-1])
+    run_dir = os.path.abspath(run_dir)
+    raw = os.path.join(run_dir, "raw.csv")
+    if not os.path.exists(raw):
+        sys.exit(f"no raw.csv in {run_dir}")
+    meta_path = os.path.join(run_dir, "raw.json")
     meta = json.load(open(meta_path)) if os.path.exists(meta_path) else {}
-    stamp = meta.get("date_utc", os.path.basename(raw)[4:-4])
+    stamp = meta.get("date_utc", os.path.basename(run_dir))
     samples = load(raw)
     s = summarize(samples)
     rows = [r for r in ROWS if any(k[0] == r for k in s)]
@@ -228,7 +231,8 @@ def main():
 
     # summary CSV
     metrics = sorted({k[1] for k in s if not k[1].endswith("_reps")})
-    with open(os.path.join(RESULTS, "summary.csv"), "w", newline="") as f:
+    summary = os.path.join(run_dir, "summary.csv")
+    with open(summary, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["row"] + metrics)
         for r in rows:
@@ -252,8 +256,9 @@ def main():
     A("")
     A("`run.sh` installs the missing peers with apt-get, builds portfwd "
       "(`cargo build --release`) and the C reference (`tests/reference/server.c`), runs "
-      "`bench/bench.py` (raw CSV + JSON in `bench/results/`) and then `bench/report.py` "
-      "(this file, `docs/bench-*.png`, `bench/results/summary.csv`).")
+      "`bench/bench.py` (a folder per run: `bench/results/<stamp>/raw.csv`, `raw.json`, profiles) "
+      "and then `bench/report.py` (this file, `docs/bench-*.png`, "
+      "`bench/results/<stamp>/summary.csv`).")
     A("")
     A("## This run")
     A("")
@@ -384,7 +389,7 @@ def main():
         A("")
     for line in fork_floor_section(s, rows):
         A(line)
-    ana = os.path.join(RESULTS, f"analysis-{stamp}.md")
+    ana = os.path.join(run_dir, "analysis.md")
     if os.path.exists(ana):
         A("## Analysis of this run")
         A("")
@@ -423,7 +428,9 @@ def main():
       "measured once the backend holds them all and the process count is stable, then "
       "closed.")
     A("")
-    prof = meta.get("profiles") or []
+    # raw.json names the profiles where bench.py wrote them; they are in the run's folder.
+    prof = [os.path.relpath(os.path.join(run_dir, os.path.basename(p)), ROOT)
+            for p in meta.get("profiles") or []]
     if prof:
         A("## Profiles")
         A("")
@@ -461,7 +468,7 @@ def main():
     with open(os.path.join(DOCS, "benchmarks.md"), "w") as f:
         f.write("\n".join(L) + "\n")
     print("wrote docs/benchmarks.md,", ", ".join("docs/" + p for p in pngs),
-          "and bench/results/summary.csv")
+          "and", os.path.relpath(summary, ROOT))
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The one command for issue 6's benchmark. See --help.
+# The one command for the benchmark of docs/benchmarks.md. See --help.
 set -euo pipefail
 
 usage() {
@@ -9,8 +9,10 @@ usage: bench/run.sh [--quick] [--no-install] [--rows LIST] [--tests LIST] [--por
 Benchmarks portfwd against direct (no forwarder), the C reference of the
 seed's server, socat (fork), rinetd, haproxy (mode tcp) and nginx stream, on
 loopback only, and writes:
-  bench/results/raw-<stamp>.csv   one line per sample (+ .json: machine, params)
-  bench/results/summary.csv       medians per forwarder and metric
+  bench/results/<stamp>/          the run's folder: raw.csv (one line per
+                                  sample), raw.json (machine, params),
+                                  profile-*.txt, README.md (to complete),
+                                  summary.csv (medians per forwarder and metric)
   docs/benchmarks.md              tables, ratios to direct, targets pass/miss
   docs/bench-*.png                plots
 
@@ -18,7 +20,8 @@ loopback only, and writes:
                  500 idle connections, no profiles
   --no-install   do not apt-get install missing peers
   --rows LIST    comma-separated subset of
-                 direct,portfwd,cref,socat,rinetd,haproxy,nginx
+                 direct,portfwd,portfwd-accept,cref,socat,rinetd,haproxy,
+                 nginx
   --tests LIST   comma-separated subset of
                  iperf,connrate,keepalive,redis,firstbyte,forkfloor,memory,
                  profile
@@ -128,6 +131,6 @@ else
 fi
 
 # ---- measure and report
-RAW="$("$PY" bench/bench.py "${PYARGS[@]+"${PYARGS[@]}"}" | tail -n 1)"
-"$PY" bench/report.py "$RAW"
+RUN="$("$PY" bench/bench.py "${PYARGS[@]+"${PYARGS[@]}"}" | tail -n 1)"
+"$PY" bench/report.py "$RUN"
 log "done: docs/benchmarks.md"

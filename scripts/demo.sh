@@ -11,9 +11,9 @@ A tour of portfwd for a newcomer, in one command, from any directory:
 
   1. starts two small web servers (python3 -m http.server) on 127.0.0.1:8005
      and 127.0.0.1:8006, each serving a page that names it;
-  2. launches the repository's setup.config (7005 -> 127.0.0.1:8005,
-     7006 -> 127.0.0.1:8006) with scripts/port-forward.sh, one daemon per
-     mapping, in a temporary run directory;
+  2. launches the repository's setup.config (127.0.0.1:7005 -> 127.0.0.1:8005,
+     127.0.0.1:7006 -> 127.0.0.1:8006) with scripts/port-forward.sh, one
+     daemon per mapping, in a temporary run directory;
   3. fetches a page through each mapping with curl;
   4. opens one more connection through :7005 and sends half a request, so
      that the connection's processes exist, and shows the process tree
@@ -22,8 +22,10 @@ A tour of portfwd for a newcomer, in one command, from any directory:
   5. shows the daemons' log lines;
   6. stops everything with scripts/stop-script.sh, and removes what it made.
 
-It needs the ports 7005, 7006, 8005 and 8006 free, python3 and curl; the
-release binary is built if missing ($PORTFWD_BIN overrides it). On any
+It needs the ports 7005, 7006, 8005 and 8006 of 127.0.0.1 free, python3
+and curl; the release binary (in the target directory cargo reports,
+CARGO_TARGET_DIR included) is built if missing, and $PORTFWD_BIN overrides
+it. On any
 failure, or Ctrl-C, it still stops what it started (only that: it kills
 only the pids it started) and exits non-zero.
 USAGE
@@ -46,6 +48,8 @@ esac
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(cd "$here/.." && pwd)
 config=$root/setup.config
+# shellcheck source=scripts/lib/binary.sh
+source "$here/lib/binary.sh"
 
 if [[ -t 1 ]]; then bold=$'\033[1m' plain=$'\033[0m'; else bold="" plain=""; fi
 step() { printf '\n%s== %s%s\n' "$bold" "$*" "$plain"; }
@@ -53,18 +57,18 @@ step() { printf '\n%s== %s%s\n' "$bold" "$*" "$plain"; }
 command -v python3 >/dev/null || die "python3 is needed for the demo's web servers"
 command -v curl >/dev/null || die "curl is needed to fetch the pages"
 [[ -f $config ]] || die "$config is missing"
+# Found (or built) once, before anything starts; port-forward.sh runs the same binary.
+PORTFWD_BIN=$(find_portfwd_bin demo.sh "$root") || die "no portfwd binary"
+export PORTFWD_BIN
 
 # Every port the demo needs must be free: say which one is not, and who holds it if ss can tell.
 busy=$(python3 - <<'PY'
 import socket
-for port, fam, addr in ((8005, socket.AF_INET, "127.0.0.1"), (8006, socket.AF_INET, "127.0.0.1"),
-                        (7005, socket.AF_INET6, "::"), (7006, socket.AF_INET6, "::")):
-    s = socket.socket(fam, socket.SOCK_STREAM)
+for port in (8005, 8006, 7005, 7006):
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    if fam == socket.AF_INET6:
-        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
     try:
-        s.bind((addr, port))
+        s.bind(("127.0.0.1", port))
     except OSError as e:
         print(f"{port} ({e.strerror})")
     s.close()
@@ -186,4 +190,5 @@ step "6. stop everything: scripts/stop-script.sh --run-dir $run"
 launched=0
 echo
 echo "done: the demo's web servers are stopped next, and $tmp is removed."
-echo "try it yourself: scripts/port-forward.sh (uses ./setup.config), then scripts/stop-script.sh"
+echo "try it yourself: with something listening on 127.0.0.1:8005 and :8006, scripts/port-forward.sh"
+echo "(the repository's setup.config), scripts/port-forward.sh --status, then scripts/stop-script.sh"

@@ -5,18 +5,22 @@ set -euo pipefail
 usage() {
     cat <<'USAGE'
 usage: scripts/port-forward.sh [OPTIONS] [CONFIG] [-- PORTFWD_OPTION...]
+       scripts/port-forward.sh --status [--run-dir DIR] [CONFIG]
 
-Starts one portfwd daemon per mapping of CONFIG (default: ./setup.config),
-the way the seed's port-forward.sh did, and reports what it started.
+Starts one portfwd daemon per mapping of CONFIG (default: the repository's
+setup.config), the way the seed's port-forward.sh did, and reports what it
+started. With --status, reports what runs instead and starts nothing.
 
-  1. Finds the binary: $PORTFWD_BIN if set, else target/release/portfwd of
-     this repository, built with `cargo build --release` if it is missing.
+  1. Finds the binary: $PORTFWD_BIN if set, else release/portfwd in the
+     target directory cargo reports for this repository (CARGO_TARGET_DIR
+     is honoured), built with `cargo build --release` if it is missing.
   2. Validates the whole file with `portfwd --check-config CONFIG`. If any
      line is wrong, every error is printed (FILE:LINE:COL: message) and
      nothing is started.
   3. For each mapping, in the run directory (--run-dir DIR, else
-     $PORTFWD_RUN_DIR, else ./run), writes NAME.conf (that mapping alone,
-     as one canonical config line) and runs
+     $PORTFWD_RUN_DIR, else run/ beside CONFIG: the same from any current
+     directory), writes NAME.conf (that mapping alone, as one canonical
+     config line) and runs
        portfwd --daemonize --config NAME.conf --pid-file NAME.pid \
                --log-file NAME.log [PORTFWD_OPTION...]
      which returns once the daemon listens. NAME comes from the listening
@@ -29,7 +33,7 @@ the way the seed's port-forward.sh did, and reports what it started.
 
 Each daemon is on its own: `kill -HUP PID` reloads its NAME.conf, `kill
 -USR1 PID` logs its stats, NAME.log holds its log lines. Stop them all with
-scripts/stop-script.sh (same --run-dir).
+scripts/stop-script.sh (same CONFIG, or same --run-dir).
 
 PORTFWD_OPTION... (after --) are given to every daemon, e.g.
   scripts/port-forward.sh setup.config -- --drain-timeout 30 --verbose
@@ -39,14 +43,21 @@ lines. BIND is an IPv4 address or [IPv6]; without it the mapping listens on
 every interface (IPv6 and IPv4).
 
 Options:
-  --run-dir DIR   where the .conf, .pid and .log files go (default ./run,
-                  or $PORTFWD_RUN_DIR); created if missing
+  --run-dir DIR   where the .conf, .pid and .log files go (default: run/ in
+                  CONFIG's directory, or $PORTFWD_RUN_DIR; a relative DIR
+                  is taken from the current directory); created if missing
+  --status        report each daemon of the run directory: its pid, its
+                  mapping, the config it was written from, the addresses it
+                  listens on, and its live connections (connection
+                  processes); a stale pid file is reported, not removed
   -h, --help      this help
 
 Exit status: 0 every mapping was started; 1 at least one mapping was not
 started (already running, or its daemon failed: the reason is printed; the
 others were started and keep running); 2 usage or config error, or no
 binary: nothing was started.
+With --status: 0 every pid file names a running daemon; 1 a pid file is
+stale; 3 nothing runs; 2 usage error.
 USAGE
 }
 
@@ -59,9 +70,14 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(cd "$here/.." && pwd)
 # shellcheck source=scripts/lib/rundir.sh
 source "$here/lib/rundir.sh"
+# shellcheck source=scripts/lib/binary.sh
+source "$here/lib/binary.sh"
+# shellcheck source=scripts/lib/status.sh
+source "$here/lib/status.sh"
 
 config=""
-run_dir=${PORTFWD_RUN_DIR:-./run}
+run_dir=""
+status_only=0
 daemon_opts=()
 while [[ $# -gt 0 ]]; do
     case $1 in
@@ -69,14 +85,13 @@ while [[ $# -gt 0 ]]; do
         usage
         exit 0
         ;;
-    --run-dir)
-        [[ $# -ge 2 && -n $2 ]] || die "--run-dir needs a directory (see --help)"
-        run_dir=$2
-        shift 2
+    --run-dir | --run-dir=*)
+        take_run_dir_option "$@" || die "--run-dir needs a directory (see --help)"
+        run_dir=$pf_run_dir
+        shift "$pf_shift"
         ;;
-    --run-dir=*)
-        run_dir=${1#--run-dir=}
-        [[ -n $run_dir ]] || die "--run-dir needs a directory (see --help)"
+    --status)
+        status_only=1
         shift
         ;;
     --)
@@ -92,26 +107,27 @@ while [[ $# -gt 0 ]]; do
         ;;
     esac
 done
-config=${config:-./setup.config}
+config=${config:-$root/setup.config}
+
+if ((status_only)); then
+    ((${#daemon_opts[@]} == 0)) || die "--status starts nothing: PORTFWD_OPTION... makes no sense with it"
+    if [[ -z $run_dir && -z ${PORTFWD_RUN_DIR:-} && ! -f $config ]]; then
+        die "config file '$config' not found (give its path, or --run-dir; see --help)"
+    fi
+    run=$(resolve_run_dir "$run_dir" "$config") || die "cannot find the directory of '$config'"
+    [[ ! -d $run ]] || run=$(cd -- "$run" && pwd -P)
+    status=0
+    show_status "$run" || status=$?
+    exit "$status"
+fi
 
 [[ -f $config ]] || die "config file '$config' not found (give its path, or see --help)"
 [[ -r $config ]] || die "config file '$config' is not readable"
 config_abs=$(cd "$(dirname -- "$config")" && pwd -P)/$(basename -- "$config")
+run_dir=$(resolve_run_dir "$run_dir" "$config") || die "cannot find the directory of '$config'"
 
 # --- the binary -------------------------------------------------------------------------------
-if [[ -n ${PORTFWD_BIN:-} ]]; then
-    bin=$PORTFWD_BIN
-    [[ -x $bin ]] || die "PORTFWD_BIN='$bin' is not an executable file"
-else
-    bin=$root/target/release/portfwd
-    if [[ ! -x $bin ]]; then
-        command -v cargo >/dev/null || die "$bin is missing and cargo is not installed to build it"
-        echo "port-forward.sh: $bin is missing; building it (cargo build --release)" >&2
-        cargo build --release --manifest-path "$root/Cargo.toml" >&2 ||
-            die "cargo build --release failed; nothing started"
-        [[ -x $bin ]] || die "cargo build --release did not produce $bin"
-    fi
-fi
+bin=$(find_portfwd_bin port-forward.sh "$root") || die "no portfwd binary; nothing started"
 
 # --- validate the whole file before anything starts -------------------------------------------
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/port-forward.XXXXXX")

@@ -4,11 +4,12 @@ set -euo pipefail
 
 usage() {
     cat <<'USAGE'
-usage: scripts/stop-script.sh [OPTIONS]
+usage: scripts/stop-script.sh [OPTIONS] [CONFIG]
 
 Stops every portfwd daemon that scripts/port-forward.sh started in the run
-directory (--run-dir DIR, else $PORTFWD_RUN_DIR, else ./run), and reports
-each one.
+directory (--run-dir DIR, else $PORTFWD_RUN_DIR, else run/ beside CONFIG,
+the launcher's default; CONFIG defaults to the repository's setup.config),
+and reports each one. It works the same from any current directory.
 
 For each RUN/NAME.pid:
   * if it names a running portfwd that owns that pid file (its
@@ -31,8 +32,9 @@ script kills their process groups with SIGKILL and says so).
 Options:
   --now            also end established connections (SIGQUIT)
   --timeout SECS   how long to wait for each daemon to exit (default 10)
-  --run-dir DIR    the launcher's run directory (default ./run, or
-                   $PORTFWD_RUN_DIR)
+  --run-dir DIR    the launcher's run directory (default: run/ in CONFIG's
+                   directory, or $PORTFWD_RUN_DIR; a relative DIR is taken
+                   from the current directory)
   -h, --help       this help
 
 Exit status: 0 every daemon stopped (or there was nothing to stop); 1 a
@@ -47,10 +49,12 @@ die() {
 }
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+root=$(cd "$here/.." && pwd)
 # shellcheck source=scripts/lib/rundir.sh
 source "$here/lib/rundir.sh"
 
-run_dir=${PORTFWD_RUN_DIR:-./run}
+run_dir=""
+config=""
 now=0
 timeout=10
 while [[ $# -gt 0 ]]; do
@@ -72,23 +76,28 @@ while [[ $# -gt 0 ]]; do
         timeout=${1#--timeout=}
         shift
         ;;
-    --run-dir)
-        [[ $# -ge 2 && -n $2 ]] || die "--run-dir needs a directory (see --help)"
-        run_dir=$2
-        shift 2
+    --run-dir | --run-dir=*)
+        take_run_dir_option "$@" || die "--run-dir needs a directory (see --help)"
+        run_dir=$pf_run_dir
+        shift "$pf_shift"
         ;;
-    --run-dir=*)
-        run_dir=${1#--run-dir=}
-        [[ -n $run_dir ]] || die "--run-dir needs a directory (see --help)"
+    -*) die "unexpected argument '$1' (see --help)" ;;
+    *)
+        [[ -z $config ]] || die "only one CONFIG may be given ('$config' and '$1'; see --help)"
+        config=$1
         shift
         ;;
-    *) die "unexpected argument '$1' (see --help)" ;;
     esac
 done
 if [[ ! $timeout =~ ^[0-9]+$ ]] || ((10#$timeout == 0)); then
     die "--timeout must be a whole number of seconds greater than 0, not '$timeout'"
 fi
 
+config=${config:-$root/setup.config}
+if [[ -z $run_dir && -z ${PORTFWD_RUN_DIR:-} && ! -f $config ]]; then
+    die "config file '$config' not found (give its path, or --run-dir; see --help)"
+fi
+run_dir=$(resolve_run_dir "$run_dir" "$config") || die "cannot find the directory of '$config'"
 if [[ ! -d $run_dir ]]; then
     echo "nothing to stop: no run directory $run_dir"
     exit 0

@@ -1,10 +1,41 @@
 # shellcheck shell=bash
 # shellcheck disable=SC2034 # pf_* are read by the scripts that source this file
-# Shared by port-forward.sh and stop-script.sh: the run directory and its pid files.
+# Shared by port-forward.sh and stop-script.sh: the run directory, its option and its pid files.
 # Sourced, not run. Each daemon the launcher starts owns three files in the run directory:
 #   NAME.conf  its one-line config (portfwd --config; reload it with kill -HUP PID)
 #   NAME.pid   its pid (written by portfwd once it listens, removed by portfwd on a clean exit)
 #   NAME.log   its log (appended)
+
+# The option shared by port-forward.sh and stop-script.sh: if $1 is --run-dir DIR or
+# --run-dir=DIR, sets pf_run_dir to DIR and pf_shift to the number of arguments it took.
+# Returns 1 if DIR is missing or empty. Call it with the caller's remaining arguments ("$@").
+take_run_dir_option() {
+    pf_run_dir="" pf_shift=0
+    case $1 in
+    --run-dir)
+        [[ $# -ge 2 && -n $2 ]] || return 1
+        pf_run_dir=$2 pf_shift=2
+        ;;
+    --run-dir=*)
+        pf_run_dir=${1#--run-dir=} pf_shift=1
+        [[ -n $pf_run_dir ]] || return 1
+        ;;
+    *) return 1 ;;
+    esac
+}
+
+# Prints the run directory as an absolute path (not created): $1 (--run-dir) if not empty, else
+# $PORTFWD_RUN_DIR, else run/ beside the config file $2, so that the launcher and the stop agree
+# from any current directory. A relative DIR is taken from the current directory.
+resolve_run_dir() {
+    local dir=${1:-${PORTFWD_RUN_DIR:-}} conf_dir
+    if [[ -z $dir ]]; then
+        conf_dir=$(cd -- "$(dirname -- "$2")" 2>/dev/null && pwd -P) || return 1
+        dir=$conf_dir/run
+    fi
+    [[ $dir == /* ]] || dir=$PWD/$dir
+    printf '%s\n' "$dir"
+}
 
 # Makes the run directory (if needed) and prints its absolute, symlink-free path.
 # $1: the directory as given (may be relative).
