@@ -23,7 +23,7 @@ use std::path::PathBuf;
 pub enum StartError {
     /// Printed as `portfwd: MESSAGE`.
     Plain(String),
-    /// Already located (`FILE:LINE:COL: message` lines): printed as it is.
+    /// One or more located lines (`FILE:LINE:COL: message`), each printed as `portfwd: LINE`.
     Located(String),
 }
 
@@ -37,7 +37,13 @@ impl StartError {
     pub fn text(&self) -> String {
         match self {
             StartError::Plain(m) => format!("portfwd: {m}"),
-            StartError::Located(m) => m.clone(),
+            // Each `FILE:LINE:COL: message` line gets the program's name too, like every other
+            // error it prints.
+            StartError::Located(m) => m
+                .lines()
+                .map(|l| format!("portfwd: {l}"))
+                .collect::<Vec<_>>()
+                .join("\n"),
         }
     }
 }
@@ -122,7 +128,14 @@ pub fn run(cli: Cli) -> Result<(), StartError> {
     let (mappings, targets) = mappings(&cli, &base)?;
     let mut services = Vec::new();
     for (mapping, targets) in mappings.into_iter().zip(targets) {
-        let socket = listener::open(mapping.bind).map_err(|e| format!("cannot listen on {}: {e}", mapping.bind))?;
+        let socket = listener::open(mapping.bind).map_err(|e| {
+            let message = format!("cannot listen on {}: {e}", mapping.bind);
+            match &cli.config {
+                // From a file: say which line, like every other error in it.
+                Some(path) => StartError::Located(mapping.bind_error(message).located(path)),
+                None => StartError::Plain(message),
+            }
+        })?;
         services.push(Service::new(socket, Route { mapping, targets }).map_err(|e| e.to_string())?);
     }
     if let Some(path) = &log_file {

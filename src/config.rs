@@ -767,7 +767,10 @@ mod tests {
         let text = include_str!("../setup.config");
         let m = parse(text, &Options::default()).unwrap();
         let lines: Vec<String> = m.iter().map(Mapping::canonical).collect();
-        assert_eq!(lines, ["[::]:7005 -> 127.0.0.1:8005", "[::]:7006 -> 127.0.0.1:8006"]);
+        assert_eq!(
+            lines,
+            ["127.0.0.1:7005 -> 127.0.0.1:8005", "127.0.0.1:7006 -> 127.0.0.1:8006"]
+        );
     }
 }
 

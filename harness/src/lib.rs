@@ -1,10 +1,10 @@
 //! portfwd's harness: what the comparison and load tools and the integration tests share.
 //!
-//! [`reference`] builds the C reference of the seed's server; [`launch`] runs any forwarder with
+//! [`reference`](mod@reference) builds the C reference of the seed's server; [`launch`] runs any forwarder with
 //! the seed's CLI in a process group of its own, and [`compare`] and [`load`] are the comparison
 //! suite and the seed's load test on top of it. [`forwarder`] starts portfwd as a user would;
 //! [`backend`], [`net`] and [`pattern`] are the other end of the wire and the bytes on it;
-//! [`procs`] reads processes from /proc; [`env`] holds waiting, temporary directories, the
+//! [`procs`] reads processes from /proc; [`env`](mod@env) holds waiting, temporary directories, the
 //! descriptor limit, taking turns and skipping.
 
 pub mod backend;

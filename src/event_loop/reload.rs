@@ -55,17 +55,13 @@ impl EventLoop {
             log!("SIGHUP: no configuration file to reload (started without --config)");
             return;
         };
-        let path_text = path.display().to_string();
-        let (mappings, targets) = match config::load(&path_text, base) {
+        let (mappings, targets) = match config::load(path, base) {
             Ok(found) => found,
             Err(errors) => {
                 for line in errors.lines() {
                     log!("reload rejected: {line}");
                 }
-                log!(
-                    "reload rejected: keeping the {} current mapping(s)",
-                    self.services.iter().flatten().count()
-                );
+                self.log_kept();
                 return;
             }
         };
@@ -86,11 +82,9 @@ impl EventLoop {
                 Ok(socket) => opened.push((route, socket)),
                 Err(e) => {
                     let m = &route.mapping;
-                    log!(
-                        "reload rejected: {path_text}:{}: cannot listen on {}: {e}",
-                        m.line,
-                        m.bind
-                    );
+                    let error = m.bind_error(format!("cannot listen on {}: {e}", m.bind));
+                    log!("reload rejected: {}", error.located(path));
+                    self.log_kept();
                     return;
                 }
             }
@@ -123,6 +117,13 @@ impl EventLoop {
             }
         }
         log!("reload done: {added} added, {removed} removed, {kept} kept");
+    }
+    /// The last line of a rejected reload: what goes on being served.
+    fn log_kept(&self) {
+        log!(
+            "reload rejected: keeping the {} current mapping(s)",
+            self.services.iter().flatten().count()
+        );
     }
 }
 

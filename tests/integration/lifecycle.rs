@@ -35,7 +35,7 @@ fn check_config_prints_canonical_mappings() {
     assert!(shipped.status.success());
     assert_eq!(
         String::from_utf8_lossy(&shipped.stdout),
-        "[::]:7005 -> 127.0.0.1:8005\n[::]:7006 -> 127.0.0.1:8006\n"
+        "127.0.0.1:7005 -> 127.0.0.1:8005\n127.0.0.1:7006 -> 127.0.0.1:8006\n"
     );
 }
 
@@ -54,15 +54,15 @@ fn check_config_reports_every_error_located_and_exits_2() {
     let lines: Vec<&str> = err.lines().collect();
     assert_eq!(lines.len(), 3, "{err}");
     assert!(
-        lines[0].starts_with(&format!("{f}:2:1: expected 'PORT -> HOST:PORT'")),
+        lines[0].starts_with(&format!("portfwd: {f}:2:1: expected 'PORT -> HOST:PORT'")),
         "{err}"
     );
     assert!(
-        lines[1].starts_with(&format!("{f}:3:1: [::]:7005 is already used by line 1")),
+        lines[1].starts_with(&format!("portfwd: {f}:3:1: [::]:7005 is already used by line 1")),
         "{err}"
     );
     assert!(
-        lines[2].starts_with(&format!("{f}:4:15: unknown option 'colour'")),
+        lines[2].starts_with(&format!("portfwd: {f}:4:15: unknown option 'colour'")),
         "{err}"
     );
     // Resolution is checked once the file parses.
@@ -71,7 +71,9 @@ fn check_config_reports_every_error_located_and_exits_2() {
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.starts_with(&format!("{f}:2:10: cannot resolve host 'no-such-host.invalid'")),
+        err.starts_with(&format!(
+            "portfwd: {f}:2:10: cannot resolve host 'no-such-host.invalid'"
+        )),
         "{err}"
     );
     // A missing file is one line too.

@@ -565,9 +565,9 @@ fn an_invalid_config_starts_nothing() {
     let out = sb.launch(&config);
     assert_eq!(out.code, 2, "{}", out.all());
     let file = config.to_str().unwrap();
-    // Every error, as FILE:LINE:COL: message.
+    // Every error, as portfwd: FILE:LINE:COL: message.
     for line in [3, 4] {
-        let prefix = format!("{file}:{line}:");
+        let prefix = format!("portfwd: {file}:{line}:");
         assert!(
             out.stderr.lines().any(|l| l.starts_with(&prefix)),
             "no error for line {line}:\n{}",
@@ -661,20 +661,13 @@ fn help_and_usage_errors() {
     assert!(out.stdout.contains("nothing to stop"), "{}", out.all());
 }
 
-/// Whether the demo's fixed ports are free: 8005/8006 on 127.0.0.1, 7005/7006 on every interface.
+/// Whether the demo's fixed ports are free on 127.0.0.1 (the shipped setup.config listens on
+/// loopback only, towards backends on loopback).
 fn demo_ports_busy() -> Vec<u16> {
-    let mut busy = Vec::new();
-    for port in [8005u16, 8006] {
-        if TcpListener::bind(("127.0.0.1", port)).is_err() {
-            busy.push(port);
-        }
-    }
-    for port in [7005u16, 7006] {
-        if TcpListener::bind(("::", port)).is_err() && TcpListener::bind(("0.0.0.0", port)).is_err() {
-            busy.push(port);
-        }
-    }
-    busy
+    [7005u16, 7006, 8005, 8006]
+        .into_iter()
+        .filter(|port| TcpListener::bind(("127.0.0.1", *port)).is_err())
+        .collect()
 }
 
 #[test]
@@ -707,15 +700,16 @@ fn demo_runs_end_to_end() {
     for needle in [
         "hello from the backend on 127.0.0.1:8005",
         "hello from the backend on 127.0.0.1:8006",
-        "started any_7005: [::]:7005 -> 127.0.0.1:8005",
-        "started any_7006: [::]:7006 -> 127.0.0.1:8006",
+        "started 127.0.0.1_7005: 127.0.0.1:7005 -> 127.0.0.1:8005",
+        "started 127.0.0.1_7006: 127.0.0.1:7006 -> 127.0.0.1:8006",
+        "listening on 127.0.0.1:7005",
         "portfwd-c2s",
         "portfwd-s2c",
         "HTTP/1.0 200",
         "listening on",
         "outcome=closed",
-        "stopped any_7005",
-        "stopped any_7006",
+        "stopped 127.0.0.1_7005",
+        "stopped 127.0.0.1_7006",
     ] {
         assert!(
             out.stdout.contains(needle),
