@@ -1195,3 +1195,73 @@ fn binary_found_in_cargo_target_dir_and_errors_name_portfwd_bin() {
     assert!(!out.stdout.contains("started"), "{}", out.all());
     sb.assert_nothing_left();
 }
+
+/// `scripts/package-deb.sh` builds (`cargo build --release`) and packages with `cargo deb`: opt-in,
+/// run only where cargo-deb is installed.
+#[test]
+fn package_deb_holds_the_binary_man_page_completions_and_unit() {
+    let works = |cmd: &str, args: &[&str]| Command::new(cmd).args(args).output().is_ok_and(|o| o.status.success());
+    if !works("cargo", &["deb", "--version"]) {
+        return skip("cargo-deb is not installed (cargo install --locked cargo-deb)");
+    }
+    if !works("dpkg-deb", &["--version"]) {
+        return skip("no dpkg-deb to list the package");
+    }
+    // A release build loads the machine: take turns with the other heavy tests.
+    let _turn = serial();
+    let sb = Sandbox::new("deb");
+    // Its own target directory, beside the one this test was built in: the build neither waits
+    // for nor replaces the binary under test, and later runs reuse what it built.
+    let target = Path::new(BIN)
+        .parent()
+        .and_then(Path::parent)
+        .expect("BIN is TARGET/PROFILE/portfwd")
+        .join("package-deb-test");
+    let env = [("CARGO_TARGET_DIR", target.to_str())];
+    let out = sb
+        .spawn_in("package-deb.sh", &[], &sb.dir, &env)
+        .finish_within(Duration::from_secs(900));
+    assert_eq!(out.code, 0, "{}", out.all());
+    let deb = out.stdout.lines().last().unwrap_or("").trim();
+    assert!(
+        deb.ends_with(".deb") && Path::new(deb).is_file(),
+        "the last line is not the .deb:\n{}",
+        out.all()
+    );
+    assert!(
+        Path::new(deb).starts_with(&target),
+        "{deb} is not in {}",
+        target.display()
+    );
+    let list = Command::new("dpkg-deb").arg("-c").arg(deb).output().unwrap();
+    assert!(list.status.success(), "{}", String::from_utf8_lossy(&list.stderr));
+    let list = String::from_utf8_lossy(&list.stdout);
+    let paths: Vec<&str> = list.lines().filter_map(|l| l.split_whitespace().last()).collect();
+    for want in [
+        "./usr/bin/portfwd",
+        "./usr/share/man/man1/portfwd.1.gz",
+        "./usr/share/bash-completion/completions/portfwd",
+        "./usr/lib/systemd/system/portfwd.service",
+    ] {
+        assert!(paths.contains(&want), "{want} not in the package:\n{list}");
+    }
+    // The generated files are those of this source (not stale ones left in target/assets).
+    let unpack = |path: &str, filter: &str| {
+        let pipeline = format!("dpkg-deb --fsys-tarfile \"$1\" | tar -xOf - \"$2\" {filter}");
+        let out = Command::new("sh")
+            .args(["-c", &pipeline, "sh", deb, path])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{path}: {}", String::from_utf8_lossy(&out.stderr));
+        out.stdout
+    };
+    let printed = |arg: &[&str]| Command::new(BIN).args(arg).output().unwrap().stdout;
+    assert!(
+        unpack("./usr/share/man/man1/portfwd.1.gz", "| gzip -dc") == printed(&["--man"]),
+        "the packaged manual page is not what portfwd --man prints"
+    );
+    assert!(
+        unpack("./usr/share/bash-completion/completions/portfwd", "") == printed(&["--completions", "bash"]),
+        "the packaged bash completion is not what portfwd --completions bash prints"
+    );
+}
