@@ -151,9 +151,10 @@ impl Sandbox {
     }
 
     /// Live processes of this test's daemons: main processes and connection processes (which are
-    /// forks and carry the same command line, naming this run directory).
+    /// forks and carry the same command line, naming this sandbox: its run directory, or another
+    /// one in it when a launcher picked the wrong one).
     fn processes(&self) -> Vec<(u32, String)> {
-        let needle = self.run.to_str().unwrap().to_string();
+        let needle = self.dir.to_str().unwrap().to_string();
         let mut found: Vec<(u32, String)> = procs::scan()
             .into_iter()
             .filter(|p| p.state != 'Z' && p.comm.starts_with("portfwd") && cmdline(p.pid).contains(&needle))
