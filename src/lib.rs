@@ -6,7 +6,8 @@
 //!
 //! Main process: [`cli`], `config`, `options`, `target`, `listener`, `daemon`, `privileges`,
 //! `app`, `event_loop`, `accept_pool`, `access`, `signals`, `handoff` (its side of the fork).
-//! Connection process, after fork: `conn`. Both: `log`, `sys`, `handoff::plan`.
+//! Connection process, after fork: `conn`. Both: `log`, `log_format`, `log_sink`, `sys`,
+//! `handoff::plan`.
 
 mod accept_pool;
 mod access;
@@ -19,9 +20,12 @@ mod event_loop;
 mod handoff;
 mod listener;
 mod log;
+mod log_format;
+mod log_sink;
 mod options;
 mod privileges;
 mod signals;
+mod status;
 mod sys;
 mod target;
 

@@ -44,9 +44,10 @@ impl EventLoop {
         if flags.intersects(EpollFlags::EPOLLERR | EpollFlags::EPOLLHUP) {
             let err = service.listener.take_error().ok().flatten();
             log!(
-                "listener {} reported {flags:?}: {}",
+                "event=listener-error listen={} flags={} error={}",
                 service.local,
-                err.map_or_else(|| "-".into(), |e| e.to_string())
+                log::Quoted(format!("{flags:?}")),
+                log::Quoted(err.map_or_else(|| "-".into(), |e| e.to_string()))
             );
         }
         self.accept_burst(slot);
@@ -74,8 +75,8 @@ impl EventLoop {
                 service.capped = true;
                 let (live, total, max) = (service.live.count(), self.admission.total(), self.admission.max_total());
                 log!(
-                    "{}: at max_connections ({live} of {cap} here, {total} of {max} in all); \
-                     new clients wait in the backlog",
+                    "event=at-max-connections listen={} live={live} max_connections={cap} total={total} \
+                     max_total={max} note=\"new clients wait in the backlog\"",
                     service.local
                 );
             }
@@ -97,18 +98,23 @@ impl EventLoop {
                 if !self.starved {
                     self.starved = true;
                     log!(
-                        "accept on {}: {e}; pausing accepts, retrying every {BACKOFF_MS} ms",
-                        service.local
+                        "event=accept-paused listen={} error={} retry_ms={BACKOFF_MS}",
+                        service.local,
+                        log::Quoted(e)
                     );
                 }
             }
             Some(e) => {
                 service.retry_at = Some(now + BACKOFF_MS);
-                log!("accept on {} failed: {e}; retrying in {BACKOFF_MS} ms", service.local);
+                log!(
+                    "event=accept-failed listen={} error={} retry_ms={BACKOFF_MS}",
+                    service.local,
+                    log::Quoted(e)
+                );
             }
             None if self.starved && !burst.accepted.is_empty() => {
                 self.starved = false;
-                log!("accepting again on {}", service.local);
+                log!("event=accept-resumed listen={}", service.local);
             }
             None => {}
         }
@@ -121,19 +127,20 @@ impl EventLoop {
     /// Applies the access rules and the per-source limit to a newly accepted client, then hands it
     /// off at once or puts it in the epoll set to wait for its first byte.
     fn admit(&mut self, slot: usize, route: &Rc<Route>, socket: Socket, peer: SocketAddr, now: u64) {
-        self.stats.accepted += 1;
+        self.tally(slot, |s| s.accepted += 1);
         let options = &route.mapping.options;
-        let service = self.services[slot].as_mut().expect("accepting service exists");
+        let service = self.services[slot].as_ref().expect("accepting service exists");
         if let Err(refusal) = self.admission.check(&service.live, options, peer.ip()) {
-            self.stats.refused += 1;
-            handoff::reset(&socket);
             let port = service.local.port();
+            self.tally(slot, |s| s.refused += 1);
+            handoff::reset(&socket);
             self.log_left_out_refusals(now);
             if self.refusals_log.admit(now) {
                 log!("client={peer} listen={port} outcome=refused reason={}", refusal.name());
             }
             return;
         }
+        let service = self.services[slot].as_mut().expect("accepting service exists");
         self.admission.enter(&mut service.live, peer.ip());
         let conn = Conn {
             slot,
@@ -155,7 +162,12 @@ impl EventLoop {
             .epoll
             .add(socket.as_fd(), EpollEvent::new(flags, Token::Waiting(fd).encode()))
         {
-            log!("client={} cannot wait for data: {e}", conn.peer);
+            log!(
+                "client={} listen={} event=wait-failed error={}",
+                conn.peer,
+                conn.route.mapping.bind.port(),
+                log::Quoted(e)
+            );
             self.release(&conn);
             return;
         }
@@ -172,8 +184,8 @@ impl EventLoop {
     pub(super) fn log_left_out_refusals(&mut self, now: u64) {
         if let Some(n) = self.refusals_log.take_left_out(now) {
             log!(
-                "outcome=refused for {n} more client(s) in the second before, not logged one by one \
-                 (at most {REFUSALS_LOGGED_PER_SEC} a second)"
+                "event=refusals-not-logged outcome=refused count={n} max_per_second={REFUSALS_LOGGED_PER_SEC} \
+                 note=\"refusals of the second before, past those logged one by one\""
             );
         }
     }

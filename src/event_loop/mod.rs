@@ -15,6 +15,7 @@
 mod accept;
 mod admission;
 mod launcher;
+mod live_view;
 mod reload;
 mod stats;
 mod token;
@@ -42,7 +43,6 @@ use std::net::SocketAddr;
 use std::os::fd::{AsFd, RawFd};
 use std::path::PathBuf;
 use std::rc::Rc;
-use std::sync::atomic::Ordering;
 use token::Token;
 use waiting::WaitingSet;
 
@@ -66,6 +66,8 @@ pub(crate) struct Service {
     retry_at: Option<u64>,
     /// At a connection cap: logged once when it starts.
     capped: bool,
+    /// This listener's share of the counters (the per-mapping lines of `SIGUSR1`).
+    stats: Stats,
 }
 
 impl Service {
@@ -79,6 +81,7 @@ impl Service {
             unfinished: false,
             retry_at: None,
             capped: false,
+            stats: Stats::default(),
         })
     }
 }
@@ -107,8 +110,11 @@ pub(crate) struct Settings {
     pub(crate) global_rules: Vec<access::Rule>,
     /// The file SIGHUP re-reads, and the command line's options each line starts from.
     pub(crate) config: Option<(PathBuf, Options)>,
-    /// The file SIGHUP reopens (for log rotation).
-    pub(crate) log_file: Option<PathBuf>,
+    /// Where the log goes; SIGUSR2 and SIGHUP reopen it (for log rotation).
+    pub(crate) log_to: crate::log_sink::Destination,
+    pub(crate) log_format: crate::log_format::Format,
+    /// Where SIGUSR1 writes the live view `--status` shows (beside the pid file), if anywhere.
+    pub(crate) status_file: Option<PathBuf>,
 }
 
 pub(crate) struct EventLoop {
@@ -227,9 +233,13 @@ impl EventLoop {
             return;
         };
         let _ = self.epoll.delete(socket.as_fd());
-        self.stats.closed_waiting += 1;
+        self.tally(conn.slot, |s| s.closed_waiting += 1);
         if self.settings.verbose {
-            log!("client={} closed before sending", conn.peer);
+            log!(
+                "client={} listen={} event=closed-before-data",
+                conn.peer,
+                conn.route.mapping.bind.port()
+            );
         }
         self.release(&conn);
         // Dropping the socket closes it.
@@ -259,7 +269,7 @@ impl EventLoop {
             }
             Err(_) => {
                 // Reset and logged by the launcher.
-                self.stats.outcomes.add(Outcome::ForkFailed);
+                self.tally(conn.slot, |s| s.outcomes.add(Outcome::ForkFailed));
                 self.release(&conn);
             }
         }
@@ -282,11 +292,12 @@ impl EventLoop {
         // Silent clients past their first-byte timeout.
         while let Some((_, (socket, conn))) = self.waiting.pop_expired(now) {
             let _ = self.epoll.delete(socket.as_fd());
-            self.stats.first_byte_timeouts += 1;
+            self.tally(conn.slot, |s| s.first_byte_timeouts += 1);
             if self.settings.verbose {
                 log!(
-                    "client={} closed: nothing sent within the first-byte timeout",
-                    conn.peer
+                    "client={} listen={} event=first-byte-timeout",
+                    conn.peer,
+                    conn.route.mapping.bind.port()
                 );
             }
             self.release(&conn);
@@ -318,7 +329,11 @@ impl EventLoop {
                 Signal::Terminate => self.stop(self.settings.drain_timeout_ms),
                 Signal::Quit => self.stop(Some(0)),
                 Signal::Reload => self.reload(),
-                Signal::Stats => self.log_stats(),
+                Signal::Stats => {
+                    self.log_stats();
+                    self.write_live_view();
+                }
+                Signal::Reopen => self.reopen_log(),
             }
         }
     }
@@ -343,11 +358,17 @@ impl EventLoop {
         let live = self.children.len();
         match drain_ms {
             None => {
-                log!("stopping: listeners closed; {live} connection(s) go on in their own processes");
+                log!(
+                    "event=stopping live={live} drain=none note=\"listeners closed; connections go on in their own processes\""
+                );
                 self.children.clear(); // not ours to wait for
             }
-            Some(0) => log!("stopping now: listeners closed; ending {live} connection(s)"),
-            Some(ms) => log!("stopping: listeners closed; waiting up to {ms} ms for {live} connection(s)"),
+            Some(0) => {
+                log!("event=stopping live={live} drain_ms=0 note=\"listeners closed; ending the connections now\"")
+            }
+            Some(ms) => {
+                log!("event=stopping live={live} drain_ms={ms} note=\"listeners closed; waiting for the connections\"")
+            }
         }
         self.draining = Some(self.draining.map_or(deadline, |d| d.min(deadline)));
     }
@@ -360,7 +381,7 @@ impl EventLoop {
         if self.children.is_empty() {
             return;
         }
-        log!("ending {} connection(s) still open", self.children.len());
+        log!("event=ending-connections live={}", self.children.len());
         for &pid in self.children.keys() {
             let _ = killpg(Pid::from_raw(pid), SIGTERM);
         }
@@ -383,7 +404,7 @@ impl EventLoop {
             let Some(conn) = self.children.remove(&pid) else {
                 continue;
             };
-            self.stats.outcomes.add(Outcome::from_wait_status(status));
+            self.tally(conn.slot, |s| s.outcomes.add(Outcome::from_wait_status(status)));
             if libc::WIFSIGNALED(status) {
                 // It died before it could write its own line (a crash, the OOM killer, an
                 // operator's kill, or `end_connections`): say which connection it was.
@@ -391,25 +412,13 @@ impl EventLoop {
                 let name = nix::sys::signal::Signal::try_from(sig)
                     .map_or_else(|_| format!("signal-{sig}"), |s| s.as_str().to_string());
                 log!(
-                    "client={} listen={} outcome=reset error={name} (connection process killed)",
+                    "client={} listen={} ms={} outcome=reset error={name} reason=connection-process-killed",
                     conn.peer,
-                    conn.route.mapping.bind.port()
+                    conn.route.mapping.bind.port(),
+                    sys::monotonic_ms().saturating_sub(conn.accepted_ms)
                 );
             }
             self.release(&conn);
         }
-    }
-
-    fn log_stats(&self) {
-        let totals = self.launcher.totals();
-        log!(
-            "{}",
-            self.stats.line(
-                self.children.len(),
-                self.waiting.len(),
-                totals.c2s.load(Ordering::Relaxed),
-                totals.s2c.load(Ordering::Relaxed),
-            )
-        );
     }
 }

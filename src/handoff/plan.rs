@@ -75,11 +75,11 @@ impl Plan {
         line
     }
 
-    /// A connection's log line up to its target: `ts=... portfwd[PID]: client=... listen=...`.
+    /// A connection's log line up to its target: `client=... listen=...`. It is stamped when it
+    /// is written, at the connection's end (`ms=` keeps the duration), so lines of all processes
+    /// are in time order.
     pub(crate) fn line_start(&self) -> Line {
-        let mut line = Line::stamped();
-        line.push(b" ").push(self.line.as_bytes());
-        line
+        self.line
     }
 
     /// The target named in the log line of a connection that never reached one.
@@ -88,7 +88,8 @@ impl Plan {
     }
 
     /// Completes and writes a connection's log line:
-    /// `... client=ADDR listen=PORT target=ADDR c2s=N s2c=N ms=N outcome=WORD [error=ERRNO]`.
+    /// `ts=END portfwd[PID]: client=ADDR listen=PORT target=ADDR c2s=N s2c=N ms=N outcome=WORD
+    /// [error=ERRNO]`.
     /// Async-signal-safe: no allocation, one `write(2)`.
     pub(crate) fn log_end(&self, line: &mut Line, c2s: u64, s2c: u64, outcome: Outcome, error: Option<Errno>) {
         line.key("c2s").num(c2s).key("s2c").num(s2c);

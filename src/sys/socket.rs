@@ -167,3 +167,18 @@ pub(crate) fn poll_one(fd: RawFd, events: libc::c_short, timeout_ms: libc::c_int
     let n = check(unsafe { libc::poll(&mut pfd, 1, timeout_ms) })?;
     Ok(if n == 0 { 0 } else { pfd.revents })
 }
+
+/// `send(2)` with `MSG_DONTWAIT | MSG_NOSIGNAL`: never waits for the reader, whatever the
+/// descriptor's own flags (which other holders of it share), and a gone reader is an `EPIPE`
+/// error, not a signal.
+pub(crate) fn send_nowait(fd: RawFd, buf: &[u8]) -> SysResult<usize> {
+    // SAFETY: `buf` is a live slice; the kernel reads at most `buf.len()` bytes.
+    check_size(unsafe {
+        libc::send(
+            fd,
+            buf.as_ptr().cast(),
+            buf.len(),
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+        )
+    })
+}

@@ -124,7 +124,10 @@ fn start_up_line_names_the_mapping_and_pid() {
     let backend = Backend::start(echo);
     let fwd = Forwarder::start(BIN, &["--bind", "127.0.0.1"], "localhost", backend.port);
     let log = fwd.log_text();
-    let expect = format!("listening on 127.0.0.1:{} -> localhost (", fwd.port);
+    let expect = format!(
+        "event=listening listen=127.0.0.1:{} target=localhost:{} addrs=",
+        fwd.port, backend.port
+    );
     assert!(log.contains(&expect), "{log}");
     assert!(log.contains(&format!("pid={}", fwd.pid())), "{log}");
     assert!(log.contains(&format!("127.0.0.1:{}", backend.port)), "{log}");

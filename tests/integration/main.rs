@@ -11,5 +11,6 @@ mod cli;
 mod forwarding;
 mod lifecycle;
 mod limits;
+mod logging;
 mod real_peers;
 mod scripts;

@@ -304,8 +304,8 @@ fn launch_two_mappings_forward_refuse_a_second_launch_and_stop() {
     let mut expected = vec![p1, p2];
     expected.sort();
     assert_eq!(daemons, expected);
-    assert!(sb.log(&n1).contains("listening on"), "{}", sb.log(&n1));
-    assert!(sb.log(&n2).contains("listening on"), "{}", sb.log(&n2));
+    assert!(sb.log(&n1).contains("event=listening"), "{}", sb.log(&n1));
+    assert!(sb.log(&n2).contains("event=listening"), "{}", sb.log(&n2));
 
     // Forward through both.
     for port in &ports {
@@ -725,11 +725,11 @@ fn demo_runs_end_to_end() {
         "hello from the backend on 127.0.0.1:8006",
         "started 127.0.0.1_7005: 127.0.0.1:7005 -> 127.0.0.1:8005",
         "started 127.0.0.1_7006: 127.0.0.1:7006 -> 127.0.0.1:8006",
-        "listening on 127.0.0.1:7005",
+        "event=listening listen=127.0.0.1:7005",
         "portfwd-c2s",
         "portfwd-s2c",
         "HTTP/1.0 200",
-        "listening on",
+        "event=listening",
         "outcome=closed",
         "stopped 127.0.0.1_7005",
         "stopped 127.0.0.1_7006",
@@ -836,7 +836,7 @@ fn every_interface_and_ipv6_names_and_a_reload_of_one_daemon() {
         "the reload did not take: {}",
         sb.log(&any)
     );
-    assert!(sb.log(&any).contains("reload done"), "{}", sb.log(&any));
+    assert!(sb.log(&any).contains("event=reload-done"), "{}", sb.log(&any));
     assert_eq!(sb.pid_of(&any), Some(pid), "a reload keeps the daemon");
 
     // A relaunch of the original file says that the running daemon's mapping differs.
