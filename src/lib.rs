@@ -23,6 +23,7 @@ pub mod log;
 pub mod options;
 pub mod privileges;
 pub mod pump;
+pub mod route;
 pub mod signals;
 pub mod sys;
 pub mod target;
