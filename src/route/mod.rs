@@ -2,6 +2,7 @@
 
 mod condition;
 pub mod host;
+pub mod http;
 pub mod tls;
 
 #[cfg(test)]
