@@ -5,7 +5,7 @@
 //! says which run in the main process and which in a connection process after `fork()`.
 //!
 //! Main process: [`cli`], `config`, `options`, `target`, `listener`, `daemon`, `privileges`,
-//! `app`, `event_loop`, `accept_pool`, `access`, `signals`, `handoff` (its side of the fork).
+//! `app`, `event_loop`, `accept_pool`, `access`, `route`, `signals`, `handoff` (its side of the fork).
 //! Connection process, after fork: `conn`. Both: `log`, `sys`, `handoff::plan`.
 
 mod accept_pool;
@@ -21,6 +21,7 @@ mod listener;
 mod log;
 mod options;
 mod privileges;
+mod route;
 mod signals;
 mod sys;
 mod target;
