@@ -4,7 +4,7 @@
 //! line and the two start-up helpers `main` calls first). docs/design.md maps every module, and
 //! says which run in the main process and which in a connection process after `fork()`.
 //!
-//! Main process: [`cli`], `config`, `options`, `target`, `listener`, `daemon`, `privileges`,
+//! Main process: [`cli`], `config`, `options`, `grouping`, `target`, `listener`, `daemon`, `privileges`,
 //! `app`, `event_loop`, `accept_pool`, `access`, `route`, `signals`, `handoff` (its side of the fork).
 //! Connection process, after fork: `conn`. Both: `log`, `sys`, `handoff::plan`.
 
@@ -16,6 +16,7 @@ mod config;
 mod conn;
 mod daemon;
 mod event_loop;
+mod grouping;
 mod handoff;
 mod listener;
 mod log;
