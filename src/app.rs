@@ -8,7 +8,8 @@
 use crate::cli::Cli;
 use crate::config::{self, Mapping};
 use crate::daemon::{self, PidFile, Ready};
-use crate::event_loop::{EventLoop, Route, Service, Settings};
+use crate::event_loop::{EventLoop, Route, Routes, Service, Settings};
+use crate::grouping;
 use crate::listener;
 use crate::log;
 use crate::options::{self, Options};
@@ -73,11 +74,14 @@ pub fn lean_malloc() {
     }
 }
 
-/// `--check-config FILE`: prints each mapping as a canonical line.
+/// `--check-config FILE`: prints each mapping as a canonical line, listener by listener (the
+/// lines of a routed listener together, in the order its routes are tried).
 pub fn check_config(path: &std::path::Path, base: &Options) -> Result<(), StartError> {
     let (mappings, _) = config::load(path, base).map_err(StartError::Located)?;
-    for m in &mappings {
-        println!("{}", m.canonical());
+    for listener in grouping::group(mappings, |m| m.bind) {
+        for m in &listener {
+            println!("{}", m.canonical());
+        }
     }
     Ok(())
 }
@@ -126,8 +130,13 @@ pub fn run(cli: Cli) -> Result<(), StartError> {
         .transpose()?;
 
     let (mappings, targets) = mappings(&cli, &base)?;
+    let routes = mappings
+        .into_iter()
+        .zip(targets)
+        .map(|(mapping, targets)| Route { mapping, targets });
     let mut services = Vec::new();
-    for (mapping, targets) in mappings.into_iter().zip(targets) {
+    for list in grouping::group(routes.collect(), |r| r.mapping.bind) {
+        let mapping = &list[0].mapping;
         let socket = listener::open(mapping.bind).map_err(|e| {
             let message = format!("cannot listen on {}: {e}", mapping.bind);
             match &cli.config {
@@ -136,7 +145,7 @@ pub fn run(cli: Cli) -> Result<(), StartError> {
                 None => StartError::Plain(message),
             }
         })?;
-        services.push(Service::new(socket, Route { mapping, targets }).map_err(|e| e.to_string())?);
+        services.push(Service::new(socket, Routes::new(list)).map_err(|e| e.to_string())?);
     }
     if let Some(path) = &log_file {
         // Open it now, while errors still reach the terminal; it becomes stderr below.
@@ -204,13 +213,11 @@ fn serve(
         Err(e) => fail!("cannot install signal handlers: {e}"),
     };
     for s in &services {
-        let labels: Vec<&str> = s.route.targets.iter().map(|t| t.label()).collect();
         log!(
-            "listening on {} -> {} ({}) dispatch={} pid={}",
+            "listening on {} {} dispatch={} pid={}",
             s.local,
-            s.route.mapping.host,
-            labels.join(","),
-            s.route.mapping.options.dispatch.name(),
+            s.routes.describe(),
+            s.routes.listener().options.dispatch.name(),
             std::process::id()
         );
     }

@@ -95,7 +95,10 @@ mod design_doc {
         let design = read("docs/design.md");
         let readme = read("README.md");
         for outcome in crate::conn::Outcome::ALL {
-            let status = format!("{} {}", outcome.exit_code(), outcome.name());
+            let status = match outcome.exit_code() {
+                Some(code) => format!("{code} {}", outcome.name()),
+                None => format!("{} (main process, no exit status)", outcome.name()),
+            };
             assert!(
                 design.contains(&status),
                 "docs/design.md does not list exit status {status}"
