@@ -12,4 +12,5 @@ mod forwarding;
 mod lifecycle;
 mod limits;
 mod real_peers;
+mod routing;
 mod scripts;
