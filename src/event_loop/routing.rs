@@ -83,7 +83,10 @@ impl EventLoop {
         if !conn.routes.routed || first_byte_due {
             return Some((socket, conn));
         }
-        let timeout_route = conn.routes.timeout.filter(|&(_, ms)| conn.accepted_ms + ms <= now);
+        let timeout_route = conn
+            .routes
+            .timeout
+            .filter(|&(_, ms)| conn.seen == 0 && conn.accepted_ms + ms <= now);
         let deadline = conn.deadline();
         self.waiting.insert(fd, (socket, conn), deadline);
         if let Some((i, _)) = timeout_route {
