@@ -9,7 +9,8 @@
 use crate::cli::Cli;
 use crate::config::{self, Mapping};
 use crate::daemon::{self, PidFile, Ready};
-use crate::event_loop::{EventLoop, Route, Service, Settings};
+use crate::event_loop::{EventLoop, Route, Routes, Service, Settings};
+use crate::grouping;
 use crate::listener;
 use crate::log;
 use crate::log_sink::{self, Destination};
@@ -75,11 +76,14 @@ pub fn lean_malloc() {
     }
 }
 
-/// `--check-config FILE`: prints each mapping as a canonical line.
+/// `--check-config FILE`: prints each mapping as a canonical line, listener by listener (the
+/// lines of a routed listener together, in the order its routes are tried).
 pub fn check_config(path: &std::path::Path, base: &Options) -> Result<(), StartError> {
     let (mappings, _) = config::load(path, base).map_err(StartError::Located)?;
-    for m in &mappings {
-        println!("{}", m.canonical());
+    for listener in grouping::group(mappings, |m| m.bind) {
+        for m in &listener {
+            println!("{}", m.canonical());
+        }
     }
     Ok(())
 }
@@ -173,8 +177,13 @@ pub fn run(cli: Cli) -> Result<(), StartError> {
         .transpose()?;
 
     let (mappings, targets) = mappings(&cli, &base)?;
+    let routes = mappings
+        .into_iter()
+        .zip(targets)
+        .map(|(mapping, targets)| Route { mapping, targets });
     let mut services = Vec::new();
-    for (mapping, targets) in mappings.into_iter().zip(targets) {
+    for list in grouping::group(routes.collect(), |r| r.mapping.bind) {
+        let mapping = &list[0].mapping;
         let socket = listener::open(mapping.bind).map_err(|e| {
             let message = format!("cannot listen on {}: {e}", mapping.bind);
             match &cli.config {
@@ -183,7 +192,7 @@ pub fn run(cli: Cli) -> Result<(), StartError> {
                 None => StartError::Plain(message),
             }
         })?;
-        services.push(Service::new(socket, Route { mapping, targets }).map_err(|e| e.to_string())?);
+        services.push(Service::new(socket, Routes::new(list)).map_err(|e| e.to_string())?);
     }
     let log_to = log_destination(&cli, log_file)?;
 
@@ -251,13 +260,11 @@ fn serve(
         log!("{note}");
     }
     for s in &services {
-        let labels: Vec<&str> = s.route.targets.iter().map(|t| t.label()).collect();
         log!(
-            "event=listening listen={} target={} addrs={} dispatch={} pid={}",
+            "event=listening listen={} {} dispatch={} pid={}",
             s.local,
-            log::Quoted(s.route.mapping.target_label()),
-            labels.join(","),
-            s.route.mapping.options.dispatch.name(),
+            s.routes.describe(),
+            s.routes.listener().options.dispatch.name(),
             std::process::id()
         );
     }

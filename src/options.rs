@@ -3,6 +3,7 @@
 //! which override the defaults.
 
 use crate::access::{Rule, RuleKind};
+use crate::route::Condition;
 use std::time::Duration;
 
 /// When a waiting client socket is handed to a connection process.
@@ -50,6 +51,8 @@ pub struct Options {
     pub keepalive: Option<Duration>,
     /// Access rules, first match wins (see `access`).
     pub rules: Vec<Rule>,
+    /// What this line's route matches among the routes of its listener (`when=`, see `route`).
+    pub when: Condition,
 }
 
 impl Default for Options {
@@ -63,12 +66,13 @@ impl Default for Options {
             idle_timeout: None,
             keepalive: Some(DEFAULT_KEEPALIVE),
             rules: Vec::new(),
+            when: Condition::Any,
         }
     }
 }
 
 /// The keys a `setup.config` line accepts, in the order `--check-config` prints them.
-pub const KEYS: [&str; 9] = [
+pub const KEYS: [&str; 10] = [
     "dispatch",
     "connect_timeout",
     "max_connections",
@@ -78,6 +82,7 @@ pub const KEYS: [&str; 9] = [
     "keepalive",
     "allow",
     "deny",
+    "when",
 ];
 
 impl Options {
@@ -99,6 +104,7 @@ impl Options {
             "keepalive" => self.keepalive = parse_keepalive(value)?,
             "allow" => self.rules.push(Rule::parse(RuleKind::Allow, value)?),
             "deny" => self.rules.push(Rule::parse(RuleKind::Deny, value)?),
+            "when" => self.when = Condition::parse(value)?,
             _ => return Err(format!("unknown option '{key}' (known: {})", KEYS.join(", "))),
         }
         Ok(())
@@ -133,6 +139,9 @@ impl Options {
         }
         if self.rules != base.rules {
             out.extend(self.rules.iter().map(Rule::to_string));
+        }
+        if self.when != base.when {
+            out.push(format!("when={}", self.when));
         }
         out
     }
@@ -211,13 +220,14 @@ mod tests {
             ("keepalive", "0"),
             ("allow", "127.0.0.0/8"),
             ("deny", "::/0"),
+            ("when", "tls:*.example.com"),
         ] {
             o.set(k, v).unwrap();
         }
         assert_eq!(
             o.diff(&Options::default()).join(" "),
             "dispatch=accept connect_timeout=0.5 max_connections=7 max_per_source=3 first_byte_timeout=off \
-             idle_timeout=30 keepalive=off allow=127.0.0.0/8 deny=::/0"
+             idle_timeout=30 keepalive=off allow=127.0.0.0/8 deny=::/0 when=tls:*.example.com"
         );
         assert!(Options::default().diff(&Options::default()).is_empty());
     }
@@ -232,5 +242,6 @@ mod tests {
         assert!(o.set("allow", "10.0.0.0/33").is_err());
         assert!(o.set("keepalive", "40000").unwrap_err().contains("at most 32767"));
         assert!(o.set("keepalive", "32767").is_ok());
+        assert!(o.set("when", "tls:").unwrap_err().starts_with("invalid when 'tls:'"));
     }
 }

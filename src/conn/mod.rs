@@ -64,7 +64,7 @@ fn connection_process(plan: &Plan) -> ! {
         // main process's close then sends the RST), log and go.
         sys::set_abortive_close(plan.client);
         plan.log_unconnected(Outcome::ForkFailed, e);
-        sys::exit(Outcome::ForkFailed.exit_code())
+        sys::exit(Outcome::ForkFailed.exit_status())
     }
     reset_signals();
     // Its own process group: a terminal's Ctrl-C for the main process does not cut connections,
@@ -188,5 +188,5 @@ fn connect_one(fd: RawFd, target: &Target, deadline: u64) -> Result<(), Errno> {
 /// sockets: a FIN already sent, or a RST where an abortive close was armed.
 fn finish(line: &mut Line, plan: &Plan, c2s: u64, s2c: u64, outcome: Outcome, error: Option<Errno>) -> ! {
     plan.log_end(line, c2s, s2c, outcome, error);
-    sys::exit(outcome.exit_code())
+    sys::exit(outcome.exit_status())
 }

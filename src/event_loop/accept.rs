@@ -4,7 +4,7 @@
 
 use super::launcher::BACKOFF_MS;
 use super::token::Token;
-use super::{Conn, EventLoop, Route, Service};
+use super::{Conn, EventLoop, Routes, Service};
 use crate::handoff;
 use crate::log;
 use crate::options::Dispatch;
@@ -65,7 +65,7 @@ impl EventLoop {
             return;
         }
         // At a cap, leave clients in the kernel's backlog: they are served as slots free up.
-        let cap = service.route.mapping.options.max_connections;
+        let cap = service.routes.listener().options.max_connections;
         let budget = self.admission.budget(&service.live, cap);
         service.retry_at = None;
         service.unfinished = false;
@@ -118,17 +118,17 @@ impl EventLoop {
             }
             None => {}
         }
-        let route = Rc::clone(&service.route);
+        let routes = Rc::clone(&service.routes);
         for (socket, peer) in burst.accepted {
-            self.admit(slot, &route, socket, peer, now);
+            self.admit(slot, &routes, socket, peer, now);
         }
     }
 
     /// Applies the access rules and the per-source limit to a newly accepted client, then hands it
     /// off at once or puts it in the epoll set to wait for its first byte.
-    fn admit(&mut self, slot: usize, route: &Rc<Route>, socket: Socket, peer: SocketAddr, now: u64) {
+    fn admit(&mut self, slot: usize, routes: &Rc<Routes>, socket: Socket, peer: SocketAddr, now: u64) {
         self.tally(slot, |s| s.accepted += 1);
-        let options = &route.mapping.options;
+        let options = &routes.listener().options;
         let service = self.services[slot].as_ref().expect("accepting service exists");
         if let Err(refusal) = self.admission.check(&service.live, options, peer.ip()) {
             let port = service.local.port();
@@ -144,7 +144,9 @@ impl EventLoop {
         self.admission.enter(&mut service.live, peer.ip());
         let conn = Conn {
             slot,
-            route: Rc::clone(route),
+            routes: Rc::clone(routes),
+            chosen: 0,
+            seen: 0,
             peer,
             accepted_ms: now,
         };
@@ -154,10 +156,16 @@ impl EventLoop {
         }
     }
 
-    /// Puts an accepted socket in the epoll set until its first byte (or its first-byte timeout).
+    /// Puts an accepted socket in the epoll set until its first byte (or its first-byte timeout;
+    /// on a routed listener, until its bytes select a route, or its timeout route is due).
+    /// Edge-triggered: an event comes for new bytes (or the FIN, flagged `EPOLLRDHUP`), so a
+    /// client that sent part of what routing needs and stopped costs nothing while it waits.
     fn wait_for_data(&mut self, socket: Socket, conn: Conn) {
         let fd = socket.as_raw_fd();
-        let flags = EpollFlags::EPOLLIN | EpollFlags::EPOLLET;
+        let mut flags = EpollFlags::EPOLLIN | EpollFlags::EPOLLET;
+        if conn.routes.routed {
+            flags |= EpollFlags::EPOLLRDHUP;
+        }
         if let Err(e) = self
             .epoll
             .add(socket.as_fd(), EpollEvent::new(flags, Token::Waiting(fd).encode()))
@@ -165,18 +173,13 @@ impl EventLoop {
             log!(
                 "client={} listen={} event=wait-failed error={}",
                 conn.peer,
-                conn.route.mapping.bind.port(),
+                conn.routes.listener().bind.port(),
                 log::Quoted(e)
             );
             self.release(&conn);
             return;
         }
-        let deadline = conn
-            .route
-            .mapping
-            .options
-            .first_byte_timeout
-            .map(|t| conn.accepted_ms + t.as_millis() as u64);
+        let deadline = conn.deadline();
         self.waiting.insert(fd, (socket, conn), deadline);
     }
 

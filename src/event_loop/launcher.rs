@@ -65,14 +65,15 @@ impl Launcher {
     /// Forks the connection process for `socket` (blocking now). On failure the client is reset,
     /// the failure logged, and forking pauses for [`BACKOFF_MS`].
     pub(crate) fn launch(&mut self, socket: &Socket, conn: &Conn) -> Result<libc::pid_t, Errno> {
-        let route = &conn.route;
+        let route = conn.route();
         let options = &route.mapping.options;
+        let name = conn.routes.name(conn.chosen);
         let plan = Plan {
             client: socket.as_raw_fd(),
             ticket: None,
             targets: Targets::new(&route.targets),
             connect_timeout_ms: options.connect_timeout.as_millis().max(1) as u64,
-            line: Plan::describe(&conn.peer, route.mapping.bind.port()),
+            line: Plan::describe(&conn.peer, route.mapping.bind.port(), name.as_deref()),
             accepted_ms: conn.accepted_ms,
             idle_timeout_ms: options.idle_timeout.map_or(0, |t| t.as_millis().max(1) as u64),
             keepalive_secs: options.keepalive.map_or(0, |t| t.as_secs().max(1) as u32),

@@ -62,8 +62,8 @@ impl EventLoop {
                 text,
                 "event=connection client={} listen={} target={} state={}",
                 conn.peer,
-                local.map_or_else(|| conn.route.mapping.bind.to_string(), |l| l.to_string()),
-                Quoted(conn.route.mapping.target_label()),
+                local.map_or_else(|| conn.routes.listener().bind.to_string(), |l| l.to_string()),
+                Quoted(conn.route().mapping.target_label()),
                 if pid.is_some() { "forwarding" } else { "waiting" }
             );
             if let Some(pid) = pid {

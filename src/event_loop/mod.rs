@@ -17,6 +17,7 @@ mod admission;
 mod launcher;
 mod live_view;
 mod reload;
+mod routing;
 mod stats;
 mod token;
 mod waiting;
@@ -27,7 +28,9 @@ use crate::config::Mapping;
 use crate::conn::Outcome;
 use crate::listener;
 use crate::log;
+use crate::log::Quoted;
 use crate::options::Options;
+use crate::route::Condition;
 use crate::signals::{Signal, Signals};
 use crate::sys;
 use crate::target::Target;
@@ -46,18 +49,83 @@ use std::rc::Rc;
 use token::Token;
 use waiting::WaitingSet;
 
-/// Where one mapping's connections go, and how: shared by its listener, its waiting sockets and
-/// its connection processes, so a reload can replace it without touching those in flight.
+/// Where one route's connections go, and how: one line of the configuration (its condition is
+/// `mapping.options.when`, its per-route options are the line's) and its resolved targets.
 pub(crate) struct Route {
     pub(crate) mapping: Mapping,
     pub(crate) targets: Vec<Target>,
+}
+
+/// A listener's routes, in file order: shared by its listener, its waiting sockets and its
+/// connection processes, so a reload can replace them without touching those in flight (a
+/// waiting client keeps the route set it was accepted with).
+pub(crate) struct Routes {
+    /// At least one. Listener-wide options agree on every line (see `grouping`), so the first
+    /// line speaks for the listener.
+    pub(crate) list: Vec<Route>,
+    /// Each route's `when=`, for `route::decide`.
+    conditions: Vec<Condition>,
+    /// Whether clients are routed by what they send; if not, the one route takes every client
+    /// on its first byte, as a plain listener always did.
+    routed: bool,
+    /// The route a silent client gets, and after how many ms.
+    timeout: Option<(usize, u64)>,
+}
+
+impl Routes {
+    /// `list` holds the lines of one listen address, in file order (at least one).
+    pub(crate) fn new(list: Vec<Route>) -> Routes {
+        let lines: Vec<&Mapping> = list.iter().map(|r| &r.mapping).collect();
+        let routed = crate::grouping::routed(&lines);
+        let conditions: Vec<Condition> = list.iter().map(|r| r.mapping.options.when.clone()).collect();
+        let timeout = crate::route::timeout_route(&conditions).map(|(i, d)| (i, d.as_millis() as u64));
+        Routes {
+            list,
+            conditions,
+            routed,
+            timeout,
+        }
+    }
+
+    /// The listener's own settings (address, dispatch, caps, access rules): its first line's.
+    pub(crate) fn listener(&self) -> &Mapping {
+        &self.list[0].mapping
+    }
+
+    /// Route `i`'s name for the log and the stats line (`tls:*.example.com`), if the listener
+    /// is routed.
+    pub(crate) fn name(&self, i: usize) -> Option<String> {
+        self.routed.then(|| self.conditions[i].to_string())
+    }
+
+    /// `target="HOST:PORT" addrs=ADDR,...`, or for a routed listener `routes="when=WHEN -> HOST:PORT (ADDR,...); ..."`.
+    pub(crate) fn describe(&self) -> String {
+        let addrs = |r: &Route| r.targets.iter().map(|t| t.label()).collect::<Vec<_>>().join(",");
+        if !self.routed {
+            let r = &self.list[0];
+            return format!("target={} addrs={}", Quoted(r.mapping.target_label()), addrs(r));
+        }
+        let routes: Vec<String> = self
+            .list
+            .iter()
+            .map(|r| {
+                format!(
+                    "when={} -> {} ({})",
+                    r.mapping.options.when,
+                    r.mapping.target_label(),
+                    addrs(r)
+                )
+            })
+            .collect();
+        format!("routes={}", Quoted(routes.join("; ")))
+    }
 }
 
 /// A listening port and its live connections.
 pub(crate) struct Service {
     pub(crate) listener: Socket,
     pub(crate) local: SocketAddr,
-    pub(crate) route: Rc<Route>,
+    pub(crate) routes: Rc<Routes>,
     /// Waiting sockets and connection processes of this listener.
     live: Live,
     /// The last accept burst stopped before `EAGAIN`: no new edge will come, so the loop must come
@@ -71,12 +139,12 @@ pub(crate) struct Service {
 }
 
 impl Service {
-    pub(crate) fn new(listener: Socket, route: Route) -> io::Result<Service> {
+    pub(crate) fn new(listener: Socket, routes: Routes) -> io::Result<Service> {
         let local = listener::local_addr(&listener)?;
         Ok(Service {
             listener,
             local,
-            route: Rc::new(route),
+            routes: Rc::new(routes),
             live: Live::default(),
             unfinished: false,
             retry_at: None,
@@ -91,9 +159,21 @@ impl Service {
 pub(crate) struct Conn {
     /// Its listener's slot.
     slot: usize,
-    route: Rc<Route>,
+    routes: Rc<Routes>,
+    /// The route taken (0 until a routed listener decides).
+    chosen: usize,
+    /// While waiting on a routed listener: how many bytes the last peek saw, so that the
+    /// decision (which reads from the start) is made again only when more have come.
+    seen: usize,
     peer: SocketAddr,
     accepted_ms: u64,
+}
+
+impl Conn {
+    /// The route this connection takes.
+    fn route(&self) -> &Route {
+        &self.routes.list[self.chosen]
+    }
 }
 
 /// Settings of the process as a whole (the command line's, not a mapping's).
@@ -135,6 +215,8 @@ pub(crate) struct EventLoop {
     settings: Settings,
     stats: Stats,
     refusals_log: log::Throttle,
+    /// The one buffer waiting clients of routed listeners are peeked into.
+    peek_buf: Box<[u8]>,
 }
 
 impl EventLoop {
@@ -162,6 +244,7 @@ impl EventLoop {
             settings,
             stats: Stats::default(),
             refusals_log: log::Throttle::new(accept::REFUSALS_LOGGED_PER_SEC),
+            peek_buf: vec![0; crate::route::PEEK_LIMIT].into_boxed_slice(),
         };
         let notify = EpollEvent::new(EpollFlags::EPOLLIN, Token::Handoff.encode());
         this.epoll.add(this.launcher.notify_fd(), notify)?;
@@ -187,7 +270,7 @@ impl EventLoop {
                     Token::Waiting(fd) if flags.intersects(EpollFlags::EPOLLHUP | EpollFlags::EPOLLERR) => {
                         self.close_waiting(fd)
                     }
-                    Token::Waiting(fd) => self.on_active(fd),
+                    Token::Waiting(fd) => self.on_active(fd, flags),
                     Token::Signals => self.on_signals(),
                     // Connection processes left the shared descriptor table: free their slots.
                     Token::Handoff => self.launcher.reclaim(),
@@ -238,15 +321,19 @@ impl EventLoop {
             log!(
                 "client={} listen={} event=closed-before-data",
                 conn.peer,
-                conn.route.mapping.bind.port()
+                conn.routes.listener().bind.port()
             );
         }
         self.release(&conn);
         // Dropping the socket closes it.
     }
 
-    /// A waiting socket became active (its first byte, or a FIN): out of the epoll set, hand off.
-    fn on_active(&mut self, fd: RawFd) {
+    /// A waiting socket became active (its first byte, or a FIN): out of the epoll set, hand off
+    /// (on a routed listener: once its bytes select a route, see `routing`).
+    fn on_active(&mut self, fd: RawFd, flags: EpollFlags) {
+        if self.waiting.get_mut(fd).is_some_and(|(_, conn)| conn.routes.routed) {
+            return self.on_routed_active(fd, flags.contains(EpollFlags::EPOLLRDHUP));
+        }
         let Some((socket, conn)) = self.waiting.remove(fd) else {
             return;
         };
@@ -289,15 +376,25 @@ impl EventLoop {
     fn on_timers(&mut self) {
         let now = sys::monotonic_ms();
         self.log_left_out_refusals(now);
-        // Silent clients past their first-byte timeout.
-        while let Some((_, (socket, conn))) = self.waiting.pop_expired(now) {
+        // Silent clients past their first-byte timeout (or a routed listener's timeout route).
+        while let Some((fd, (socket, conn))) = self.waiting.pop_expired(now) {
+            let Some((socket, conn)) = self.on_routed_deadline(fd, socket, conn, now) else {
+                continue;
+            };
             let _ = self.epoll.delete(socket.as_fd());
             self.tally(conn.slot, |s| s.first_byte_timeouts += 1);
-            if self.settings.verbose {
+            if self.settings.verbose && conn.seen > 0 {
+                log!(
+                    "client={} listen={} event=first-byte-timeout seen={} reason=no-route-chosen",
+                    conn.peer,
+                    conn.routes.listener().bind.port(),
+                    conn.seen
+                );
+            } else if self.settings.verbose {
                 log!(
                     "client={} listen={} event=first-byte-timeout",
                     conn.peer,
-                    conn.route.mapping.bind.port()
+                    conn.routes.listener().bind.port()
                 );
             }
             self.release(&conn);
@@ -312,7 +409,7 @@ impl EventLoop {
                     Some(t) => t <= now,
                     None => self
                         .admission
-                        .has_room(&s.live, s.route.mapping.options.max_connections),
+                        .has_room(&s.live, s.routes.listener().options.max_connections),
                 },
                 _ => false,
             };
@@ -414,7 +511,7 @@ impl EventLoop {
                 log!(
                     "client={} listen={} ms={} outcome=reset error={name} reason=connection-process-killed",
                     conn.peer,
-                    conn.route.mapping.bind.port(),
+                    conn.routes.listener().bind.port(),
                     sys::monotonic_ms().saturating_sub(conn.accepted_ms)
                 );
             }

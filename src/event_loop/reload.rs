@@ -4,12 +4,14 @@
 //!
 //! New listeners are opened, removed ones closed, unchanged ones kept (no connection refused
 //! meanwhile). All or nothing: a file with errors, or a listener that cannot be opened, leaves
-//! every mapping as it was. Connections in flight keep the route they started with.
+//! every mapping as it was. Connections in flight keep the route they started with, and a client
+//! still waiting on a routed listener keeps the route set it was accepted with (it is decided
+//! against those routes, and its timeouts are theirs); new clients get the new routes.
 
-use super::{EventLoop, Route, Service};
+use super::{EventLoop, Route, Routes, Service};
 use crate::log::Quoted;
 use crate::log_sink::{self, Destination};
-use crate::{config, listener, log};
+use crate::{config, grouping, listener, log};
 use socket2::Socket;
 use std::net::SocketAddr;
 use std::os::fd::AsFd;
@@ -84,20 +86,23 @@ impl EventLoop {
         let current: Vec<Option<SocketAddr>> = self
             .services
             .iter()
-            .map(|s| s.as_ref().map(|s| s.route.mapping.bind))
+            .map(|s| s.as_ref().map(|s| s.routes.listener().bind))
             .collect();
         let routes = mappings
             .into_iter()
             .zip(targets)
-            .map(|(mapping, targets)| (mapping.bind, Route { mapping, targets }));
-        let changes = compare(&current, routes.collect());
+            .map(|(mapping, targets)| Route { mapping, targets });
+        let listeners = grouping::group(routes.collect(), |r| r.mapping.bind)
+            .into_iter()
+            .map(|list| (list[0].mapping.bind, Routes::new(list)));
+        let changes = compare(&current, listeners.collect());
         // Open what is new before changing anything.
-        let mut opened: Vec<(Route, Socket)> = Vec::new();
-        for route in changes.added {
-            match listener::open(route.mapping.bind) {
-                Ok(socket) => opened.push((route, socket)),
+        let mut opened: Vec<(Routes, Socket)> = Vec::new();
+        for routes in changes.added {
+            match listener::open(routes.listener().bind) {
+                Ok(socket) => opened.push((routes, socket)),
                 Err(e) => {
-                    let m = &route.mapping;
+                    let m = routes.listener();
                     let error = m.bind_error(format!("cannot listen on {}: {e}", m.bind));
                     log!("event=reload-rejected error={}", Quoted(error.located(path)));
                     self.log_kept();
@@ -106,9 +111,10 @@ impl EventLoop {
             }
         }
         let kept = changes.kept.len();
-        for (slot, route) in changes.kept {
-            // New connections take the new target and options; those in flight keep theirs.
-            self.services[slot].as_mut().expect("compared as open").route = Rc::new(route);
+        for (slot, routes) in changes.kept {
+            // New connections take the new targets, routes and options; those in flight (and
+            // those still waiting) keep theirs.
+            self.services[slot].as_mut().expect("compared as open").routes = Rc::new(routes);
         }
         let removed = changes.removed.len();
         for slot in changes.removed {
@@ -117,14 +123,14 @@ impl EventLoop {
                 log!(
                     "event=reload-closed listen={} target={}",
                     service.local,
-                    Quoted(service.route.mapping.target_label())
+                    Quoted(service.routes.listener().target_label())
                 );
             }
         }
         let added = opened.len();
-        for (route, socket) in opened {
-            let label = route.mapping.target_label();
-            match Service::new(socket, route).and_then(|s| self.add_service(s)) {
+        for (routes, socket) in opened {
+            let label = routes.listener().target_label();
+            match Service::new(socket, routes).and_then(|s| self.add_service(s)) {
                 Ok(()) => log!(
                     "event=reload-listening listen={} target={}",
                     self.services.last().unwrap().as_ref().unwrap().local,

@@ -16,13 +16,25 @@ pub(crate) struct Stats {
     /// Clients that hung up before sending their first byte.
     pub(crate) closed_waiting: u64,
     pub(crate) first_byte_timeouts: u64,
-    /// Connection processes reaped (and forks that failed), by outcome.
+    /// Connection processes reaped (and forks that failed, and clients no route matched), by
+    /// outcome.
     pub(crate) outcomes: OutcomeCounts,
+    /// Clients handed to each route of a routed listener, by listen port and `when=`, in the order
+    /// routes were first taken (kept across reloads, like every counter here).
+    routes: Vec<((u16, String), u64)>,
 }
 
 impl Stats {
+    /// One more client for the route `when` of the listener on `port`.
+    pub(crate) fn count_route(&mut self, port: u16, when: &str) {
+        match self.routes.iter_mut().find(|((p, w), _)| *p == port && w == when) {
+            Some((_, n)) => *n += 1,
+            None => self.routes.push(((port, when.to_string()), 1)),
+        }
+    }
+
     /// `event=stats live=N waiting=N accepted=N refused=N closed=N reset=N ... bytes_s2c=N
-    /// log_dropped=N`.
+    /// log_dropped=N route:PORT:WHEN=N...`.
     pub(crate) fn line(&self, live: usize, waiting: usize, bytes_c2s: u64, bytes_s2c: u64, log_dropped: u64) -> String {
         let mut line = format!("event=stats live={live} waiting={waiting}");
         self.counters(&mut line);
@@ -30,6 +42,9 @@ impl Stats {
             line,
             " bytes_c2s={bytes_c2s} bytes_s2c={bytes_s2c} log_dropped={log_dropped}"
         );
+        for ((port, when), n) in &self.routes {
+            let _ = write!(line, " route:{port}:{when}={n}");
+        }
         line
     }
 
@@ -88,7 +103,7 @@ impl EventLoop {
             let mut line = format!(
                 "event={event} listen={} target={} live={live} waiting={waiting}",
                 service.local,
-                Quoted(service.route.mapping.target_label())
+                Quoted(service.routes.listener().target_label())
             );
             service.stats.counters(&mut line);
             lines.push(line);
@@ -114,10 +129,15 @@ mod tests {
         stats.outcomes.add(Outcome::Closed);
         stats.outcomes.add(Outcome::IdleTimeout);
         stats.outcomes.add(Outcome::ForkFailed);
+        stats.outcomes.add(Outcome::NoRoute);
+        stats.count_route(443, "ssh");
+        stats.count_route(443, "tls:*.example.com");
+        stats.count_route(443, "ssh");
         assert_eq!(
             stats.line(4, 5, 6, 7, 8),
             "event=stats live=4 waiting=5 accepted=9 refused=1 closed=1 reset=0 idle_timeout=1 connect_failed=0 \
-             fork_failed=1 closed_before_data=2 first_byte_timeouts=3 bytes_c2s=6 bytes_s2c=7 log_dropped=8"
+             fork_failed=1 no_route=1 closed_before_data=2 first_byte_timeouts=3 bytes_c2s=6 bytes_s2c=7 \
+             log_dropped=8 route:443:ssh=2 route:443:tls:*.example.com=1"
         );
     }
 }

@@ -34,6 +34,11 @@ impl<T> WaitingSet<T> {
         self.entries.remove(&fd).map(|(item, _)| item)
     }
 
+    /// The socket `fd`'s entry, left in place.
+    pub(crate) fn get_mut(&mut self, fd: RawFd) -> Option<&mut T> {
+        self.entries.get_mut(&fd).map(|(item, _)| item)
+    }
+
     /// Takes out one socket whose deadline is at or before `now`, if there is one.
     pub(crate) fn pop_expired(&mut self, now: u64) -> Option<(RawFd, T)> {
         while let Some(&Reverse((deadline, fd))) = self.deadlines.peek() {

@@ -14,6 +14,9 @@ use std::fmt::Write as _;
 use std::os::fd::RawFd;
 use std::sync::atomic::AtomicU64;
 
+/// The longest route name a log line shows whole.
+pub(crate) const ROUTE_SHOWN: usize = 64;
+
 /// Inward addresses, tried in order, by value.
 #[derive(Clone, Copy)]
 pub(crate) struct Targets([Option<Target>; MAX_TARGETS]);
@@ -68,10 +71,20 @@ pub(crate) struct Totals {
 unsafe impl SharedZeroed for Totals {}
 
 impl Plan {
-    /// Formats the middle of a connection's log line (`client=... listen=...`), in the parent.
-    pub(crate) fn describe(peer: &std::net::SocketAddr, listen_port: u16) -> Line {
+    /// Formats the middle of a connection's log line (`client=... listen=... [route=...]`), in
+    /// the parent. A route's name is cut to [`ROUTE_SHOWN`] bytes (a `prefix:` can be long), so
+    /// that the rest of the line always fits.
+    pub(crate) fn describe(peer: &std::net::SocketAddr, listen_port: u16, route: Option<&str>) -> Line {
         let mut line = Line::new();
         let _ = write!(line, "client={peer} listen={listen_port}");
+        if let Some(name) = route {
+            // Names are ASCII (`Condition`'s Display escapes everything else).
+            let cut = &name.as_bytes()[..name.len().min(ROUTE_SHOWN)];
+            line.key("route").push(cut);
+            if cut.len() < name.len() {
+                line.push("…".as_bytes());
+            }
+        }
         line
     }
 

@@ -1,5 +1,5 @@
 //! Socket and pipe system calls of a connection process (after fork): connecting inward, moving
-//! bytes, passing an end on.
+//! bytes, passing an end on; and the main process's peek at a waiting client.
 
 use super::{SysResult, check, check_size};
 use std::os::fd::RawFd;
@@ -16,6 +16,16 @@ pub(crate) fn peek(fd: RawFd) -> SysResult<usize> {
     let mut probe = [0u8; 1];
     // SAFETY: `probe` is a live one-byte buffer; MSG_PEEK leaves the byte in the socket.
     check_size(unsafe { libc::recv(fd, probe.as_mut_ptr().cast(), 1, libc::MSG_PEEK) })
+}
+
+/// `recv(MSG_PEEK | MSG_DONTWAIT)` into `buf`: what a waiting client has sent so far, left queued
+/// for its connection process (the main process's look before routing). 0 at end-of-file,
+/// `EAGAIN` when nothing is queued. (socket2's `peek` takes an uninitialised buffer, which the
+/// caller would then have to assume initialised: this keeps that reasoning here.)
+pub(crate) fn peek_waiting(fd: RawFd, buf: &mut [u8]) -> SysResult<usize> {
+    let flags = libc::MSG_PEEK | libc::MSG_DONTWAIT;
+    // SAFETY: `buf` is a live, writable buffer of `buf.len()` bytes.
+    check_size(unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), flags) })
 }
 
 /// `pipe2(O_CLOEXEC)`, then asks for `size` bytes of capacity; a refused resize (the per-user pipe

@@ -13,4 +13,5 @@ mod lifecycle;
 mod limits;
 mod logging;
 mod real_peers;
+mod routing;
 mod scripts;
