@@ -161,6 +161,12 @@ fn stderr_nonblocking() -> io::Result<Option<String>> {
     match reopened {
         Ok(file) => {
             nix::unistd::dup2_stderr(&file)?;
+            if kind == libc::S_IFIFO {
+                // Room for a burst of lines (a pipe holds 64 KiB by default; this asks for the
+                // unprivileged maximum, 1 MiB by default); failing is harmless.
+                // SAFETY: fcntl on descriptor 2, which is open; no pointer is passed.
+                unsafe { libc::fcntl(2, libc::F_SETPIPE_SZ, 1 << 20) };
+            }
             Ok(None)
         }
         Err(e) => {
@@ -210,9 +216,17 @@ pub(crate) fn emit(body: &[u8]) {
     }
 }
 
+/// How long a connection process waits for a slow log reader before it drops its line: long
+/// enough for a burst (thousands of connections ending at once through a pipe a reader is
+/// emptying) to get through, short enough that a stalled reader holds no process for long. The
+/// main process never waits: it drops at once.
+const CHILD_WAIT_MS: u64 = 1000;
+
 fn deliver(kind: Kind, bytes: &[u8]) -> Result<(), Errno> {
     let mut reconnected = false;
     let mut interrupted = 0;
+    let main = sys::getpid() == MAIN_PID.load(Ordering::Relaxed);
+    let mut deadline: Option<u64> = None;
     loop {
         let sent = match kind {
             Kind::Write => sys::write(2, bytes),
@@ -222,6 +236,15 @@ fn deliver(kind: Kind, bytes: &[u8]) -> Result<(), Errno> {
             // A pipe takes a line shorter than PIPE_BUF whole or not at all; a datagram is whole.
             Ok(_) => return Ok(()),
             Err(Errno::EINTR) if interrupted < 3 => interrupted += 1,
+            // The reader is behind: a connection process waits a little for room.
+            Err(Errno::EAGAIN) if !main => {
+                let now = sys::monotonic_ms();
+                let until = *deadline.get_or_insert(now + CHILD_WAIT_MS);
+                if now >= until {
+                    return Err(Errno::EAGAIN);
+                }
+                let _ = sys::poll_one(2, libc::POLLOUT, (until - now) as libc::c_int);
+            }
             // The syslog daemon restarted: the main process connects again, once per line.
             Err(Errno::ECONNREFUSED | Errno::ENOTCONN | Errno::ECONNRESET)
                 if kind == Kind::Syslog && !reconnected && sys::getpid() == MAIN_PID.load(Ordering::Relaxed) =>

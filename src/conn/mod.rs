@@ -187,6 +187,8 @@ fn connect_one(fd: RawFd, target: &Target, deadline: u64) -> Result<(), Errno> {
 /// Writes the connection's log line and exits with the outcome as status. Exiting closes the
 /// sockets: a FIN already sent, or a RST where an abortive close was armed.
 fn finish(line: &mut Line, plan: &Plan, c2s: u64, s2c: u64, outcome: Outcome, error: Option<Errno>) -> ! {
+    // The sockets first (their FIN or armed RST goes now): the log line may wait for a slow reader.
+    sys::close_from(CLIENT_FD);
     plan.log_end(line, c2s, s2c, outcome, error);
     sys::exit(outcome.exit_status())
 }
