@@ -20,6 +20,7 @@ pub mod fork_memory;
 pub mod handoff;
 pub mod listener;
 pub mod log;
+pub mod metrics;
 pub mod options;
 pub mod privileges;
 pub mod pump;
