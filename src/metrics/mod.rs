@@ -42,6 +42,7 @@
 //! through it.
 
 pub mod families;
+pub mod http;
 pub mod process;
 
 pub use families::{
