@@ -44,7 +44,9 @@
 pub mod families;
 pub mod http;
 pub mod process;
+pub mod server;
 
 pub use families::{
     BackendMetrics, CONTENT_TYPE, DURATION_BUCKETS, ListenerMetrics, Metrics, Outcome, RefuseReason, RouteMetrics,
 };
+pub use server::{CLIENT_TIMEOUT_MS, Interest, MAX_CLIENTS, MetricsServer};
