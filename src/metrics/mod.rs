@@ -50,3 +50,6 @@ pub use families::{
     BackendMetrics, CONTENT_TYPE, DURATION_BUCKETS, ListenerMetrics, Metrics, Outcome, RefuseReason, RouteMetrics,
 };
 pub use server::{CLIENT_TIMEOUT_MS, Interest, MAX_CLIENTS, MetricsServer};
+
+#[cfg(test)]
+mod tests;
