@@ -19,6 +19,7 @@ mod event_loop;
 mod handoff;
 mod listener;
 mod log;
+mod metrics;
 mod options;
 mod privileges;
 mod signals;
