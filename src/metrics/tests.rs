@@ -222,7 +222,10 @@ fn a_scrape_shows_what_was_recorded() {
     assert_eq!(conns("closed"), 2.0);
     assert_eq!(conns("reset"), 1.0);
     // Every outcome of the table is there from the start.
-    for o in Outcome::ALL.iter().filter(|o| !matches!(o, Outcome::Closed | Outcome::Reset)) {
+    for o in Outcome::ALL
+        .iter()
+        .filter(|o| !matches!(o, Outcome::Closed | Outcome::Reset))
+    {
         assert_eq!(conns(o.name()), 0.0, "{}", o.name());
     }
     let bytes = |d: &str| {
