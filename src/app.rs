@@ -5,12 +5,15 @@
 //! (`--daemonize`, while there is still a single thread), then the log file, the pid file, the
 //! privilege drop, the signal handlers and the accept threads. Main process.
 
+use crate::activation::Activation;
 use crate::cli::Cli;
 use crate::config::{self, Mapping};
 use crate::daemon::{self, PidFile, Ready};
 use crate::event_loop::{EventLoop, Route, Service, Settings};
+use crate::handoff::fork_fds::HandoffSlots;
 use crate::listener;
 use crate::log;
+use crate::metrics::MetricsServer;
 use crate::options::{self, Options};
 use crate::privileges::Identity;
 use crate::signals::Signals;
@@ -125,19 +128,39 @@ pub fn run(cli: Cli) -> Result<(), StartError> {
         .map(|s| options::parse_secs(s).map(|d| d.as_millis() as u64))
         .transpose()?;
 
+    // Listeners passed by systemd first (they sit on descriptors 3 and up, and move away), then
+    // the hand-off slots on the lowest numbers, then the listeners bound here: a connection
+    // process copies the descriptor table only up to its slot, so it never gets a listener,
+    // however many there are.
+    let mut activation = Activation::take()?;
+    let slots = HandoffSlots::reserve().map_err(|e| format!("cannot reserve hand-off descriptors: {e}"))?;
     let (mappings, targets) = mappings(&cli, &base)?;
     let mut services = Vec::new();
     for (mapping, targets) in mappings.into_iter().zip(targets) {
-        let socket = listener::open(mapping.bind).map_err(|e| {
-            let message = format!("cannot listen on {}: {e}", mapping.bind);
-            match &cli.config {
-                // From a file: say which line, like every other error in it.
-                Some(path) => StartError::Located(mapping.bind_error(message).located(path)),
-                None => StartError::Plain(message),
-            }
-        })?;
+        let socket = match activation.claim(mapping.bind) {
+            Some(socket) => socket,
+            None => listener::open(mapping.bind, mapping.options.reuseport).map_err(|e| {
+                let message = format!("cannot listen on {}: {e}", mapping.bind);
+                match &cli.config {
+                    // From a file: say which line, like every other error in it.
+                    Some(path) => StartError::Located(mapping.bind_error(message).located(path)),
+                    None => StartError::Plain(message),
+                }
+            })?,
+        };
         services.push(Service::new(socket, Route { mapping, targets }).map_err(|e| e.to_string())?);
     }
+    if let Some(p) = activation.unclaimed().next() {
+        return Err(format!(
+            "socket activation: the socket passed for {} ({}) matches no mapping's listen address",
+            p.local, p.name
+        )
+        .into());
+    }
+    let metrics = cli
+        .metrics
+        .map(|addr| MetricsServer::bind(addr).map_err(|e| format!("--metrics {addr}: {e}")))
+        .transpose()?;
     if let Some(path) = &log_file {
         // Open it now, while errors still reach the terminal; it becomes stderr below.
         std::fs::OpenOptions::new()
@@ -160,8 +183,9 @@ pub fn run(cli: Cli) -> Result<(), StartError> {
         global_rules: cli.rules.clone(),
         config: config_path.map(|p| (p, base)),
         log_file,
+        passed: activation.len(),
     };
-    match serve(services, settings, pid_path, identity, ready) {
+    match serve(services, slots, metrics, settings, pid_path, identity, ready) {
         Ok(()) => Ok(()),
         Err((msg, Some(ready))) => {
             ready.fail(&format!("portfwd: {msg}"));
@@ -177,6 +201,8 @@ type ServeError = (String, Option<Ready>);
 /// the launching process.
 fn serve(
     services: Vec<Service>,
+    slots: HandoffSlots,
+    metrics: Option<MetricsServer>,
     settings: Settings,
     pid_path: Option<PathBuf>,
     identity: Option<Identity>,
@@ -221,7 +247,15 @@ fn serve(
             identity.as_ref().map_or("-", |i| i.name.as_str())
         );
     }
-    let mut event_loop = match EventLoop::new(services, signals, settings) {
+    if settings.passed > 0 {
+        log!("socket activation: {} listener(s) from systemd", settings.passed);
+    }
+    if let Some(m) = &metrics
+        && let Ok(addr) = m.local_addr()
+    {
+        log!("metrics at http://{addr}/metrics");
+    }
+    let mut event_loop = match EventLoop::new(services, slots, metrics, signals, settings) {
         Ok(l) => l,
         Err(e) => fail!("cannot start the event loop: {e}"),
     };

@@ -617,7 +617,7 @@ mod tests {
         assert_eq!(
             errs("1 -> h:1 colour=red"),
             [
-                "1:10: unknown option 'colour' (known: dispatch, connect_timeout, max_connections, max_per_source, first_byte_timeout, idle_timeout, keepalive, allow, deny)"
+                "1:10: unknown option 'colour' (known: dispatch, connect_timeout, max_connections, max_per_source, first_byte_timeout, idle_timeout, keepalive, allow, deny, reuseport, max_rate)"
             ]
         );
         assert_eq!(

@@ -10,6 +10,7 @@
 
 mod accept_pool;
 mod access;
+mod activation;
 mod app;
 pub mod cli;
 mod config;

@@ -19,8 +19,9 @@ use std::rc::Rc;
 pub(super) const REFUSALS_LOGGED_PER_SEC: u32 = 20;
 
 impl EventLoop {
-    pub(super) fn add_service(&mut self, service: Service) -> io::Result<()> {
+    pub(super) fn add_service(&mut self, mut service: Service) -> io::Result<()> {
         let slot = self.services.len();
+        service.metrics = self.observer.as_ref().map(|o| o.listener(service.local));
         let flags = EpollFlags::EPOLLIN
             | EpollFlags::EPOLLERR
             | EpollFlags::EPOLLHUP
@@ -126,6 +127,9 @@ impl EventLoop {
         let service = self.services[slot].as_mut().expect("accepting service exists");
         if let Err(refusal) = self.admission.check(&service.live, options, peer.ip()) {
             self.stats.refused += 1;
+            if let Some(m) = &service.metrics {
+                m.refused(refusal.into());
+            }
             handoff::reset(&socket);
             let port = service.local.port();
             self.log_left_out_refusals(now);
@@ -140,6 +144,7 @@ impl EventLoop {
             route: Rc::clone(route),
             peer,
             accepted_ms: now,
+            bytes: None,
         };
         match options.dispatch {
             Dispatch::Accept => self.dispatch(socket, conn),

@@ -15,6 +15,7 @@
 mod accept;
 mod admission;
 mod launcher;
+mod metrics;
 mod reload;
 mod stats;
 mod token;
@@ -24,14 +25,18 @@ use crate::accept_pool::AcceptPool;
 use crate::access;
 use crate::config::Mapping;
 use crate::conn::Outcome;
+use crate::handoff::bytes::RecordId;
+use crate::handoff::fork_fds::HandoffSlots;
 use crate::listener;
 use crate::log;
+use crate::metrics::{ListenerMetrics, MetricsServer};
 use crate::options::Options;
 use crate::signals::{Signal, Signals};
 use crate::sys;
 use crate::target::Target;
 use admission::{Admission, Live};
 use launcher::Launcher;
+use metrics::Observer;
 use nix::errno::Errno;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use socket2::Socket;
@@ -66,6 +71,8 @@ pub(crate) struct Service {
     retry_at: Option<u64>,
     /// At a connection cap: logged once when it starts.
     capped: bool,
+    /// Its series, with `--metrics`.
+    metrics: Option<ListenerMetrics>,
 }
 
 impl Service {
@@ -79,6 +86,7 @@ impl Service {
             unfinished: false,
             retry_at: None,
             capped: false,
+            metrics: None,
         })
     }
 }
@@ -91,6 +99,8 @@ pub(crate) struct Conn {
     route: Rc<Route>,
     peer: SocketAddr,
     accepted_ms: u64,
+    /// The byte record its process fills as it ends, once it has one.
+    bytes: Option<RecordId>,
 }
 
 /// Settings of the process as a whole (the command line's, not a mapping's).
@@ -109,6 +119,8 @@ pub(crate) struct Settings {
     pub(crate) config: Option<(PathBuf, Options)>,
     /// The file SIGHUP reopens (for log rotation).
     pub(crate) log_file: Option<PathBuf>,
+    /// Listeners passed by systemd (socket activation), for the start-up log.
+    pub(crate) passed: usize,
 }
 
 pub(crate) struct EventLoop {
@@ -129,11 +141,20 @@ pub(crate) struct EventLoop {
     settings: Settings,
     stats: Stats,
     refusals_log: log::Throttle,
+    /// `--metrics`: the registry and its endpoint.
+    observer: Option<Observer>,
 }
 
 impl EventLoop {
-    /// The epoll set with the signal pipe, the hand-off eventfd and each listener in it.
-    pub(crate) fn new(services: Vec<Service>, signals: Signals, settings: Settings) -> io::Result<Self> {
+    /// The epoll set with the signal pipe, the hand-off eventfd, the metrics endpoint and each
+    /// listener in it. `slots` were reserved before the listeners were opened.
+    pub(crate) fn new(
+        services: Vec<Service>,
+        slots: HandoffSlots,
+        metrics: Option<MetricsServer>,
+        signals: Signals,
+        settings: Settings,
+    ) -> io::Result<Self> {
         let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
         epoll.add(
             signals.fd(),
@@ -141,7 +162,8 @@ impl EventLoop {
         )?;
         let pool = AcceptPool::new(settings.accept_threads)?;
         // The accept threads exclude their own stacks as they start.
-        let launcher = Launcher::new()?;
+        let launcher = Launcher::new(slots, settings.max_connections)?;
+        let observer = metrics.map(|server| Observer::new(server, &epoll)).transpose()?;
         let mut this = EventLoop {
             epoll,
             services: Vec::new(),
@@ -156,6 +178,7 @@ impl EventLoop {
             settings,
             stats: Stats::default(),
             refusals_log: log::Throttle::new(accept::REFUSALS_LOGGED_PER_SEC),
+            observer,
         };
         let notify = EpollEvent::new(EpollFlags::EPOLLIN, Token::Handoff.encode());
         this.epoll.add(this.launcher.notify_fd(), notify)?;
@@ -185,6 +208,8 @@ impl EventLoop {
                     Token::Signals => self.on_signals(),
                     // Connection processes left the shared descriptor table: free their slots.
                     Token::Handoff => self.launcher.reclaim(),
+                    Token::MetricsListener => self.on_metrics_listener(),
+                    Token::MetricsClient(fd) => self.on_metrics_client(fd),
                 }
             }
             self.on_timers();
@@ -208,6 +233,7 @@ impl EventLoop {
             self.waiting.next_deadline(),
             self.launcher.backoff.due_at(),
             self.refusals_log.due_at(),
+            self.observer.as_ref().and_then(Observer::next_deadline),
         ]
         .into_iter()
         .flatten()
@@ -254,12 +280,13 @@ impl EventLoop {
         }
         let _ = socket.set_nonblocking(false);
         match self.launcher.launch(&socket, &conn) {
-            Ok(pid) => {
-                self.children.insert(pid, conn);
+            Ok((pid, bytes)) => {
+                self.children.insert(pid, Conn { bytes, ..conn });
             }
             Err(_) => {
                 // Reset and logged by the launcher.
                 self.stats.outcomes.add(Outcome::ForkFailed);
+                self.record_fork_failure(&conn);
                 self.release(&conn);
             }
         }
@@ -279,6 +306,7 @@ impl EventLoop {
     fn on_timers(&mut self) {
         let now = sys::monotonic_ms();
         self.log_left_out_refusals(now);
+        self.expire_metrics_clients(now);
         // Silent clients past their first-byte timeout.
         while let Some((_, (socket, conn))) = self.waiting.pop_expired(now) {
             let _ = self.epoll.delete(socket.as_fd());
@@ -383,7 +411,10 @@ impl EventLoop {
             let Some(conn) = self.children.remove(&pid) else {
                 continue;
             };
-            self.stats.outcomes.add(Outcome::from_wait_status(status));
+            let outcome = Outcome::from_wait_status(status);
+            self.stats.outcomes.add(outcome);
+            let (c2s, s2c) = self.launcher.bytes_of(conn.bytes);
+            self.record_end(&conn, outcome, c2s, s2c);
             if libc::WIFSIGNALED(status) {
                 // It died before it could write its own line (a crash, the OOM killer, an
                 // operator's kill, or `end_connections`): say which connection it was.

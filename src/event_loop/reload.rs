@@ -78,7 +78,7 @@ impl EventLoop {
         // Open what is new before changing anything.
         let mut opened: Vec<(Route, Socket)> = Vec::new();
         for route in changes.added {
-            match listener::open(route.mapping.bind) {
+            match listener::open(route.mapping.bind, route.mapping.options.reuseport) {
                 Ok(socket) => opened.push((route, socket)),
                 Err(e) => {
                     let m = &route.mapping;
@@ -98,6 +98,9 @@ impl EventLoop {
         for slot in changes.removed {
             if let Some(service) = self.services[slot].take() {
                 let _ = self.epoll.delete(service.listener.as_fd());
+                if let Some(o) = &self.observer {
+                    o.metrics.remove_listener(&service.local.to_string());
+                }
                 log!(
                     "reload: closed {} -> {}",
                     service.local,

@@ -57,6 +57,11 @@ impl<T> WaitingSet<T> {
         self.entries.len()
     }
 
+    /// Every socket, in no order.
+    pub(crate) fn items(&self) -> impl Iterator<Item = &T> {
+        self.entries.values().map(|(item, _)| item)
+    }
+
     /// Takes every socket out.
     pub(crate) fn drain(&mut self) -> impl Iterator<Item = T> + '_ {
         self.entries.drain().map(|(_, (item, _))| item)

@@ -15,16 +15,17 @@ pub enum Request {
     Metrics,
     NotFound,
     MethodNotAllowed,
-    BadRequest,
+    /// Not a request head HTTP/1.x allows, or longer than [`MAX_HEAD`].
+    Malformed,
 }
 
 /// Looks at the bytes read so far: `None` while the head is incomplete and may still fit.
 pub fn parse(head: &[u8]) -> Option<Request> {
     let Some(end) = head_end(head) else {
-        return (head.len() >= MAX_HEAD).then_some(Request::BadRequest);
+        return (head.len() >= MAX_HEAD).then_some(Request::Malformed);
     };
     if end > MAX_HEAD {
-        return Some(Request::BadRequest);
+        return Some(Request::Malformed);
     }
     Some(classify(&head[..end]))
 }
@@ -41,18 +42,18 @@ fn head_end(buf: &[u8]) -> Option<usize> {
 
 fn classify(head: &[u8]) -> Request {
     let Ok(head) = std::str::from_utf8(head) else {
-        return Request::BadRequest;
+        return Request::Malformed;
     };
     let line = head.split('\n').next().unwrap_or("");
     let line = line.strip_suffix('\r').unwrap_or(line);
     let mut parts = line.split(' ');
     let (Some(method), Some(target), Some(version), None) = (parts.next(), parts.next(), parts.next(), parts.next())
     else {
-        return Request::BadRequest;
+        return Request::Malformed;
     };
     let token = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphabetic());
     if !token(method) || !target.starts_with('/') || !matches!(version, "HTTP/1.0" | "HTTP/1.1") {
-        return Request::BadRequest;
+        return Request::Malformed;
     }
     let well_formed_headers = head
         .split('\n')
@@ -61,7 +62,7 @@ fn classify(head: &[u8]) -> Request {
         .filter(|l| !l.is_empty())
         .all(|l| l.split_once(':').is_some_and(|(name, _)| token_name(name)));
     if !well_formed_headers {
-        return Request::BadRequest;
+        return Request::Malformed;
     }
     let path = target.split_once('?').map_or(target, |(p, _)| p);
     match (method, path) {
@@ -85,7 +86,7 @@ pub fn respond(request: &Request, body: &str, content_type: &str, out: &mut Vec<
         Request::Metrics => ("200 OK", "", content_type, body),
         Request::NotFound => ("404 Not Found", "", TEXT, "not found: try /metrics\n"),
         Request::MethodNotAllowed => ("405 Method Not Allowed", "Allow: GET\r\n", TEXT, "method not allowed\n"),
-        Request::BadRequest => ("400 Bad Request", "", TEXT, "bad request\n"),
+        Request::Malformed => ("400 Bad Request", "", TEXT, "bad request\n"),
     };
     let mut head = String::with_capacity(160);
     let _ = write!(
@@ -113,14 +114,14 @@ mod tests {
         assert_eq!(p("GET / HTTP/1.1\r\n\r\n"), Some(Request::NotFound));
         assert_eq!(p("GET /metricsx HTTP/1.1\r\n\r\n"), Some(Request::NotFound));
         assert_eq!(p("POST /metrics HTTP/1.1\r\n\r\n"), Some(Request::MethodNotAllowed));
-        assert_eq!(p("GET /metrics\r\n\r\n"), Some(Request::BadRequest));
-        assert_eq!(p("GET /metrics HTTP/2.0\r\n\r\n"), Some(Request::BadRequest));
-        assert_eq!(p("GET metrics HTTP/1.1\r\n\r\n"), Some(Request::BadRequest));
+        assert_eq!(p("GET /metrics\r\n\r\n"), Some(Request::Malformed));
+        assert_eq!(p("GET /metrics HTTP/2.0\r\n\r\n"), Some(Request::Malformed));
+        assert_eq!(p("GET metrics HTTP/1.1\r\n\r\n"), Some(Request::Malformed));
         assert_eq!(
             p("GET /metrics HTTP/1.1\r\nno colon\r\n\r\n"),
-            Some(Request::BadRequest)
+            Some(Request::Malformed)
         );
-        assert_eq!(p("\u{1}\r\n\r\n"), Some(Request::BadRequest));
+        assert_eq!(p("\u{1}\r\n\r\n"), Some(Request::Malformed));
     }
 
     #[test]
@@ -130,7 +131,7 @@ mod tests {
         long.resize(MAX_HEAD - 1, b'a');
         assert_eq!(parse(&long), None);
         long.push(b'a');
-        assert_eq!(parse(&long), Some(Request::BadRequest));
+        assert_eq!(parse(&long), Some(Request::Malformed));
     }
 
     #[test]

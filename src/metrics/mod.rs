@@ -46,10 +46,8 @@ pub(crate) mod http;
 pub(crate) mod process;
 pub(crate) mod server;
 
-pub(crate) use families::{
-    BackendMetrics, CONTENT_TYPE, DURATION_BUCKETS, ListenerMetrics, Metrics, Outcome, RefuseReason, RouteMetrics,
-};
-pub(crate) use server::{CLIENT_TIMEOUT_MS, Interest, MAX_CLIENTS, MetricsServer};
+pub(crate) use families::{ListenerMetrics, Metrics, RefuseReason};
+pub(crate) use server::{Interest, MetricsServer};
 
 #[cfg(test)]
 mod tests;

@@ -81,6 +81,7 @@ impl MetricsServer {
     }
 
     /// Clients open now.
+    #[cfg(test)]
     pub fn clients(&self) -> usize {
         self.clients.len()
     }

@@ -1,5 +1,7 @@
 //! The server on real sockets, driven by a small poll loop standing in for the event loop.
 
+use super::families::Outcome;
+use super::server::{CLIENT_TIMEOUT_MS, MAX_CLIENTS};
 use super::*;
 use nix::poll::{PollFd, PollFlags, poll};
 use std::io::{Read, Write};
