@@ -117,10 +117,7 @@ mod tests {
         assert_eq!(p("GET /metrics\r\n\r\n"), Some(Request::Malformed));
         assert_eq!(p("GET /metrics HTTP/2.0\r\n\r\n"), Some(Request::Malformed));
         assert_eq!(p("GET metrics HTTP/1.1\r\n\r\n"), Some(Request::Malformed));
-        assert_eq!(
-            p("GET /metrics HTTP/1.1\r\nno colon\r\n\r\n"),
-            Some(Request::Malformed)
-        );
+        assert_eq!(p("GET /metrics HTTP/1.1\r\nno colon\r\n\r\n"), Some(Request::Malformed));
         assert_eq!(p("\u{1}\r\n\r\n"), Some(Request::Malformed));
     }
 

@@ -11,5 +11,6 @@ mod cli;
 mod forwarding;
 mod lifecycle;
 mod limits;
+mod operations;
 mod real_peers;
 mod scripts;
