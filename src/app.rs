@@ -6,14 +6,17 @@
 //! (descriptor 2, non-blocking, before anything is forked), the pid file, the
 //! privilege drop, the signal handlers and the accept threads. Main process.
 
+use crate::activation::Activation;
 use crate::cli::Cli;
 use crate::config::{self, Mapping};
 use crate::daemon::{self, PidFile, Ready};
 use crate::event_loop::{EventLoop, Route, Routes, Service, Settings};
 use crate::grouping;
+use crate::handoff::fork_fds::HandoffSlots;
 use crate::listener;
 use crate::log;
 use crate::log_sink::{self, Destination};
+use crate::metrics::MetricsServer;
 use crate::options::{self, Options};
 use crate::privileges::Identity;
 use crate::signals::Signals;
@@ -176,6 +179,12 @@ pub fn run(cli: Cli) -> Result<(), StartError> {
         .map(|s| options::parse_secs(s).map(|d| d.as_millis() as u64))
         .transpose()?;
 
+    // Listeners passed by systemd first (they sit on descriptors 3 and up, and move away), then
+    // the hand-off slots on the lowest numbers, then the listeners bound here: a connection
+    // process copies the descriptor table only up to its slot, so it never gets a listener,
+    // however many there are.
+    let mut activation = Activation::take()?;
+    let slots = HandoffSlots::reserve().map_err(|e| format!("cannot reserve hand-off descriptors: {e}"))?;
     let (mappings, targets) = mappings(&cli, &base)?;
     let routes = mappings
         .into_iter()
@@ -184,16 +193,30 @@ pub fn run(cli: Cli) -> Result<(), StartError> {
     let mut services = Vec::new();
     for list in grouping::group(routes.collect(), |r| r.mapping.bind) {
         let mapping = &list[0].mapping;
-        let socket = listener::open(mapping.bind).map_err(|e| {
-            let message = format!("cannot listen on {}: {e}", mapping.bind);
-            match &cli.config {
-                // From a file: say which line, like every other error in it.
-                Some(path) => StartError::Located(mapping.bind_error(message).located(path)),
-                None => StartError::Plain(message),
-            }
-        })?;
+        let socket = match activation.claim(mapping.bind) {
+            Some(socket) => socket,
+            None => listener::open(mapping.bind, mapping.options.reuseport).map_err(|e| {
+                let message = format!("cannot listen on {}: {e}", mapping.bind);
+                match &cli.config {
+                    // From a file: say which line, like every other error in it.
+                    Some(path) => StartError::Located(mapping.bind_error(message).located(path)),
+                    None => StartError::Plain(message),
+                }
+            })?,
+        };
         services.push(Service::new(socket, Routes::new(list)).map_err(|e| e.to_string())?);
     }
+    if let Some(p) = activation.unclaimed().next() {
+        return Err(format!(
+            "socket activation: the socket passed for {} ({}) matches no mapping's listen address",
+            p.local, p.name
+        )
+        .into());
+    }
+    let metrics = cli
+        .metrics
+        .map(|addr| MetricsServer::bind(addr).map_err(|e| format!("--metrics {addr}: {e}")))
+        .transpose()?;
     let log_to = log_destination(&cli, log_file)?;
 
     let ready = if cli.daemonize {
@@ -211,8 +234,9 @@ pub fn run(cli: Cli) -> Result<(), StartError> {
         log_to,
         log_format: cli.log_format.unwrap_or(crate::log_format::Format::Logfmt),
         status_file: pid_path.as_deref().map(crate::status::snapshot_path),
+        passed: activation.len(),
     };
-    match serve(services, settings, pid_path, identity, ready) {
+    match serve(services, slots, metrics, settings, pid_path, identity, ready) {
         Ok(()) => Ok(()),
         Err((msg, Some(ready))) => {
             ready.fail(&format!("portfwd: {msg}"));
@@ -228,6 +252,8 @@ type ServeError = (String, Option<Ready>);
 /// the launching process.
 fn serve(
     services: Vec<Service>,
+    slots: HandoffSlots,
+    metrics: Option<MetricsServer>,
     settings: Settings,
     pid_path: Option<PathBuf>,
     identity: Option<Identity>,
@@ -276,7 +302,15 @@ fn serve(
             log::Quoted(settings.log_to.describe())
         );
     }
-    let mut event_loop = match EventLoop::new(services, signals, settings) {
+    if settings.passed > 0 {
+        log!("event=socket-activation listeners={}", settings.passed);
+    }
+    if let Some(m) = &metrics
+        && let Ok(addr) = m.local_addr()
+    {
+        log!("event=metrics url=http://{addr}/metrics");
+    }
+    let mut event_loop = match EventLoop::new(services, slots, metrics, signals, settings) {
         Ok(l) => l,
         Err(e) => fail!("cannot start the event loop: {e}"),
     };

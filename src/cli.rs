@@ -139,6 +139,19 @@ pub struct Cli {
     /// PIDFILE (it must run with --pid-file), and exit.
     #[arg(long, value_name = "PIDFILE", exclusive = true)]
     pub status: Option<PathBuf>,
+    /// Serve Prometheus metrics at http://ADDR:PORT/metrics (from the main process).
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub metrics: Option<std::net::SocketAddr>,
+
+    /// SO_REUSEPORT on every listener: several portfwd processes share a port and the kernel
+    /// spreads connections among them (`reuseport=on` on one config line).
+    #[arg(long)]
+    pub reuseport: bool,
+
+    /// Cap each direction of each connection at RATE bytes per second (K, M, G: 10^3, 10^6,
+    /// 10^9), or `off` [default: off].
+    #[arg(long, value_name = "RATE", value_parser = checked(options::parse_rate_or_off))]
+    pub max_rate: Option<String>,
 }
 
 /// The two forms of the command line, shown after an argument error so a user who swapped or
@@ -217,12 +230,14 @@ impl Cli {
             ("first_byte_timeout", &self.first_byte_timeout),
             ("idle_timeout", &self.idle_timeout),
             ("keepalive", &self.keepalive),
+            ("max_rate", &self.max_rate),
         ];
         for (key, value) in flags {
             if let Some(v) = value {
                 o.set(key, v).expect("validated by clap");
             }
         }
+        o.reuseport |= self.reuseport;
         o
     }
 }

@@ -1,6 +1,8 @@
 //! `setup.config`: one mapping per line, in the seed's form `7005 -> 192.168.0.1:8005`, with an
 //! optional bind address (`127.0.0.1:7005`, `[::]:7005`), host names as targets, `#` comments and
-//! per-line options (`dispatch=accept`, see `options`).
+//! per-line options (`dispatch=accept`, see `options`). A line may map a range of ports:
+//! `7000-7099 -> host:8000-8099` port by port, or `7000-7099 -> host:8000` many to one; it becomes
+//! one mapping per listen port, each with the line's number.
 //!
 //! Every error of the file is reported at once as `FILE:LINE:COL: message`, and nothing starts.
 //! Words of the file that a message echoes are cut and escaped (see [`shown`]).
@@ -167,6 +169,26 @@ impl Taken {
         candidates.into_iter().flatten().min()
     }
 
+    /// Takes back what [`Taken::insert`] recorded for the mappings from index `from` on (a line
+    /// that turned out to overlap): entries pointing at them are dropped.
+    fn remove(&mut self, bind: SocketAddr, from: usize) {
+        if self.exact.get(&(bind.ip(), bind.port())).is_some_and(|&i| i >= from) {
+            self.exact.remove(&(bind.ip(), bind.port()));
+        }
+        if let Some(port) = self.ports.get_mut(&bind.port()) {
+            for kind in [
+                &mut port.any,
+                &mut port.any_ipv4,
+                &mut port.ipv4_wildcard,
+                &mut port.ipv6_wildcard,
+            ] {
+                if kind.is_some_and(|i| i >= from) {
+                    *kind = None;
+                }
+            }
+        }
+    }
+
     fn insert(&mut self, bind: SocketAddr, index: usize) {
         self.exact.entry((bind.ip(), bind.port())).or_insert(index);
         let port = self.ports.entry(bind.port()).or_default();
@@ -194,23 +216,39 @@ pub fn parse(text: &str, defaults: &Options) -> Result<Vec<Mapping>, Vec<Error>>
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let mut mappings: Vec<Mapping> = Vec::new();
     let mut taken = Taken::default();
+    let mut range_lines = std::collections::HashSet::new();
     let mut errors = Vec::new();
     for (i, raw) in text.lines().enumerate() {
         let line = i + 1;
         match parse_line(raw, defaults) {
-            Ok(None) => {}
-            Ok(Some(mut m)) => {
-                m.line = line;
-                match taken.overlapped(m.bind).map(|i| &mappings[i]) {
-                    Some(prev) if prev.bind != m.bind => {
-                        let message = format!("{} is already used by line {} ({})", m.bind, prev.line, prev.bind);
-                        errors.push(m.bind_error(message));
+            Ok(expanded) => {
+                // A range overlapping another line is one error, at its first port that does.
+                let first = mappings.len();
+                let range = expanded.len() > 1;
+                if range {
+                    range_lines.insert(line);
+                }
+                for mut m in expanded {
+                    m.line = line;
+                    match taken.overlapped(m.bind).map(|i| &mappings[i]) {
+                        // Routes share one listen address; a port of a range is never a route.
+                        Some(prev) if prev.bind != m.bind || range || range_lines.contains(&prev.line) => {
+                            let message = format!("{} is already used by line {} ({})", m.bind, prev.line, prev.bind);
+                            errors.push(m.bind_error(message));
+                            break;
+                        }
+                        // Another route of the same listener.
+                        Some(_) => mappings.push(m),
+                        None => {
+                            taken.insert(m.bind, mappings.len());
+                            mappings.push(m);
+                        }
                     }
-                    // Another route of the same listener.
-                    Some(_) => mappings.push(m),
-                    None => {
-                        taken.insert(m.bind, mappings.len());
-                        mappings.push(m);
+                }
+                if errors.last().is_some_and(|e| e.line == line) {
+                    // Keep the rest of the file's checks against the lines before, not this one.
+                    for m in mappings.drain(first..) {
+                        taken.remove(m.bind, first);
                     }
                 }
             }
@@ -228,16 +266,40 @@ pub fn parse(text: &str, defaults: &Options) -> Result<Vec<Mapping>, Vec<Error>>
 
 /// Resolves every mapping's target; returns them in order, or every failure, located.
 pub fn resolve(mappings: &[Mapping]) -> Result<Vec<Vec<Target>>, Vec<Error>> {
-    let mut out = Vec::new();
+    let mut out: Vec<Vec<Target>> = Vec::new();
     let mut errors = Vec::new();
+    // The mappings of one line (a port range) share their host: resolved once, for the first;
+    // a host that fails is reported once for its line.
+    let mut previous: Option<(usize, &Mapping)> = None;
+    let mut failed_line = None;
     for m in mappings {
+        if let Some((i, p)) = previous
+            && p.line == m.line
+            && p.host == m.host
+        {
+            let moved = out[i]
+                .iter()
+                .map(|t: &Target| Target::new(SocketAddr::new(t.addr.ip(), m.port)));
+            let moved = moved.collect();
+            out.push(moved);
+            continue;
+        }
+        if failed_line == Some(m.line) && m.line != 0 {
+            continue;
+        }
         match echoing(target::resolve_targets(&m.host, m.port), &m.host) {
-            Ok(t) => out.push(t),
-            Err(message) => errors.push(Error {
-                line: m.line,
-                col: m.target_col,
-                message: escaped(&message),
-            }),
+            Ok(t) => {
+                previous = Some((out.len(), m));
+                out.push(t);
+            }
+            Err(message) => {
+                failed_line = Some(m.line);
+                errors.push(Error {
+                    line: m.line,
+                    col: m.target_col,
+                    message: escaped(&message),
+                })
+            }
         }
     }
     if errors.is_empty() { Ok(out) } else { Err(errors) }
@@ -404,12 +466,13 @@ fn words(text: &str, base: usize) -> Vec<(usize, &str)> {
     out
 }
 
-type LineResult = Result<Option<Mapping>, (usize, String)>;
+/// A line's mappings: none for a blank or comment line, one per listen port of a range.
+type LineResult = Result<Vec<Mapping>, (usize, String)>;
 
 fn parse_line(raw: &str, defaults: &Options) -> LineResult {
     let text = raw.split('#').next().unwrap_or("");
     if text.trim().is_empty() {
-        return Ok(None);
+        return Ok(Vec::new());
     }
     let first_col = text.len() - text.trim_start().len() + 1;
     let Some(arrow) = text.find("->") else {
@@ -419,7 +482,7 @@ fn parse_line(raw: &str, defaults: &Options) -> LineResult {
         ));
     };
     let left = words(&text[..arrow], 1);
-    let (bind_col, bind) = match left.as_slice() {
+    let (bind_col, (ip, listen)) = match left.as_slice() {
         [(col, word)] => (*col, parse_bind(word).map_err(|m| (*col, m))?),
         [] => return Err((first_col, "missing listen port before '->'".into())),
         [_, (col, word), ..] => return Err((*col, format!("unexpected '{}' before '->'", shown(word)))),
@@ -428,7 +491,23 @@ fn parse_line(raw: &str, defaults: &Options) -> LineResult {
     let Some(&(target_col, target)) = right.first() else {
         return Err((arrow + 1, "missing 'HOST:PORT' after '->'".into()));
     };
-    let (host, port) = parse_target(target).map_err(|m| (target_col, m))?;
+    let (host, ports) = parse_target(target).map_err(|m| (target_col, m))?;
+    let step = match (listen.len(), ports.len()) {
+        (_, 1) => 0,
+        (a, b) if a == b => 1,
+        (1, b) => {
+            return Err((
+                target_col,
+                format!("a range of {b} target ports needs a range of {b} listen ports"),
+            ));
+        }
+        (a, b) => {
+            return Err((
+                target_col,
+                format!("port ranges of different lengths: {a} listen ports, {b} target ports"),
+            ));
+        }
+    };
     let mut options = defaults.clone();
     options.rules.clear();
     let mut given = Vec::new();
@@ -439,25 +518,56 @@ fn parse_line(raw: &str, defaults: &Options) -> LineResult {
         echoing(echoing(options.set(key, value), key), value).map_err(|m| (col, m))?;
         given.push((key.to_string(), col));
     }
-    Ok(Some(Mapping {
-        bind,
-        host,
-        port,
-        options,
+    let mapping = |i: u16| Mapping {
+        bind: SocketAddr::new(ip, listen.first + i),
+        host: host.clone(),
+        port: ports.first + i * step,
+        options: options.clone(),
         line: 0,
         bind_col,
         target_col,
-        given,
-    }))
+        given: given.clone(),
+    };
+    Ok((0..listen.len()).map(mapping).collect())
 }
 
-/// `PORT`, `IPV4:PORT` or `[IPV6]:PORT`.
-fn parse_bind(word: &str) -> Result<SocketAddr, String> {
-    let Some((addr, port)) = word.rsplit_once(':') else {
+/// `PORT` or `FIRST-LAST` (both included).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Ports {
+    first: u16,
+    last: u16,
+}
+
+impl Ports {
+    fn len(self) -> u16 {
+        self.last - self.first + 1
+    }
+}
+
+fn parse_ports(word: &str) -> Result<Ports, String> {
+    let Some((first, last)) = word.split_once('-') else {
         let port = echoing(parse_port(word), word)?;
-        return Ok(SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), port));
+        return Ok(Ports {
+            first: port,
+            last: port,
+        });
     };
-    let port = echoing(parse_port(port), port)?;
+    let (first, last) = (echoing(parse_port(first), first)?, echoing(parse_port(last), last)?);
+    if first > last {
+        return Err(format!(
+            "invalid port range '{}': the first port is above the last",
+            shown(word)
+        ));
+    }
+    Ok(Ports { first, last })
+}
+
+/// `PORT`, `IPV4:PORT` or `[IPV6]:PORT`; each `PORT` may be a range `FIRST-LAST`.
+fn parse_bind(word: &str) -> Result<(IpAddr, Ports), String> {
+    let Some((addr, port)) = word.rsplit_once(':') else {
+        return Ok((Ipv6Addr::UNSPECIFIED.into(), parse_ports(word)?));
+    };
+    let ports = parse_ports(port)?;
     let ip: IpAddr = if let Some(v6) = addr.strip_prefix('[').and_then(|a| a.strip_suffix(']')) {
         v6.parse::<Ipv6Addr>()
             .map_err(|_| format!("invalid IPv6 address '{}'", shown(v6)))?
@@ -470,11 +580,11 @@ fn parse_bind(word: &str) -> Result<SocketAddr, String> {
             .map_err(|_| format!("invalid listen address '{}': expected an IP address", shown(addr)))?
             .into()
     };
-    Ok(SocketAddr::new(ip, port))
+    Ok((ip, ports))
 }
 
-/// `HOST:PORT` or `[IPV6]:PORT`.
-fn parse_target(word: &str) -> Result<(String, u16), String> {
+/// `HOST:PORT` or `[IPV6]:PORT`; `PORT` may be a range `FIRST-LAST`.
+fn parse_target(word: &str) -> Result<(String, Ports), String> {
     let Some((host, port)) = word.rsplit_once(':') else {
         return Err(format!("expected HOST:PORT after '->', found '{}'", shown(word)));
     };
@@ -486,7 +596,7 @@ fn parse_target(word: &str) -> Result<(String, u16), String> {
         let fixed = shown(&format!("[{host}]:{port}"));
         return Err(format!("IPv6 target needs brackets: '{fixed}'"));
     }
-    Ok((bare.to_string(), echoing(parse_port(port), port)?))
+    Ok((bare.to_string(), parse_ports(port)?))
 }
 
 #[cfg(test)]
@@ -543,7 +653,7 @@ mod tests {
         assert_eq!(
             errs("1 -> h:1 colour=red"),
             [
-                "1:10: unknown option 'colour' (known: dispatch, connect_timeout, max_connections, max_per_source, first_byte_timeout, idle_timeout, keepalive, allow, deny, when)"
+                "1:10: unknown option 'colour' (known: dispatch, connect_timeout, max_connections, max_per_source, first_byte_timeout, idle_timeout, keepalive, allow, deny, when, reuseport, max_rate)"
             ]
         );
         assert_eq!(
@@ -578,6 +688,99 @@ mod tests {
         assert!(parse("127.0.0.1:7 -> a:1\n127.0.0.2:7 -> b:2", &Options::default()).is_ok());
         // All errors at once.
         assert_eq!(errs("bad\n7 -> h:1\nworse\n0 -> h:1").len(), 3);
+    }
+
+    #[test]
+    fn port_ranges_map_port_by_port_or_many_to_one() {
+        let lines = |text: &str| -> Vec<String> {
+            let m = parse(text, &Options::default()).unwrap();
+            m.iter().map(|m| format!("{} {}", m.line, m.canonical())).collect()
+        };
+        assert_eq!(
+            lines("# ranges\n7000-7002 -> h:8000-8002 idle_timeout=5"),
+            [
+                "2 [::]:7000 -> h:8000 idle_timeout=5",
+                "2 [::]:7001 -> h:8001 idle_timeout=5",
+                "2 [::]:7002 -> h:8002 idle_timeout=5"
+            ]
+        );
+        assert_eq!(
+            lines("127.0.0.1:7000-7001 -> [::1]:8000"),
+            ["1 127.0.0.1:7000 -> [::1]:8000", "1 127.0.0.1:7001 -> [::1]:8000"]
+        );
+        assert_eq!(lines("[::1]:7-7 -> h:9-9"), ["1 [::1]:7 -> h:9"]);
+        assert_eq!(parse("1-65535 -> h:1", &Options::default()).unwrap().len(), 65535);
+    }
+
+    #[test]
+    fn bad_port_ranges_are_located() {
+        assert_eq!(
+            errs("7000-7099 -> h:8000-8049"),
+            ["1:14: port ranges of different lengths: 100 listen ports, 50 target ports"]
+        );
+        assert_eq!(
+            errs("7000 -> h:8000-8001"),
+            ["1:9: a range of 2 target ports needs a range of 2 listen ports"]
+        );
+        assert_eq!(
+            errs("  127.0.0.1:7099-7000 -> h:1"),
+            ["1:3: invalid port range '7099-7000': the first port is above the last"]
+        );
+        assert_eq!(
+            errs("7 -> h:9-8"),
+            ["1:6: invalid port range '9-8': the first port is above the last"]
+        );
+        assert_eq!(errs("7-x -> h:1"), ["1:1: invalid port 'x': not a number"]);
+        assert_eq!(errs("0-3 -> h:1"), ["1:1: invalid port '0': must be from 1 to 65535"]);
+        assert_eq!(errs("7-8-9 -> h:1"), ["1:1: invalid port '8-9': not a number"]);
+        // Overlaps with other lines: one error for the line, at its first port that overlaps.
+        assert_eq!(
+            errs("7050 -> a:1\n\n  7000-7099 -> b:2"),
+            ["3:3: [::]:7050 is already used by line 1 ([::]:7050)"]
+        );
+        assert_eq!(
+            errs("127.0.0.1:7000-7099 -> a:1\n0.0.0.0:7099 -> b:2"),
+            ["2:1: 0.0.0.0:7099 is already used by line 1 (127.0.0.1:7099)"]
+        );
+        // A line refused for an overlap is not kept: later lines are checked against the others.
+        assert_eq!(
+            errs("7005 -> a:1\n7000-7010 -> b:2\n7001 -> c:3\n7005 -> d:4"),
+            [
+                "2:1: [::]:7005 is already used by line 1 ([::]:7005)",
+                // Two single-port lines on one address are routes of one listener (see grouping).
+                "4:1: [::]:7005 is already used by line 1 ([::]:7005): further lines on one address are \
+                 routes, and this one (no when=, so when=any) can never be chosen"
+            ]
+        );
+        assert!(
+            parse(
+                "127.0.0.1:7000-7099 -> a:1\n127.0.0.2:7000-7099 -> a:1",
+                &Options::default()
+            )
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn a_range_resolves_its_host_once_and_reports_it_once() {
+        let m = parse(
+            "7000-7002 -> localhost:8000-8002\n9-10 -> no-such-host.invalid:1",
+            &Options::default(),
+        )
+        .unwrap();
+        let e = resolve(&m).unwrap_err();
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert_eq!((e[0].line, e[0].col), (2, 9));
+        let t = resolve(&m[..3]).unwrap();
+        let ports: Vec<Vec<u16>> = t.iter().map(|t| t.iter().map(|t| t.addr.port()).collect()).collect();
+        assert!(
+            ports
+                .iter()
+                .zip(8000..)
+                .all(|(p, want)| !p.is_empty() && p.iter().all(|&p| p == want)),
+            "{ports:?}"
+        );
+        assert_eq!(t[0].len(), t[2].len());
     }
 
     #[test]
@@ -816,6 +1019,7 @@ mod properties {
     fn line() -> impl Strategy<Value = String> {
         let piece = prop_oneof![
             Just("->".to_string()),
+            Just("-".to_string()),
             Just(":".to_string()),
             Just("[".to_string()),
             Just("]".to_string()),
@@ -866,7 +1070,7 @@ mod properties {
             let mut expected = Vec::new();
             let mut routed = Vec::new();
             for (i, b) in binds.iter().enumerate() {
-                let mut m = parse_line(&format!("{b} -> h:1"), &Options::default()).unwrap().unwrap();
+                let mut m = parse_line(&format!("{b} -> h:1"), &Options::default()).unwrap().remove(0);
                 m.line = i + 1;
                 match kept.iter().find(|p| p.overlaps(&m)) {
                     Some(p) if p.bind == m.bind => {

@@ -11,6 +11,7 @@
 
 mod accept_pool;
 mod access;
+mod activation;
 mod app;
 pub mod cli;
 mod config;
@@ -23,6 +24,7 @@ mod listener;
 mod log;
 mod log_format;
 mod log_sink;
+mod metrics;
 mod options;
 mod privileges;
 mod route;

@@ -17,23 +17,28 @@ pub fn any_address(port: u16) -> SocketAddr {
 }
 
 /// Opens a non-blocking listener on `addr`. An unspecified IPv6 address is dual-stack; if the host
-/// has no IPv6 at all, it falls back to IPv4's unspecified address.
-pub fn open(addr: SocketAddr) -> io::Result<Socket> {
-    match try_open(addr) {
+/// has no IPv6 at all, it falls back to IPv4's unspecified address. With `reuseport`, the socket
+/// has `SO_REUSEPORT`: other sockets with it (other portfwd processes of the same user) may bind
+/// the same address, and the kernel spreads new connections among them.
+pub fn open(addr: SocketAddr, reuseport: bool) -> io::Result<Socket> {
+    match try_open(addr, reuseport) {
         Err(e) if addr.ip() == Ipv6Addr::UNSPECIFIED && e.raw_os_error() == Some(libc::EAFNOSUPPORT) => {
-            try_open(SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), addr.port()))
+            try_open(SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), addr.port()), reuseport)
         }
         other => other,
     }
 }
 
-fn try_open(addr: SocketAddr) -> io::Result<Socket> {
+fn try_open(addr: SocketAddr, reuseport: bool) -> io::Result<Socket> {
     // socket2 creates the socket close-on-exec.
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
     if addr.is_ipv6() && addr.ip().is_unspecified() {
         socket.set_only_v6(false)?;
     }
     socket.set_reuse_address(true)?;
+    if reuseport {
+        socket.set_reuse_port(true)?;
+    }
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     socket.listen(BACKLOG)?;

@@ -53,6 +53,11 @@ pub struct Options {
     pub rules: Vec<Rule>,
     /// What this line's route matches among the routes of its listener (`when=`, see `route`).
     pub when: Condition,
+    /// `SO_REUSEPORT` on the listener: several processes share the port, the kernel spreads the
+    /// connections among them.
+    pub reuseport: bool,
+    /// Bytes per second at most, each direction of each connection (`None`: no cap).
+    pub max_rate: Option<u64>,
 }
 
 impl Default for Options {
@@ -67,12 +72,14 @@ impl Default for Options {
             keepalive: Some(DEFAULT_KEEPALIVE),
             rules: Vec::new(),
             when: Condition::Any,
+            reuseport: false,
+            max_rate: None,
         }
     }
 }
 
 /// The keys a `setup.config` line accepts, in the order `--check-config` prints them.
-pub const KEYS: [&str; 10] = [
+pub const KEYS: [&str; 12] = [
     "dispatch",
     "connect_timeout",
     "max_connections",
@@ -83,6 +90,8 @@ pub const KEYS: [&str; 10] = [
     "allow",
     "deny",
     "when",
+    "reuseport",
+    "max_rate",
 ];
 
 impl Options {
@@ -105,6 +114,8 @@ impl Options {
             "allow" => self.rules.push(Rule::parse(RuleKind::Allow, value)?),
             "deny" => self.rules.push(Rule::parse(RuleKind::Deny, value)?),
             "when" => self.when = Condition::parse(value)?,
+            "reuseport" => self.reuseport = parse_on_off("reuseport", value)?,
+            "max_rate" => self.max_rate = parse_rate_or_off(value)?,
             _ => return Err(format!("unknown option '{key}' (known: {})", KEYS.join(", "))),
         }
         Ok(())
@@ -142,6 +153,12 @@ impl Options {
         }
         if self.when != base.when {
             out.push(format!("when={}", self.when));
+        }
+        if self.reuseport != base.reuseport {
+            out.push(format!("reuseport={}", if self.reuseport { "on" } else { "off" }));
+        }
+        if self.max_rate != base.max_rate {
+            out.push(format!("max_rate={}", self.max_rate.map_or("off".into(), rate)));
         }
         out
     }
@@ -203,6 +220,52 @@ pub fn parse_count_or_off(text: &str) -> Result<Option<usize>, String> {
     }
 }
 
+/// `on` or `off`.
+pub fn parse_on_off(key: &str, text: &str) -> Result<bool, String> {
+    match text {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        _ => Err(format!("invalid {key} '{text}': expected 'on' or 'off'")),
+    }
+}
+
+/// Bytes per second: a whole number with an optional decimal suffix `K` (1000), `M` (10^6) or
+/// `G` (10^9); at least 1 and below 2^32 × 1000 (what `SO_MAX_PACING_RATE` and the copy pacing
+/// can express with room to spare).
+pub fn parse_rate(text: &str) -> Result<u64, String> {
+    let (digits, unit) = match text.char_indices().last() {
+        Some((i, 'K' | 'k')) => (&text[..i], 1_000),
+        Some((i, 'M' | 'm')) => (&text[..i], 1_000_000),
+        Some((i, 'G' | 'g')) => (&text[..i], 1_000_000_000),
+        _ => (text, 1),
+    };
+    match digits.parse::<u64>().ok().and_then(|n| n.checked_mul(unit)) {
+        Some(n) if (1..u64::from(u32::MAX) * 1000).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "invalid rate '{text}': expected bytes per second, like 500K, 2M or 1G"
+        )),
+    }
+}
+
+/// A rate, or `off` / `0` for none.
+pub fn parse_rate_or_off(text: &str) -> Result<Option<u64>, String> {
+    if text == "off" || text == "0" {
+        Ok(None)
+    } else {
+        parse_rate(text).map(Some)
+    }
+}
+
+/// A rate as [`parse_rate`] reads it back, with the largest suffix that keeps it whole.
+pub fn rate(n: u64) -> String {
+    for (unit, suffix) in [(1_000_000_000, "G"), (1_000_000, "M"), (1_000, "K")] {
+        if n.is_multiple_of(unit) {
+            return format!("{}{suffix}", n / unit);
+        }
+    }
+    n.to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -221,13 +284,16 @@ mod tests {
             ("allow", "127.0.0.0/8"),
             ("deny", "::/0"),
             ("when", "tls:*.example.com"),
+            ("reuseport", "on"),
+            ("max_rate", "2500K"),
         ] {
             o.set(k, v).unwrap();
         }
         assert_eq!(
             o.diff(&Options::default()).join(" "),
             "dispatch=accept connect_timeout=0.5 max_connections=7 max_per_source=3 first_byte_timeout=off \
-             idle_timeout=30 keepalive=off allow=127.0.0.0/8 deny=::/0 when=tls:*.example.com"
+             idle_timeout=30 keepalive=off allow=127.0.0.0/8 deny=::/0 when=tls:*.example.com reuseport=on \
+             max_rate=2500K"
         );
         assert!(Options::default().diff(&Options::default()).is_empty());
     }
@@ -243,5 +309,29 @@ mod tests {
         assert!(o.set("keepalive", "40000").unwrap_err().contains("at most 32767"));
         assert!(o.set("keepalive", "32767").is_ok());
         assert!(o.set("when", "tls:").unwrap_err().starts_with("invalid when 'tls:'"));
+        assert!(o.set("reuseport", "yes").unwrap_err().contains("'on' or 'off'"));
+        for bad in ["", "M", "-1M", "1.5M", "2T", "99999999999G"] {
+            assert!(
+                o.set("max_rate", bad).unwrap_err().contains("bytes per second"),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn rates_read_with_their_suffix_and_print_back() {
+        for (text, n, shown) in [
+            ("1", 1, "1"),
+            ("2M", 2_000_000, "2M"),
+            ("2m", 2_000_000, "2M"),
+            ("1500k", 1_500_000, "1500K"),
+            ("1G", 1_000_000_000, "1G"),
+            ("12345", 12_345, "12345"),
+        ] {
+            assert_eq!(parse_rate(text), Ok(n), "{text}");
+            assert_eq!(rate(n), shown);
+        }
+        assert_eq!(parse_rate_or_off("off"), Ok(None));
+        assert_eq!(parse_rate_or_off("0"), Ok(None));
     }
 }

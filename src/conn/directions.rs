@@ -86,11 +86,12 @@ fn abort_both(client: RawFd, server: RawFd, child: libc::pid_t) {
 /// The pump child: server→client. On EOF it passes the FIN on; on an error it resets both sockets,
 /// tells its parent through `shared.aborted`, wakes the parent's read of the client with
 /// `shutdown(SHUT_RD)`, and exits (its exit also interrupts the parent with SIGCHLD).
-pub(super) fn server_to_client(client: RawFd, server: RawFd, shared: &Shared, idle_ms: u64) -> ! {
+/// `pace`: bytes per second this pump keeps to itself (0: none; the kernel paces, or no cap).
+pub(super) fn server_to_client(client: RawFd, server: RawFd, shared: &Shared, idle_ms: u64, pace: u64) -> ! {
     sys::set_process_name(c"portfwd-s2c");
     sys::close(2); // the connection process writes the log line
     let stop = || shared.should_stop(idle_ms, client, server);
-    let end = pump::run(server, client, &shared.s2c, &shared.last_s2c, &stop);
+    let end = pump::run(server, client, &shared.s2c, &shared.last_s2c, pace, &stop);
     let error = match end {
         _ if shared.idle.load(Ordering::SeqCst) != 0 => sys::exit(0),
         End::Eof if !eof_was_reset(server, &shared.c2s_fin) => {
@@ -119,6 +120,7 @@ pub(super) fn client_to_server(
     shared: &Shared,
     line: &mut Line,
     plan: &Plan,
+    pace: u64,
 ) -> ! {
     sys::set_process_name(c"portfwd-c2s");
     // A write blocked on a server that does not read wakes now and then to see whether the other
@@ -127,7 +129,7 @@ pub(super) fn client_to_server(
     let c2s = AtomicU64::new(0);
     let aborted = || shared.aborted.load(Ordering::SeqCst) != 0;
     let stop = || shared.should_stop(plan.idle_timeout_ms, client, server);
-    let end = pump::run(client, server, &c2s, &shared.last_c2s, &stop);
+    let end = pump::run(client, server, &c2s, &shared.last_c2s, pace, &stop);
     let mut error = None;
     let outcome = match end {
         _ if shared.idle.load(Ordering::SeqCst) != 0 => {
@@ -174,5 +176,8 @@ pub(super) fn client_to_server(
     let (c2s, s2c) = (c2s.load(Ordering::Relaxed), shared.s2c.load(Ordering::SeqCst));
     plan.totals.c2s.fetch_add(c2s, Ordering::Relaxed);
     plan.totals.s2c.fetch_add(s2c, Ordering::Relaxed);
+    if let Some(record) = plan.bytes {
+        record.store(c2s, s2c);
+    }
     finish(line, plan, c2s, s2c, outcome, error)
 }

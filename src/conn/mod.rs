@@ -99,6 +99,18 @@ fn connection_process(plan: &Plan) -> ! {
         set_keepalive(client, plan.keepalive_secs);
         set_keepalive(server, plan.keepalive_secs);
     }
+    // Each socket sends one direction: the kernel paces what it sends (the fq qdisc, or TCP's own
+    // pacing, which loopback gets too), and the pumps keep splicing. Where the kernel refuses the
+    // option, that direction's pump paces itself (`pump::Pace`).
+    let paced = |fd| {
+        let rate = plan.max_rate.min(u64::from(u32::MAX - 1)) as u32 as libc::c_int;
+        let kernel = sys::setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_MAX_PACING_RATE, rate);
+        if kernel.is_ok() { 0 } else { plan.max_rate }
+    };
+    let (pace_c2s, pace_s2c) = match plan.max_rate {
+        0 => (0, 0),
+        _ => (paced(server), paced(client)),
+    };
     if plan.idle_timeout_ms > 0 {
         // Blocked reads and writes wake after the idle time to check both directions' activity.
         let t = plan.idle_timeout_ms.div_ceil(1000) as libc::time_t;
@@ -125,8 +137,8 @@ fn connection_process(plan: &Plan) -> ! {
 
     // SAFETY: this process has a single thread; the child runs `server_to_client` and exits.
     match unsafe { sys::fork() } {
-        Ok(0) => directions::server_to_client(client, server, shared, plan.idle_timeout_ms),
-        Ok(pid) => directions::client_to_server(client, server, pid, shared, &mut line, plan),
+        Ok(0) => directions::server_to_client(client, server, shared, plan.idle_timeout_ms, pace_s2c),
+        Ok(pid) => directions::client_to_server(client, server, pid, shared, &mut line, plan, pace_c2s),
         Err(e) => {
             directions::reset_both(client, server);
             finish(&mut line, plan, 0, 0, Outcome::ForkFailed, Some(e))

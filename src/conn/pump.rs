@@ -35,9 +35,21 @@ pub(super) enum End {
 
 /// Copies `src` to `dst` until EOF, an error, or `stop()` turns true when a blocking call returns
 /// early (`EINTR`, or `EAGAIN` from a socket timeout). Adds each delivered chunk to `moved` and
-/// stamps `last` with the time of the last delivery.
-pub(super) fn run(src: RawFd, dst: RawFd, moved: &AtomicU64, last: &AtomicU64, stop: &dyn Fn() -> bool) -> End {
-    let meter = Meter { moved, last };
+/// stamps `last` with the time of the last delivery. With `pace` > 0, keeps to that many bytes a
+/// second by itself (see [`Pace`]).
+pub(super) fn run(
+    src: RawFd,
+    dst: RawFd,
+    moved: &AtomicU64,
+    last: &AtomicU64,
+    pace: u64,
+    stop: &dyn Fn() -> bool,
+) -> End {
+    let meter = Meter {
+        moved,
+        last,
+        pace: (pace > 0).then(|| Pace::new(pace, sys::monotonic_ms())),
+    };
     // Wait for the first byte (or EOF) before paying for a pipe.
     loop {
         match sys::peek(src) {
@@ -153,12 +165,39 @@ fn write_all(dst: RawFd, data: &[u8], meter: &Meter<'_>, stop: &dyn Fn() -> bool
 struct Meter<'a> {
     moved: &'a AtomicU64,
     last: &'a AtomicU64,
+    pace: Option<Pace>,
 }
 
 impl Meter<'_> {
     fn add(&self, n: usize) {
-        self.moved.fetch_add(n as u64, Ordering::Relaxed);
-        self.last.store(sys::monotonic_ms(), Ordering::Relaxed);
+        let moved = self.moved.fetch_add(n as u64, Ordering::Relaxed) + n as u64;
+        let now = sys::monotonic_ms();
+        self.last.store(now, Ordering::Relaxed);
+        if let Some(pace) = &self.pace {
+            // Interrupted early (the other pump's end): the caller's loop looks at `stop` next.
+            sys::sleep_ms(pace.ahead_ms(moved, now));
+        }
+    }
+}
+
+/// A pump's own pacing, where the kernel does not pace the socket (`SO_MAX_PACING_RATE`
+/// refused): after each chunk, the pump sleeps for as long as it is ahead of `rate` bytes a second
+/// counted from its first byte. The bytes still move by splice; a chunk is at most the pipe's
+/// size, so the bursts are bounded.
+struct Pace {
+    rate: u64,
+    start_ms: u64,
+}
+
+impl Pace {
+    fn new(rate: u64, start_ms: u64) -> Pace {
+        Pace { rate, start_ms }
+    }
+
+    /// How long to wait, at `now`, after `moved` bytes in all.
+    fn ahead_ms(&self, moved: u64, now: u64) -> u64 {
+        let due = (u128::from(moved) * 1000 / u128::from(self.rate)).min(u128::from(u64::MAX)) as u64;
+        due.saturating_sub(now.saturating_sub(self.start_ms))
     }
 }
 
@@ -176,6 +215,7 @@ mod tests {
         let meter = Meter {
             moved: &moved,
             last: &last,
+            pace: None,
         };
         let end = copy_loop(src.as_raw_fd(), dst.as_raw_fd(), &meter, &|| false);
         (end, moved.into_inner(), last.into_inner())
@@ -212,6 +252,16 @@ mod tests {
         assert_eq!(moved, len as u64);
         assert!(last > 0);
         assert!(reader.join().unwrap() == data, "bytes differ");
+    }
+
+    #[test]
+    fn pacing_waits_for_as_long_as_a_pump_is_ahead() {
+        let pace = Pace::new(2_000_000, 1_000);
+        assert_eq!(pace.ahead_ms(0, 1_000), 0);
+        assert_eq!(pace.ahead_ms(2_000_000, 1_000), 1_000, "a second's worth at once");
+        assert_eq!(pace.ahead_ms(2_000_000, 1_400), 600);
+        assert_eq!(pace.ahead_ms(2_000_000, 2_500), 0, "behind: no wait");
+        assert!(pace.ahead_ms(u64::MAX, 0) > 0, "no overflow");
     }
 
     /// A write that fails (the destination's reader is gone) ends the copy as a write failure.

@@ -19,8 +19,9 @@ use std::rc::Rc;
 pub(super) const REFUSALS_LOGGED_PER_SEC: u32 = 20;
 
 impl EventLoop {
-    pub(super) fn add_service(&mut self, service: Service) -> io::Result<()> {
+    pub(super) fn add_service(&mut self, mut service: Service) -> io::Result<()> {
         let slot = self.services.len();
+        service.metrics = self.observer.as_ref().map(|o| o.listener(service.local));
         let flags = EpollFlags::EPOLLIN
             | EpollFlags::EPOLLERR
             | EpollFlags::EPOLLHUP
@@ -131,6 +132,9 @@ impl EventLoop {
         let options = &routes.listener().options;
         let service = self.services[slot].as_ref().expect("accepting service exists");
         if let Err(refusal) = self.admission.check(&service.live, options, peer.ip()) {
+            if let Some(m) = &service.metrics {
+                m.refused(refusal.into());
+            }
             let port = service.local.port();
             self.tally(slot, |s| s.refused += 1);
             handoff::reset(&socket);
@@ -149,6 +153,7 @@ impl EventLoop {
             seen: 0,
             peer,
             accepted_ms: now,
+            bytes: None,
         };
         match options.dispatch {
             Dispatch::Accept => self.dispatch(socket, conn),

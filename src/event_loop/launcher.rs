@@ -3,6 +3,7 @@
 
 use super::Conn;
 use crate::conn::Outcome;
+use crate::handoff::bytes::{ByteRecords, RecordId};
 use crate::handoff::fork_fds::HandoffSlots;
 use crate::handoff::fork_memory::{Exclusions, LaunchPad};
 use crate::handoff::plan::{Plan, Targets, Totals};
@@ -20,6 +21,8 @@ pub(crate) const BACKOFF_MS: u64 = 100;
 pub(crate) struct Launcher {
     /// Process-wide byte counters the connection processes add to.
     totals: SharedPage<Totals>,
+    /// Each live connection's own counts, read at reap.
+    records: ByteRecords,
     /// Where each connection process starts: its plan and its stack.
     pad: LaunchPad<Plan>,
     /// The descriptor numbers client sockets are handed over in.
@@ -31,13 +34,16 @@ pub(crate) struct Launcher {
 }
 
 impl Launcher {
-    /// Call on the main thread, before the first accept (so that the slots' numbers stay low).
-    /// From here on the main process forks only through [`Launcher::launch`].
-    pub(crate) fn new() -> io::Result<Launcher> {
+    /// Call on the main thread, before the first accept, with the slots reserved before any
+    /// listener was opened (so that their numbers stay low; see `fork_fds`). `max_connections`
+    /// live connections each get a byte record. From here on the main process forks only
+    /// through [`Launcher::launch`].
+    pub(crate) fn new(slots: HandoffSlots, max_connections: usize) -> io::Result<Launcher> {
         Ok(Launcher {
             totals: SharedPage::map()?,
+            records: ByteRecords::new(max_connections)?,
             pad: LaunchPad::new()?,
-            slots: HandoffSlots::reserve()?,
+            slots,
             exclusions: Exclusions::start(),
             backoff: Backoff::new(),
         })
@@ -62,9 +68,16 @@ impl Launcher {
         self.slots.child_ended(pid);
     }
 
-    /// Forks the connection process for `socket` (blocking now). On failure the client is reset,
+    /// The bytes a reaped connection process stored in its record, and the record back.
+    pub(crate) fn bytes_of(&mut self, record: Option<RecordId>) -> (u64, u64) {
+        record.map_or((0, 0), |id| self.records.give_back(id))
+    }
+
+    /// Forks the connection process for `socket` (blocking now), which gets a byte record (the
+    /// caller gives it back with [`Launcher::bytes_of`] at reap). On failure the client is reset,
     /// the failure logged, and forking pauses for [`BACKOFF_MS`].
-    pub(crate) fn launch(&mut self, socket: &Socket, conn: &Conn) -> Result<libc::pid_t, Errno> {
+    pub(crate) fn launch(&mut self, socket: &Socket, conn: &Conn) -> Result<(libc::pid_t, Option<RecordId>), Errno> {
+        let lent = self.records.lend();
         let route = conn.route();
         let options = &route.mapping.options;
         let name = conn.routes.name(conn.chosen);
@@ -78,13 +91,21 @@ impl Launcher {
             idle_timeout_ms: options.idle_timeout.map_or(0, |t| t.as_millis().max(1) as u64),
             keepalive_secs: options.keepalive.map_or(0, |t| t.as_secs().max(1) as u32),
             totals: self.totals,
+            bytes: lent.map(|(_, record)| record),
+            max_rate: options.max_rate.unwrap_or(0),
         };
         self.exclusions.refresh();
-        hand_off(&mut self.pad, &mut self.slots, socket, plan).inspect_err(|&e| {
-            handoff::reset(socket);
-            plan.log_unconnected(Outcome::ForkFailed, e);
-            self.backoff.pause(sys::monotonic_ms());
-        })
+        let id = lent.map(|(id, _)| id);
+        match hand_off(&mut self.pad, &mut self.slots, socket, plan) {
+            Ok(pid) => Ok((pid, id)),
+            Err(e) => {
+                self.bytes_of(id);
+                handoff::reset(socket);
+                plan.log_unconnected(Outcome::ForkFailed, e);
+                self.backoff.pause(sys::monotonic_ms());
+                Err(e)
+            }
+        }
     }
 }
 

@@ -16,6 +16,7 @@ mod accept;
 mod admission;
 mod launcher;
 mod live_view;
+mod metrics;
 mod reload;
 mod routing;
 mod stats;
@@ -26,9 +27,12 @@ use crate::accept_pool::AcceptPool;
 use crate::access;
 use crate::config::Mapping;
 use crate::conn::Outcome;
+use crate::handoff::bytes::RecordId;
+use crate::handoff::fork_fds::HandoffSlots;
 use crate::listener;
 use crate::log;
 use crate::log::Quoted;
+use crate::metrics::{ListenerMetrics, MetricsServer};
 use crate::options::Options;
 use crate::route::Condition;
 use crate::signals::{Signal, Signals};
@@ -36,6 +40,7 @@ use crate::sys;
 use crate::target::Target;
 use admission::{Admission, Live};
 use launcher::Launcher;
+use metrics::Observer;
 use nix::errno::Errno;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use socket2::Socket;
@@ -136,6 +141,8 @@ pub(crate) struct Service {
     capped: bool,
     /// This listener's share of the counters (the per-mapping lines of `SIGUSR1`).
     stats: Stats,
+    /// Its series, with `--metrics`.
+    metrics: Option<ListenerMetrics>,
 }
 
 impl Service {
@@ -150,6 +157,7 @@ impl Service {
             retry_at: None,
             capped: false,
             stats: Stats::default(),
+            metrics: None,
         })
     }
 }
@@ -167,6 +175,8 @@ pub(crate) struct Conn {
     seen: usize,
     peer: SocketAddr,
     accepted_ms: u64,
+    /// The byte record its process fills as it ends, once it has one.
+    bytes: Option<RecordId>,
 }
 
 impl Conn {
@@ -195,6 +205,8 @@ pub(crate) struct Settings {
     pub(crate) log_format: crate::log_format::Format,
     /// Where SIGUSR1 writes the live view `--status` shows (beside the pid file), if anywhere.
     pub(crate) status_file: Option<PathBuf>,
+    /// Listeners passed by systemd (socket activation), for the start-up log.
+    pub(crate) passed: usize,
 }
 
 pub(crate) struct EventLoop {
@@ -217,11 +229,20 @@ pub(crate) struct EventLoop {
     refusals_log: log::Throttle,
     /// The one buffer waiting clients of routed listeners are peeked into.
     peek_buf: Box<[u8]>,
+    /// `--metrics`: the registry and its endpoint.
+    observer: Option<Observer>,
 }
 
 impl EventLoop {
-    /// The epoll set with the signal pipe, the hand-off eventfd and each listener in it.
-    pub(crate) fn new(services: Vec<Service>, signals: Signals, settings: Settings) -> io::Result<Self> {
+    /// The epoll set with the signal pipe, the hand-off eventfd, the metrics endpoint and each
+    /// listener in it. `slots` were reserved before the listeners were opened.
+    pub(crate) fn new(
+        services: Vec<Service>,
+        slots: HandoffSlots,
+        metrics: Option<MetricsServer>,
+        signals: Signals,
+        settings: Settings,
+    ) -> io::Result<Self> {
         let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
         epoll.add(
             signals.fd(),
@@ -229,7 +250,8 @@ impl EventLoop {
         )?;
         let pool = AcceptPool::new(settings.accept_threads)?;
         // The accept threads exclude their own stacks as they start.
-        let launcher = Launcher::new()?;
+        let launcher = Launcher::new(slots, settings.max_connections)?;
+        let observer = metrics.map(|server| Observer::new(server, &epoll)).transpose()?;
         let mut this = EventLoop {
             epoll,
             services: Vec::new(),
@@ -245,6 +267,7 @@ impl EventLoop {
             stats: Stats::default(),
             refusals_log: log::Throttle::new(accept::REFUSALS_LOGGED_PER_SEC),
             peek_buf: vec![0; crate::route::PEEK_LIMIT].into_boxed_slice(),
+            observer,
         };
         let notify = EpollEvent::new(EpollFlags::EPOLLIN, Token::Handoff.encode());
         this.epoll.add(this.launcher.notify_fd(), notify)?;
@@ -274,6 +297,8 @@ impl EventLoop {
                     Token::Signals => self.on_signals(),
                     // Connection processes left the shared descriptor table: free their slots.
                     Token::Handoff => self.launcher.reclaim(),
+                    Token::MetricsListener => self.on_metrics_listener(),
+                    Token::MetricsClient(fd) => self.on_metrics_client(fd),
                 }
             }
             self.on_timers();
@@ -297,6 +322,7 @@ impl EventLoop {
             self.waiting.next_deadline(),
             self.launcher.backoff.due_at(),
             self.refusals_log.due_at(),
+            self.observer.as_ref().and_then(Observer::next_deadline),
         ]
         .into_iter()
         .flatten()
@@ -351,12 +377,13 @@ impl EventLoop {
         }
         let _ = socket.set_nonblocking(false);
         match self.launcher.launch(&socket, &conn) {
-            Ok(pid) => {
-                self.children.insert(pid, conn);
+            Ok((pid, bytes)) => {
+                self.children.insert(pid, Conn { bytes, ..conn });
             }
             Err(_) => {
                 // Reset and logged by the launcher.
                 self.tally(conn.slot, |s| s.outcomes.add(Outcome::ForkFailed));
+                self.record_fork_failure(&conn);
                 self.release(&conn);
             }
         }
@@ -376,6 +403,7 @@ impl EventLoop {
     fn on_timers(&mut self) {
         let now = sys::monotonic_ms();
         self.log_left_out_refusals(now);
+        self.expire_metrics_clients(now);
         // Silent clients past their first-byte timeout (or a routed listener's timeout route).
         while let Some((fd, (socket, conn))) = self.waiting.pop_expired(now) {
             let Some((socket, conn)) = self.on_routed_deadline(fd, socket, conn, now) else {
@@ -501,7 +529,10 @@ impl EventLoop {
             let Some(conn) = self.children.remove(&pid) else {
                 continue;
             };
-            self.tally(conn.slot, |s| s.outcomes.add(Outcome::from_wait_status(status)));
+            let outcome = Outcome::from_wait_status(status);
+            self.tally(conn.slot, |s| s.outcomes.add(outcome));
+            let (c2s, s2c) = self.launcher.bytes_of(conn.bytes);
+            self.record_end(&conn, outcome, c2s, s2c);
             if libc::WIFSIGNALED(status) {
                 // It died before it could write its own line (a crash, the OOM killer, an
                 // operator's kill, or `end_connections`): say which connection it was.

@@ -99,7 +99,8 @@ impl EventLoop {
         // Open what is new before changing anything.
         let mut opened: Vec<(Routes, Socket)> = Vec::new();
         for routes in changes.added {
-            match listener::open(routes.listener().bind) {
+            let m = routes.listener();
+            match listener::open(m.bind, m.options.reuseport) {
                 Ok(socket) => opened.push((routes, socket)),
                 Err(e) => {
                     let m = routes.listener();
@@ -120,6 +121,9 @@ impl EventLoop {
         for slot in changes.removed {
             if let Some(service) = self.services[slot].take() {
                 let _ = self.epoll.delete(service.listener.as_fd());
+                if let Some(o) = &self.observer {
+                    o.metrics.remove_listener(&service.local.to_string());
+                }
                 log!(
                     "event=reload-closed listen={} target={}",
                     service.local,

@@ -13,10 +13,17 @@ pub(crate) enum Token {
     Listener(usize),
     /// An accepted socket waiting for its first byte, by its descriptor.
     Waiting(RawFd),
+    /// The `--metrics` endpoint's listener.
+    MetricsListener,
+    /// A scrape client of the `--metrics` endpoint, by its descriptor.
+    MetricsClient(RawFd),
 }
 
 const SIGNALS: u64 = u64::MAX;
 const HANDOFF: u64 = u64::MAX - 1;
+const METRICS_LISTENER: u64 = u64::MAX - 2;
+/// Scrape clients' descriptors from here up, below the listeners.
+const METRICS_CLIENT_BASE: u64 = 1 << 39;
 /// Listeners from here up; descriptors (below 2^31) below it.
 const LISTENER_BASE: u64 = 1 << 40;
 
@@ -31,6 +38,11 @@ impl Token {
                 debug_assert!(fd >= 0);
                 fd as u64
             }
+            Token::MetricsListener => METRICS_LISTENER,
+            Token::MetricsClient(fd) => {
+                debug_assert!(fd >= 0);
+                METRICS_CLIENT_BASE + fd as u64
+            }
         }
     }
 
@@ -39,7 +51,9 @@ impl Token {
         match data {
             SIGNALS => Token::Signals,
             HANDOFF => Token::Handoff,
+            METRICS_LISTENER => Token::MetricsListener,
             d if d >= LISTENER_BASE => Token::Listener((d - LISTENER_BASE) as usize),
+            d if d >= METRICS_CLIENT_BASE => Token::MetricsClient((d - METRICS_CLIENT_BASE) as RawFd),
             d => Token::Waiting(d as RawFd),
         }
     }
@@ -60,6 +74,10 @@ mod tests {
             Token::Waiting(0),
             Token::Waiting(3),
             Token::Waiting(RawFd::MAX),
+            Token::MetricsListener,
+            Token::MetricsClient(0),
+            Token::MetricsClient(9),
+            Token::MetricsClient(RawFd::MAX),
         ];
         for t in tokens {
             assert_eq!(Token::decode(t.encode()), t, "{t:?}");

@@ -11,6 +11,7 @@
 //! descriptor table only until it has taken its client socket ([`fork_fds`]). See docs/design.md,
 //! "Rules after fork()".
 
+pub(crate) mod bytes;
 pub(crate) mod fork_fds;
 pub(crate) mod fork_memory;
 pub(crate) mod plan;

@@ -5,6 +5,7 @@
 //! side (by the child, or by the main process when the fork failed).
 
 use crate::conn::Outcome;
+use crate::handoff::bytes::ByteRecord;
 use crate::handoff::fork_fds::Ticket;
 use crate::log::Line;
 use crate::sys::{self, SharedPage, SharedZeroed};
@@ -56,6 +57,11 @@ pub(crate) struct Plan {
     pub(crate) keepalive_secs: u32,
     /// Process-wide byte counters, shared with the main process.
     pub(crate) totals: SharedPage<Totals>,
+    /// Where this connection's own counts go when it ends, for its listener's metrics (`None`
+    /// when every record was lent).
+    pub(crate) bytes: Option<&'static ByteRecord>,
+    /// Bytes per second at most, each direction (0: no cap).
+    pub(crate) max_rate: u64,
 }
 
 /// Byte counters in a `MAP_SHARED` page made by the main process before any fork: each connection

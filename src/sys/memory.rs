@@ -136,3 +136,50 @@ impl<T> std::ops::Deref for SharedPage<T> {
         self.value
     }
 }
+
+/// `len` values of `T` in one anonymous `MAP_SHARED` mapping, reserved rather than committed
+/// (`MAP_NORESERVE`: a page takes memory once a process touches it). Like [`SharedPage`], the
+/// process that maps it and every child forked afterwards see the same values, and it is never
+/// unmapped. One mapping whatever `len`: a fork copies no page table of a shared mapping, so its
+/// size costs a fork nothing.
+pub(crate) struct SharedArray<T: 'static> {
+    values: &'static [T],
+}
+
+impl<T: SharedZeroed> SharedArray<T> {
+    /// Maps `len` zero-filled values (at least one).
+    pub(crate) fn map(len: usize) -> SysResult<SharedArray<T>> {
+        let len = len.max(1);
+        let bytes = len.checked_mul(std::mem::size_of::<T>()).ok_or(Errno::ENOMEM)?;
+        const {
+            assert!(std::mem::align_of::<T>() <= MIN_PAGE);
+        }
+        // SAFETY: a new anonymous shared mapping; no existing memory is affected.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                bytes,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(Errno::last());
+        }
+        // SAFETY: `len` values fit the fresh, zero-filled, page-aligned mapping; all-zero is a
+        // valid `T` (`SharedZeroed`); it is never unmapped, so the slice may be 'static.
+        let values = unsafe { std::slice::from_raw_parts(p.cast::<T>(), len) };
+        Ok(SharedArray { values })
+    }
+
+    /// The value at `index`, for as long as the process lives.
+    pub(crate) fn get(&self, index: usize) -> &'static T {
+        &self.values[index]
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.values.len()
+    }
+}

@@ -13,7 +13,9 @@
 mod memory;
 mod socket;
 
-pub(crate) use memory::{SharedPage, SharedZeroed, exclude_from_children, map_with_guard, page_size, program_break};
+pub(crate) use memory::{
+    SharedArray, SharedPage, SharedZeroed, exclude_from_children, map_with_guard, page_size, program_break,
+};
 pub(crate) use socket::{
     TCP_CLOSE, connect, peek, peek_waiting, pipe, poll_one, send_nowait, set_abortive_close, set_nonblocking,
     set_recv_timeout, set_send_timeout, setsockopt_int, shutdown, splice, take_socket_error, tcp_socket, tcp_state,
@@ -107,6 +109,19 @@ pub(crate) fn write(fd: RawFd, buf: &[u8]) -> SysResult<usize> {
 /// `CLOCK_MONOTONIC` in milliseconds.
 pub(crate) fn monotonic_ms() -> u64 {
     clock_ms(libc::CLOCK_MONOTONIC)
+}
+
+/// Sleeps `ms` milliseconds (`nanosleep(2)`, async-signal-safe), or less when a signal comes.
+pub(crate) fn sleep_ms(ms: u64) {
+    if ms == 0 {
+        return;
+    }
+    let ts = libc::timespec {
+        tv_sec: (ms / 1000).min(libc::time_t::MAX as u64) as libc::time_t,
+        tv_nsec: ((ms % 1000) * 1_000_000) as libc::c_long,
+    };
+    // SAFETY: `ts` is a live timespec; no remainder is asked for.
+    unsafe { libc::nanosleep(&ts, std::ptr::null_mut()) };
 }
 
 /// `CLOCK_REALTIME` in milliseconds since the epoch.

@@ -12,6 +12,7 @@ mod forwarding;
 mod lifecycle;
 mod limits;
 mod logging;
+mod operations;
 mod real_peers;
 mod routing;
 mod scripts;
