@@ -20,6 +20,8 @@ pub(crate) struct Observer {
     server: MetricsServer,
     /// Descriptors the server accepted or closed in one call, reused from call to call.
     fds: Vec<RawFd>,
+    /// `log_sink::dropped()` at the last scrape.
+    dropped_seen: u64,
 }
 
 impl Observer {
@@ -34,6 +36,7 @@ impl Observer {
             metrics: Metrics::new(),
             server,
             fds: Vec::new(),
+            dropped_seen: 0,
         })
     }
 
@@ -109,9 +112,13 @@ impl EventLoop {
 
     /// `portfwd_live_connections` and `portfwd_waiting_sockets` of each listener, as of now.
     fn update_gauges(&mut self) {
-        if self.observer.is_none() {
+        let Some(o) = &mut self.observer else {
             return;
-        }
+        };
+        // Lines dropped by any process since the last scrape (a counter in a shared page).
+        let dropped = crate::log_sink::dropped();
+        o.metrics.log_dropped(dropped.saturating_sub(o.dropped_seen));
+        o.dropped_seen = dropped;
         let mut waiting = vec![0usize; self.services.len()];
         for (_, conn) in self.waiting.iter() {
             waiting[conn.slot] += 1;
@@ -126,11 +133,15 @@ impl EventLoop {
         }
     }
 
-    /// A connection ended (its process was reaped, or it never got one): its listener's series.
+    /// A connection ended (its process was reaped, or it never got one): its listener's series,
+    /// under its route's name on a routed listener (`no-route` has none).
     pub(super) fn record_end(&self, conn: &Conn, outcome: Outcome, c2s: u64, s2c: u64) {
         if let Some(m) = self.listener_metrics(conn.slot) {
             let ms = sys::monotonic_ms().saturating_sub(conn.accepted_ms);
-            m.connection_ended(outcome, c2s, s2c, ms);
+            match conn.routes.name(conn.chosen) {
+                Some(name) if outcome != Outcome::NoRoute => m.route(&name).connection_ended(outcome, c2s, s2c, ms),
+                _ => m.connection_ended(outcome, c2s, s2c, ms),
+            }
         }
     }
 

@@ -302,13 +302,6 @@ impl Metrics {
     }
 
     /// `n` log lines were not written.
-    #[cfg_attr(
-        not(test),
-        expect(
-            dead_code,
-            reason = "wired by the routing, backends and logging work; registered and empty until then"
-        )
-    )]
     pub fn log_dropped(&self, n: u64) {
         self.log_lines_dropped.inc_by(n);
     }
@@ -363,13 +356,6 @@ impl ListenerMetrics {
         &self.default_route
     }
 
-    #[cfg_attr(
-        not(test),
-        expect(
-            dead_code,
-            reason = "wired by the routing, backends and logging work; registered and empty until then"
-        )
-    )]
     /// The handle of a named route of this listener (made, with its series at 0, the first time).
     pub fn route(&self, route: &str) -> RouteMetrics {
         RouteMetrics::new(self.families.clone(), self.listen.clone(), route.into())

@@ -576,3 +576,47 @@ fn a_passed_socket_no_mapping_claims_stops_start_up() {
         a.log()
     );
 }
+
+#[test]
+fn metrics_name_the_route_a_connection_took_on_a_routed_listener() {
+    let backend = Backend::start(echo);
+    let dir = TempDir::new("metrics-routes");
+    let file = dir.join("setup.config");
+    let (_forwarder, metrics, port) = retry_ports(|| {
+        let (p, m) = (free_port(), free_port());
+        let b = backend.port;
+        std::fs::write(
+            &file,
+            format!("127.0.0.1:{p} -> 127.0.0.1:{b} when=prefix:PING\n127.0.0.1:{p} -> 127.0.0.1:{b} when=http\n"),
+        )
+        .unwrap();
+        let metrics = SocketAddr::from(([127, 0, 0, 1], m));
+        let args = [
+            "--metrics".to_string(),
+            metrics.to_string(),
+            "--config".to_string(),
+            file.display().to_string(),
+        ];
+        Forwarder::spawn(BIN, &args, p).map(|f| (f, metrics, p))
+    })
+    .unwrap_or_else(|e| panic!("portfwd did not start: {e}"));
+    for request in [&b"PING\n"[..], b"GET / HTTP/1.0\r\n\r\n", b"GET / HTTP/1.0\r\n\r\n"] {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(request).unwrap();
+        s.shutdown(Shutdown::Write).unwrap();
+        let mut back = Vec::new();
+        s.read_to_end(&mut back).unwrap();
+        assert_eq!(back, request, "echo differs");
+    }
+    let listen = format!("listen=\"127.0.0.1:{port}\"");
+    let http = format!("portfwd_connections_total{{{listen},route=\"http\",outcome=\"closed\"}}");
+    let ping = format!("portfwd_connections_total{{{listen},route=\"prefix:PING\",outcome=\"closed\"}}");
+    let mut body = String::new();
+    let counted = wait_until(Duration::from_secs(10), || {
+        body = http_get(metrics, "/metrics").1;
+        sample(&body, &http) == Some(2.0) && sample(&body, &ping) == Some(1.0)
+    });
+    assert!(counted, "{body}");
+    assert_eq!(sample(&body, "portfwd_log_lines_dropped_total"), Some(0.0), "{body}");
+}
