@@ -13,7 +13,9 @@
 mod memory;
 mod socket;
 
-pub(crate) use memory::{SharedPage, SharedZeroed, exclude_from_children, map_with_guard, page_size, program_break};
+pub(crate) use memory::{
+    SharedPage, SharedZeroed, exclude_from_children, map_with_guard, page_size, program_break, trim_heap,
+};
 pub(crate) use socket::{
     TCP_CLOSE, connect, peek, pipe, poll_one, set_abortive_close, set_nonblocking, set_recv_timeout, set_send_timeout,
     setsockopt_int, shutdown, splice, take_socket_error, tcp_socket, tcp_state,

@@ -398,6 +398,68 @@ fn slow_loris_two_thousand_silent_sockets_are_closed_after_the_first_byte_timeou
     echo_check(fwd.connect(), 99, 64 * KIB).unwrap();
 }
 
+/// The main process's resident memory, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    procs::status(pid, "VmRSS")
+        .trim_end_matches(" kB")
+        .parse()
+        .expect("VmRSS in kB")
+}
+
+/// `n` clients that connect and reset at once, from two threads; returns how many connected.
+fn connect_and_reset(addr: SocketAddr, n: usize, limit: Duration) -> usize {
+    let done = AtomicUsize::new(0);
+    let start = Instant::now();
+    thread::scope(|scope| {
+        for _ in 0..2 {
+            scope.spawn(|| {
+                while start.elapsed() < limit && done.fetch_add(1, Ordering::SeqCst) < n {
+                    match TcpStream::connect(addr) {
+                        Ok(s) => abort(s),
+                        Err(_) => thread::sleep(Duration::from_millis(1)),
+                    }
+                }
+            });
+        }
+    });
+    done.load(Ordering::SeqCst).min(n)
+}
+
+#[test]
+fn a_connect_and_reset_flood_leaves_the_main_process_memory_where_it_was() {
+    // Each client is gone long before its first-byte deadline (600 s). The main process must keep
+    // memory for the sockets that wait now, not for every one it ever accepted: before the fix,
+    // each left 16 bytes of deadline behind for 600 s (150,000 clients: RSS +4.3 MiB, measured).
+    const FLOOD: usize = 150_000;
+    let _turn = serial();
+    let backend = Backend::start(echo);
+    let fwd = Forwarder::start(BIN, &["--first-byte-timeout", "600"], "127.0.0.1", backend.port);
+    let settled = |sent: usize| {
+        wait_until(Duration::from_secs(20), || {
+            let line = fwd.stats();
+            field(&line, "waiting") == 0 && field(&line, "accepted") as usize >= sent
+        })
+    };
+    // A first, smaller flood brings the allocator and the tables to their working size.
+    let warm = connect_and_reset(fwd.addr(), 5_000, Duration::from_secs(10));
+    assert!(settled(warm), "{}", fwd.stats());
+    let baseline = rss_kib(fwd.pid());
+    let t0 = Instant::now();
+    let sent = connect_and_reset(fwd.addr(), FLOOD, Duration::from_secs(20));
+    let took = t0.elapsed();
+    assert!(sent >= FLOOD / 2, "only {sent} clients in {took:?}");
+    assert!(settled(warm + sent), "{}", fwd.stats());
+    let after = rss_kib(fwd.pid());
+    println!(
+        "connect-and-reset flood: {sent} clients in {took:?}; main process RSS {baseline} KiB before, {after} KiB after"
+    );
+    assert!(
+        after <= baseline + 1024,
+        "RSS grew from {baseline} KiB to {after} KiB over {sent} clients that all left"
+    );
+    echo_check(fwd.connect(), 7, 16 * KIB).unwrap();
+}
+
 #[test]
 fn first_byte_timeout_from_a_config_line_and_verbose_log() {
     let backend = Backend::start(echo);
