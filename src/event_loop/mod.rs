@@ -4,8 +4,8 @@
 //! One epoll set holds the listeners (edge-triggered, `EPOLLEXCLUSIVE`), the accepted sockets that
 //! wait for their first byte, the signal self-pipe and the hand-off eventfd; each event says which
 //! by its [`Token`]. The loop blocks nowhere but in `epoll_wait`, whose timeout is the nearest
-//! deadline (a silent client's first-byte timeout, a paused listener's retry, the end of a fork
-//! back-off, the drain deadline), and it is the only thread that forks.
+//! deadline (a silent client's first-byte timeout, a paused listener's retry, the drain deadline,
+//! a count of log lines left out), and it is the only thread that forks.
 //!
 //! Its concerns, each a small type: [`admission`] (who may come in, and how many), [`waiting`]
 //! (sockets waiting for their first byte), [`launcher`] (forking connection processes, with the
@@ -206,7 +206,7 @@ impl EventLoop {
         let next = [
             self.draining,
             self.waiting.next_deadline(),
-            self.launcher.backoff.due_at(),
+            self.launcher.due_at(),
             self.refusals_log.due_at(),
         ]
         .into_iter()
@@ -245,11 +245,12 @@ impl EventLoop {
     }
 
     /// Hands an active client off: back to blocking, then the connection process is forked (or,
-    /// during a fork back-off, the client waits out of the epoll set).
+    /// during a fork back-off, the client is reset at once: the fork would fail too).
     fn dispatch(&mut self, socket: Socket, conn: Conn) {
         if self.launcher.backoff.paused(sys::monotonic_ms()) {
-            // A fork just failed: this client waits (out of the epoll set) until the pause ends.
-            self.launcher.backoff.defer((socket, conn));
+            self.launcher.refuse_in_backoff(&socket, &conn);
+            self.stats.outcomes.add(Outcome::ForkFailed);
+            self.release(&conn);
             return;
         }
         let _ = socket.set_nonblocking(false);
@@ -279,6 +280,7 @@ impl EventLoop {
     fn on_timers(&mut self) {
         let now = sys::monotonic_ms();
         self.log_left_out_refusals(now);
+        self.launcher.log_left_out(now);
         // Silent clients past their first-byte timeout.
         while let Some((_, (socket, conn))) = self.waiting.pop_expired(now) {
             let _ = self.epoll.delete(socket.as_fd());
@@ -290,9 +292,6 @@ impl EventLoop {
                 );
             }
             self.release(&conn);
-        }
-        for (socket, conn) in self.launcher.backoff.take_due(now) {
-            self.dispatch(socket, conn);
         }
         // Listeners that stopped short: retry when due, or when the cap has room again.
         for slot in 0..self.services.len() {
@@ -334,7 +333,6 @@ impl EventLoop {
         for (socket, _) in self.waiting.drain() {
             let _ = self.epoll.delete(socket.as_fd());
         }
-        self.launcher.backoff.clear();
         let now = sys::monotonic_ms();
         let deadline = match drain_ms {
             Some(ms) => now + ms,

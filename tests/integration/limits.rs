@@ -865,15 +865,100 @@ fn fork_failures_reset_the_client_are_logged_and_service_resumes() {
 
     // 3. The other processes of the uid end; service resumes by itself. (The limit leaves room
     //    for one connection: each must be reaped before the next, as a zombie still counts.)
+    //    A client that comes while the last failure's back-off (100 ms) still runs is reset at
+    //    once, without a fork; the first one after it is served.
     drop(first);
     drop(second);
-    for i in 0..3 {
+    let mut in_backoff = 0;
+    let resumed = wait_until(Duration::from_secs(2), || {
+        match echo_check(fwd.connect(), 40, 32 * KIB) {
+            Ok(()) => true,
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => {
+                in_backoff += 1;
+                false
+            }
+            Err(e) => panic!("{e}\n{}", fwd.log_text()),
+        }
+    });
+    assert!(resumed, "{}", fwd.log_text());
+    assert!(wait_no_descendants(&fwd, Duration::from_secs(5)));
+    for i in 1..3 {
         echo_check(fwd.connect(), 40 + i, 32 * KIB).unwrap_or_else(|e| panic!("{e}\n{}", fwd.log_text()));
         assert!(wait_no_descendants(&fwd, Duration::from_secs(5)));
     }
     let line = fwd.stats();
-    assert_eq!(field(&line, "fork_failed"), 4, "{line}");
+    assert_eq!(field(&line, "fork_failed"), 4 + in_backoff, "{line}");
     assert_eq!(field(&line, "closed"), 4, "{line}");
+    let mut fwd = fwd;
+    assert!(fwd.alive());
+}
+
+#[test]
+fn at_the_process_limit_a_hundred_queued_clients_are_all_reset_promptly() {
+    if !is_root() {
+        return skip("needs root to run the forwarder as another uid with RLIMIT_NPROC");
+    }
+    // A uid of its own (RLIMIT_NPROC counts every task of the uid), full from the start: the main
+    // process and its accept thread are 2 tasks, two sleepers take the rest.
+    const UID: u32 = 64995;
+    const CLIENTS: usize = 100;
+    let backend = Backend::start(echo);
+    let fwd = Forwarder::start_command(
+        || {
+            let mut cmd = as_uid(UID);
+            limit_in_child(&mut cmd, libc::RLIMIT_NPROC, 4);
+            cmd
+        },
+        &[
+            "--accept-threads",
+            "1",
+            "--max-connections",
+            "1000",
+            "--max-per-source",
+            "off",
+        ],
+        "127.0.0.1",
+        backend.port,
+    );
+    let _full = [Sleeper::start(UID), Sleeper::start(UID)];
+    // Every client sends, so every one needs a process it cannot have. Before, each waited for
+    // the end of a back-off and one fork attempt: about two every 100 ms, 3 to 4 s for all.
+    let t0 = Instant::now();
+    let mut clients: Vec<TcpStream> = (0..CLIENTS)
+        .map(|_| {
+            let mut c = fwd.connect();
+            c.write_all(b"x").unwrap();
+            c
+        })
+        .collect();
+    for (i, c) in clients.iter_mut().enumerate() {
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        assert_reset(c, &format!("queued client {i}"));
+    }
+    let took = t0.elapsed();
+    println!("{CLIENTS} clients at the process limit all reset in {took:?}");
+    assert!(took < Duration::from_millis(1500), "{CLIENTS} resets took {took:?}");
+    let line = fwd.stats();
+    assert_eq!(field(&line, "fork_failed"), CLIENTS as u64, "{line}");
+    // Every one is logged as a failed fork, or counted in a line of those left out (once its
+    // second is over).
+    let accounted = || {
+        let log = fwd.log.lock().unwrap();
+        let failed = log.iter().filter(|l| l.contains("outcome=fork-failed"));
+        failed
+            .map(|l| match l.split(" for ").nth(1).and_then(|r| r.split(' ').next()) {
+                Some(n) if l.contains("more client(s)") => n.parse::<usize>().unwrap(),
+                _ => 1,
+            })
+            .sum::<usize>()
+    };
+    assert!(
+        wait_until(Duration::from_secs(5), || accounted() == CLIENTS),
+        "{} of {CLIENTS} accounted for:\n{}",
+        accounted(),
+        fwd.log_text()
+    );
+    assert!(fwd.count_lines("error=EAGAIN") >= 1, "{}", fwd.log_text());
     let mut fwd = fwd;
     assert!(fwd.alive());
 }
