@@ -221,17 +221,28 @@ pub fn resolve(mappings: &[Mapping]) -> Result<Vec<Vec<Target>>, Vec<Error>> {
 /// line (or one `FILE: message` line for a file that cannot be read as text).
 pub fn load(path: impl AsRef<Path>, defaults: &Options) -> Result<(Vec<Mapping>, Vec<Vec<Target>>), String> {
     let path = path.as_ref();
+    let mappings = load_unresolved(path, defaults)?;
+    let targets = resolve(&mappings).map_err(|errs| located(path, &errs))?;
+    Ok((mappings, targets))
+}
+
+/// Reads and parses a file, like [`load`] but without resolving the targets (a reload resolves
+/// them off the event loop, see `resolver`).
+pub fn load_unresolved(path: &Path, defaults: &Options) -> Result<Vec<Mapping>, String> {
     let text = read(path)?;
-    let located = |errs: Vec<Error>| errs.iter().map(|e| e.located(path)).collect::<Vec<_>>().join("\n");
-    let mappings = parse(&text, defaults).map_err(located)?;
+    let mappings = parse(&text, defaults).map_err(|errs| located(path, &errs))?;
     if mappings.is_empty() {
         return Err(format!(
             "{}: no mappings (expected lines like '7005 -> 127.0.0.1:8005')",
             shown_path(path)
         ));
     }
-    let targets = resolve(&mappings).map_err(located)?;
-    Ok((mappings, targets))
+    Ok(mappings)
+}
+
+/// Errors of the file `path`, one `FILE:LINE:COL: message` a line.
+pub fn located(path: &Path, errors: &[Error]) -> String {
+    errors.iter().map(|e| e.located(path)).collect::<Vec<_>>().join("\n")
 }
 
 /// Reads a file as text: a regular file (a FIFO would block, a device never end) of at most

@@ -21,6 +21,7 @@ mod listener;
 mod log;
 mod options;
 mod privileges;
+mod resolver;
 mod signals;
 mod sys;
 mod target;

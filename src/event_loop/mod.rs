@@ -27,6 +27,7 @@ use crate::conn::Outcome;
 use crate::listener;
 use crate::log;
 use crate::options::Options;
+use crate::resolver::Resolver;
 use crate::signals::{Signal, Signals};
 use crate::sys;
 use crate::target::Target;
@@ -129,6 +130,12 @@ pub(crate) struct EventLoop {
     settings: Settings,
     stats: Stats,
     refusals_log: log::Throttle,
+    /// Resolves a reload's targets off the loop (only with a configuration file to reload).
+    resolver: Option<Resolver>,
+    /// Reloads asked for so far; the newest is the one whose answer is applied.
+    reloads: u64,
+    /// A reload is waiting for its targets: the newest one's number.
+    reload_pending: Option<u64>,
 }
 
 impl EventLoop {
@@ -142,6 +149,7 @@ impl EventLoop {
         let pool = AcceptPool::new(settings.accept_threads)?;
         // The accept threads exclude their own stacks as they start.
         let launcher = Launcher::new()?;
+        let resolver = settings.config.is_some().then(Resolver::start).transpose()?;
         let mut this = EventLoop {
             epoll,
             services: Vec::new(),
@@ -156,9 +164,16 @@ impl EventLoop {
             settings,
             stats: Stats::default(),
             refusals_log: log::Throttle::new(accept::REFUSALS_LOGGED_PER_SEC),
+            resolver,
+            reloads: 0,
+            reload_pending: None,
         };
         let notify = EpollEvent::new(EpollFlags::EPOLLIN, Token::Handoff.encode());
         this.epoll.add(this.launcher.notify_fd(), notify)?;
+        if let Some(resolver) = &this.resolver {
+            let answers = EpollEvent::new(EpollFlags::EPOLLIN, Token::Resolver.encode());
+            this.epoll.add(resolver.notify_fd(), answers)?;
+        }
         for service in services {
             this.add_service(service)?;
         }
@@ -185,6 +200,7 @@ impl EventLoop {
                     Token::Signals => self.on_signals(),
                     // Connection processes left the shared descriptor table: free their slots.
                     Token::Handoff => self.launcher.reclaim(),
+                    Token::Resolver => self.on_resolved(),
                 }
             }
             self.on_timers();

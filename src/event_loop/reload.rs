@@ -1,12 +1,21 @@
 //! `SIGHUP`: reopen the log file, re-read the configuration and apply it, old listeners against
 //! new mappings. Main process.
 //!
+//! The file is read and parsed at once; its targets are resolved by the resolver thread, and the
+//! loop serves the current mappings until the answer comes (a DNS server that does not answer
+//! costs the reload glibc's retry time, not every client that time). A `SIGHUP` while a reload
+//! waits for its names supersedes it: the newest file is the one applied (once the lookup in
+//! progress is over: `getaddrinfo` cannot be interrupted), the older answer is dropped.
+//!
 //! New listeners are opened, removed ones closed, unchanged ones kept (no connection refused
-//! meanwhile). All or nothing: a file with errors, or a listener that cannot be opened, leaves
-//! every mapping as it was. Connections in flight keep the route they started with.
+//! meanwhile). All or nothing: a file with errors, a target that does not resolve, or a listener
+//! that cannot be opened, leaves every mapping as it was. Connections in flight keep the route
+//! they started with.
 
 use super::{EventLoop, Route, Service};
-use crate::{config, listener, log};
+use crate::config::{self, Mapping};
+use crate::resolver::{Answer, Request};
+use crate::{listener, log};
 use socket2::Socket;
 use std::net::SocketAddr;
 use std::os::fd::AsFd;
@@ -55,15 +64,53 @@ impl EventLoop {
             log!("SIGHUP: no configuration file to reload (started without --config)");
             return;
         };
-        let (mappings, targets) = match config::load(path, base) {
+        if self.reload_pending.take().is_some() {
+            log!("reload: superseded by a newer SIGHUP; the newest file is the one applied");
+        }
+        self.reloads += 1;
+        let mappings = match config::load_unresolved(path, base) {
             Ok(found) => found,
-            Err(errors) => {
-                for line in errors.lines() {
-                    log!("reload rejected: {line}");
-                }
-                self.log_kept();
-                return;
+            Err(errors) => return self.reject(&errors),
+        };
+        let request = Request {
+            id: self.reloads,
+            mappings,
+        };
+        match self.resolver.as_ref().map(|r| r.ask(request)) {
+            Some(Ok(())) => self.reload_pending = Some(self.reloads),
+            Some(Err(e)) => self.reject(&format!("cannot resolve the targets: {e}")),
+            None => self.reject("cannot resolve the targets: no resolver"),
+        }
+    }
+
+    /// The resolver answered: applies the newest reload's answer (older ones were superseded).
+    pub(super) fn on_resolved(&mut self) {
+        let answers = self.resolver.as_ref().map(|r| r.answers()).unwrap_or_default();
+        for answer in answers {
+            if self.reload_pending == Some(answer.id) && self.draining.is_none() {
+                self.reload_pending = None;
+                self.apply(answer);
             }
+        }
+    }
+
+    /// Logs why a reload was rejected, one line each, then what goes on being served.
+    fn reject(&self, errors: &str) {
+        for line in errors.lines() {
+            log!("reload rejected: {line}");
+        }
+        self.log_kept();
+    }
+
+    fn apply(&mut self, answer: Answer) {
+        let Some((path, _)) = &self.settings.config else {
+            return;
+        };
+        let path = path.clone();
+        let mappings: Vec<Mapping> = answer.mappings;
+        let targets = match answer.targets {
+            Ok(targets) => targets,
+            Err(errors) => return self.reject(&config::located(&path, &errors)),
         };
         let current: Vec<Option<SocketAddr>> = self
             .services
@@ -83,9 +130,7 @@ impl EventLoop {
                 Err(e) => {
                     let m = &route.mapping;
                     let error = m.bind_error(format!("cannot listen on {}: {e}", m.bind));
-                    log!("reload rejected: {}", error.located(path));
-                    self.log_kept();
-                    return;
+                    return self.reject(&error.located(&path));
                 }
             }
         }

@@ -13,10 +13,13 @@ pub(crate) enum Token {
     Listener(usize),
     /// An accepted socket waiting for its first byte, by its descriptor.
     Waiting(RawFd),
+    /// The resolver's eventfd: a reload's targets are resolved.
+    Resolver,
 }
 
 const SIGNALS: u64 = u64::MAX;
 const HANDOFF: u64 = u64::MAX - 1;
+const RESOLVER: u64 = u64::MAX - 2;
 /// Listeners from here up; descriptors (below 2^31) below it.
 const LISTENER_BASE: u64 = 1 << 40;
 
@@ -26,6 +29,7 @@ impl Token {
         match self {
             Token::Signals => SIGNALS,
             Token::Handoff => HANDOFF,
+            Token::Resolver => RESOLVER,
             Token::Listener(slot) => LISTENER_BASE + slot as u64,
             Token::Waiting(fd) => {
                 debug_assert!(fd >= 0);
@@ -39,6 +43,7 @@ impl Token {
         match data {
             SIGNALS => Token::Signals,
             HANDOFF => Token::Handoff,
+            RESOLVER => Token::Resolver,
             d if d >= LISTENER_BASE => Token::Listener((d - LISTENER_BASE) as usize),
             d => Token::Waiting(d as RawFd),
         }
@@ -54,6 +59,7 @@ mod tests {
         let tokens = [
             Token::Signals,
             Token::Handoff,
+            Token::Resolver,
             Token::Listener(0),
             Token::Listener(7),
             Token::Listener(1 << 20),
