@@ -152,6 +152,7 @@ pub fn run(cli: Cli) -> Result<(), StartError> {
     } else {
         None
     };
+    let limits = limits_line(&cli, &base);
     let settings = Settings {
         accept_threads: cli.accept_threads.map_or_else(num_cpus, usize::from),
         max_connections: base.max_connections,
@@ -161,7 +162,7 @@ pub fn run(cli: Cli) -> Result<(), StartError> {
         config: config_path.map(|p| (p, base)),
         log_file,
     };
-    match serve(services, settings, pid_path, identity, ready) {
+    match serve(services, settings, pid_path, identity, ready, limits) {
         Ok(()) => Ok(()),
         Err((msg, Some(ready))) => {
             ready.fail(&format!("portfwd: {msg}"));
@@ -181,6 +182,7 @@ fn serve(
     pid_path: Option<PathBuf>,
     identity: Option<Identity>,
     ready: Option<Ready>,
+    limits: String,
 ) -> Result<(), ServeError> {
     macro_rules! fail {
         ($($arg:tt)*) => { return Err((format!($($arg)*), ready)) };
@@ -214,6 +216,7 @@ fn serve(
             std::process::id()
         );
     }
+    log!("{limits}");
     if settings.verbose {
         log!(
             "accept_threads={} user={}",
@@ -231,6 +234,22 @@ fn serve(
     let result = event_loop.run();
     drop(pid_file);
     result.map_err(|e| (format!("event loop failed: {e}"), None))
+}
+
+/// The start-up line with the limits every mapping starts from (a line of the file may change
+/// them), and how the connection cap was chosen when the command line did not say.
+fn limits_line(cli: &Cli, base: &Options) -> String {
+    let cap = match cli.max_connections {
+        None => options::default_max_connections().1,
+        Some(_) => format!("max_connections={}", base.max_connections),
+    };
+    let secs = |d: Option<std::time::Duration>| d.map_or("off".into(), options::secs);
+    format!(
+        "limits: {cap} max_per_source={} idle_timeout={} first_byte_timeout={}",
+        base.max_per_source.map_or("off".into(), |n| n.to_string()),
+        secs(base.idle_timeout),
+        secs(base.first_byte_timeout),
+    )
 }
 
 fn num_cpus() -> usize {

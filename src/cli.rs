@@ -56,11 +56,12 @@ pub struct Cli {
     pub connect_timeout: Option<String>,
 
     /// Live connections of the whole process at most (and of each config line, unless the line sets
-    /// its own); further clients wait in the backlog [default: 10000].
+    /// its own); further clients wait in the backlog [default: a quarter of the smallest of
+    /// kernel.pid_max, kernel.threads-max and ulimit -u, at most 10000; logged at start-up].
     #[arg(long, value_name = "N", value_parser = checked(options::parse_count))]
     pub max_connections: Option<String>,
 
-    /// Live connections from one client address at most, or `off` [default: off].
+    /// Live connections from one client address at most, or `off` [default: 256].
     #[arg(long, value_name = "N", value_parser = checked(options::parse_count_or_off))]
     pub max_per_source: Option<String>,
 
@@ -68,7 +69,7 @@ pub struct Cli {
     #[arg(long, value_name = "SECS", value_parser = checked(options::parse_secs_or_off))]
     pub first_byte_timeout: Option<String>,
 
-    /// Close connections with no byte either way for SECS, or `off` [default: off].
+    /// Close connections with no byte either way for SECS, or `off` [default: 600].
     #[arg(long, value_name = "SECS", value_parser = checked(options::parse_secs_or_off))]
     pub idle_timeout: Option<String>,
 
@@ -191,6 +192,9 @@ impl Cli {
     /// The options every mapping starts from: the defaults, then these flags.
     pub fn options(&self) -> Options {
         let mut o = Options::default();
+        if self.max_connections.is_none() {
+            o.max_connections = options::default_max_connections().0;
+        }
         if let Some(d) = self.dispatch {
             o.dispatch = d;
         }
@@ -295,7 +299,11 @@ mod tests {
             (cli.port, cli.hostname.as_deref(), cli.host_port),
             (Some(7005), Some("127.0.0.1"), Some(8005))
         );
-        assert_eq!(cli.options(), Options::default());
+        let host_default = Options {
+            max_connections: options::default_max_connections().0,
+            ..Options::default()
+        };
+        assert_eq!(cli.options(), host_default);
     }
 
     #[test]

@@ -302,6 +302,57 @@ fn max_per_source_refuses_the_extra_connection_from_one_address_only() {
 }
 
 #[test]
+fn defaults_bound_one_address_to_256_connections_and_log_the_idle_timeout() {
+    // With no option given, one address that opens connections and never lets them go is
+    // bounded: by max_per_source (256), and each connection by idle_timeout (600 s). Before, the
+    // defaults let it hold 10,000 connections, 20,000 processes, for ever.
+    const PER_SOURCE: usize = 256;
+    let _turn = serial();
+    if let Err(why) = need_descriptors(2 * PER_SOURCE as u64 + 300) {
+        return skip(why);
+    }
+    let backend = Backend::start(echo);
+    let fwd = Forwarder::start(BIN, &[], "127.0.0.1", backend.port);
+    let log = fwd.log_text();
+    let limits = log
+        .lines()
+        .find(|l| l.contains(" limits: "))
+        .unwrap_or_else(|| panic!("{log}"));
+    assert!(
+        limits.contains(" max_per_source=256 idle_timeout=600 first_byte_timeout=60"),
+        "{limits}"
+    );
+    // The connection cap is the host's, and the line says where it comes from.
+    assert!(
+        limits.contains(" limits: max_connections=") && limits.contains(" (a quarter of ")
+            || limits.contains("(at most 10000 by default;"),
+        "{limits}"
+    );
+    // Silent clients count (they hold a descriptor each); the one past 256 is refused at once.
+    let held: Vec<TcpStream> = (0..PER_SOURCE)
+        .map(|_| connect_from(v4(4), fwd.addr()).unwrap())
+        .collect();
+    assert!(
+        wait_until(Duration::from_secs(10), || field(&fwd.stats(), "waiting")
+            == PER_SOURCE as u64),
+        "{}",
+        fwd.stats()
+    );
+    assert!(
+        !served_from(v4(4), fwd.addr()),
+        "connection {} from 127.0.0.4",
+        PER_SOURCE + 1
+    );
+    assert!(
+        fwd.wait_log_count("reason=max-per-source", 1, Duration::from_secs(5)),
+        "{}",
+        fwd.log_text()
+    );
+    echo_check(connect_from(v4(5), fwd.addr()).unwrap(), 3, 1000).unwrap();
+    drop(held);
+}
+
+#[test]
 fn a_flood_of_refused_clients_is_logged_twenty_lines_a_second_and_counted_in_full() {
     const FLOOD: u64 = 300;
     // A rate over wall-clock seconds: no other heavy test meanwhile.
@@ -357,7 +408,13 @@ fn slow_loris_two_thousand_silent_sockets_are_closed_after_the_first_byte_timeou
         return skip(why);
     }
     let backend = Backend::start(echo);
-    let fwd = Forwarder::start(BIN, &["--first-byte-timeout", "3"], "127.0.0.1", backend.port);
+    // All from 127.0.0.1: beyond the default max_per_source (256).
+    let fwd = Forwarder::start(
+        BIN,
+        &["--first-byte-timeout", "3", "--max-per-source", "off"],
+        "127.0.0.1",
+        backend.port,
+    );
     let baseline = procs::socket_fds(fwd.pid()).len();
     let start = Instant::now();
     let mut silent = Vec::with_capacity(SILENT);
