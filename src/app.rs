@@ -196,10 +196,12 @@ fn serve(
         Ok(p) => p,
         Err(e) => fail!("--pid-file {}: {e}", pid_path.unwrap().display()),
     };
-    if let Some(id) = &identity
-        && let Err(e) = id.switch()
-    {
-        fail!("{e}");
+    if let Some(id) = &identity {
+        match id.switch() {
+            Ok(None) => {}
+            Ok(Some(warning)) => log!("{warning}"),
+            Err(e) => fail!("{e}"),
+        }
     }
     let signals = match Signals::install() {
         Ok(s) => s,
@@ -215,6 +217,21 @@ fn serve(
             s.route.mapping.options.dispatch.name(),
             std::process::id()
         );
+    }
+    for s in &services {
+        let rules: Vec<_> = s
+            .route
+            .mapping
+            .options
+            .rules
+            .iter()
+            .chain(&settings.global_rules)
+            .copied()
+            .collect();
+        let takes_ipv4 = s.local.is_ipv4() || s.local.ip().is_unspecified();
+        if let Some(warning) = crate::access::family_warning(&rules, takes_ipv4) {
+            log!("{}: warning: {warning}", s.local);
+        }
     }
     log!("{limits}");
     if settings.verbose {

@@ -1245,6 +1245,33 @@ fn deny_rules_alone_leave_the_default_open() {
     assert_eq!(tally.accepted.load(Ordering::SeqCst), 2);
 }
 
+#[test]
+fn deny_every_ipv6_address_alone_is_warned_about_at_start_up_and_lets_ipv4_in() {
+    let backend = Backend::start(echo);
+    let warning = "warning: deny=::/0 matches IPv6 clients only";
+    // `::/0` reads like "everyone" but never matches an IPv4 client, even on the dual-stack
+    // listener: the start-up says so, once.
+    let fwd = Forwarder::start(BIN, &["--deny", "::/0"], "127.0.0.1", backend.port);
+    assert!(
+        fwd.wait_log_count("limits:", 1, Duration::from_secs(5)),
+        "{}",
+        fwd.log_text()
+    );
+    assert_eq!(fwd.count_lines(warning), 1, "{}", fwd.log_text());
+    assert!(fwd.log_text().contains("add deny=0.0.0.0/0"), "{}", fwd.log_text());
+    assert!(served_from(v4(1), fwd.addr()), "as documented, IPv4 clients come in");
+    // Both families named: nothing to warn about.
+    let both = Forwarder::start(
+        BIN,
+        &["--deny", "::/0", "--deny", "0.0.0.0/0"],
+        "127.0.0.1",
+        backend.port,
+    );
+    assert!(both.wait_log_count("limits:", 1, Duration::from_secs(5)));
+    assert_eq!(both.count_lines("warning:"), 0, "{}", both.log_text());
+    assert!(!served_from(v4(1), both.addr()));
+}
+
 // ---------------------------------------------------------------------------------------------
 // Privileges
 // ---------------------------------------------------------------------------------------------
@@ -1285,6 +1312,9 @@ fn user_drop_binds_a_privileged_port_then_no_process_runs_as_root() {
         assert!(groups.is_empty() || groups == UID.to_string(), "{who}: groups {groups}");
         assert_eq!(procs::status(pid, "CapEff"), "0000000000000000", "{who}");
         assert_eq!(procs::status(pid, "CapPrm"), "0000000000000000", "{who}");
+        // Nothing can give a privilege back: no capability left to gain, no set-uid exec.
+        assert_eq!(procs::status(pid, "CapBnd"), "0000000000000000", "{who}");
+        assert_eq!(procs::status(pid, "NoNewPrivs"), "1", "{who}");
     }
     c.shutdown(Shutdown::Write).unwrap();
     assert_eq!(read_outcome(&mut c), Ok(0));
