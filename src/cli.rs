@@ -191,10 +191,7 @@ impl Cli {
 
     /// The options every mapping starts from: the defaults, then these flags.
     pub fn options(&self) -> Options {
-        let mut o = Options::default();
-        if self.max_connections.is_none() {
-            o.max_connections = options::default_max_connections().0;
-        }
+        let mut o = Options::for_this_host();
         if let Some(d) = self.dispatch {
             o.dispatch = d;
         }
@@ -299,11 +296,7 @@ mod tests {
             (cli.port, cli.hostname.as_deref(), cli.host_port),
             (Some(7005), Some("127.0.0.1"), Some(8005))
         );
-        let host_default = Options {
-            max_connections: options::default_max_connections().0,
-            ..Options::default()
-        };
-        assert_eq!(cli.options(), host_default);
+        assert_eq!(cli.options(), Options::for_this_host());
     }
 
     #[test]

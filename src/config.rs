@@ -60,11 +60,11 @@ impl Mapping {
         }
     }
 
-    /// The mapping as a config line that parses back to itself (options that differ from the
-    /// built-in defaults only).
+    /// The mapping as a config line that parses back to itself (options that differ from this
+    /// host's defaults only).
     pub fn canonical(&self) -> String {
         let mut out = format!("{} -> {}", self.bind, self.target_label());
-        for kv in self.options.diff(&Options::default()) {
+        for kv in self.options.diff(&Options::for_this_host()) {
             out.push(' ');
             out.push_str(&kv);
         }
@@ -487,7 +487,9 @@ mod tests {
     fn the_seeds_lines_and_the_extensions() {
         let text = "# comment\n\n7005 -> 192.168.0.1:8005\n   7006->192.168.0.2:8006   # trailing\n\
                     127.0.0.1:7007 -> localhost:8007 dispatch=accept\n[::]:7008 -> [::1]:8008 allow=::1 deny=::/0\n";
-        let m = parse(text, &Options::default()).unwrap();
+        // Printed against this host's defaults, as --check-config does (its connection cap is the
+        // host's).
+        let m = parse(text, &Options::for_this_host()).unwrap();
         assert_eq!(m.len(), 4);
         assert_eq!(m[0].canonical(), "[::]:7005 -> 192.168.0.1:8005");
         assert_eq!(m[0].line, 3);
@@ -497,7 +499,7 @@ mod tests {
         // Canonical lines parse back to the same mappings.
         let again = parse(
             &m.iter().map(Mapping::canonical).collect::<Vec<_>>().join("\n"),
-            &Options::default(),
+            &Options::for_this_host(),
         );
         let again = again.unwrap();
         for (a, b) in m.iter().zip(&again) {
@@ -608,7 +610,7 @@ mod tests {
 
     #[test]
     fn a_leading_byte_order_mark_is_ignored() {
-        let m = parse("\u{feff}7005 -> 127.0.0.1:8005\n", &Options::default()).unwrap();
+        let m = parse("\u{feff}7005 -> 127.0.0.1:8005\n", &Options::for_this_host()).unwrap();
         assert_eq!(m[0].canonical(), "[::]:7005 -> 127.0.0.1:8005");
         // Columns of line 1 count from after the mark, as an editor shows them.
         assert_eq!(
@@ -776,7 +778,7 @@ mod tests {
     #[test]
     fn the_shipped_setup_config_is_valid() {
         let text = include_str!("../setup.config");
-        let m = parse(text, &Options::default()).unwrap();
+        let m = parse(text, &Options::for_this_host()).unwrap();
         let lines: Vec<String> = m.iter().map(Mapping::canonical).collect();
         assert_eq!(
             lines,

@@ -74,6 +74,17 @@ impl Default for Options {
     }
 }
 
+impl Options {
+    /// The defaults on this host: [`Options::default`] with the connection cap read from the
+    /// host's process limits ([`default_max_connections`]).
+    pub fn for_this_host() -> Options {
+        Options {
+            max_connections: default_max_connections().0,
+            ..Options::default()
+        }
+    }
+}
+
 /// The keys a `setup.config` line accepts, in the order `--check-config` prints them.
 pub const KEYS: [&str; 9] = [
     "dispatch",
