@@ -442,6 +442,53 @@ fn sighup_reload_adds_removes_and_keeps_mappings_while_a_transfer_runs() {
     assert_eq!(exchange(added, b"still").unwrap(), b"still", "old mappings stay");
 }
 
+#[test]
+fn sighup_reload_rejected_for_a_busy_port_or_a_fifo_keeps_serving() {
+    let backend = Backend::start(echo);
+    let dir = TempDir::new("reload-rejected");
+    let file = dir.join("r.config");
+    let kept = free_port();
+    let first = format!("127.0.0.1:{kept} -> 127.0.0.1:{}\n", backend.port);
+    write(&file, &first);
+    let fwd = Forwarder::spawn(BIN, &["--config".into(), file.display().to_string()], kept).expect("start");
+    let f = file.display();
+
+    // A port someone else holds: the whole reload is rejected, located at the listen address.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let busy = taken.local_addr().unwrap();
+    write(&file, &format!("{first}  {busy} -> 127.0.0.1:{}\n", backend.port));
+    fwd.signal(libc::SIGHUP);
+    let kept_line = "reload rejected: keeping the 1 current mapping(s)";
+    assert!(
+        fwd.wait_log_count(kept_line, 1, Duration::from_secs(10)),
+        "{}",
+        fwd.log_text()
+    );
+    let log = fwd.log_text();
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains("reload")).collect();
+    assert_eq!(lines.len(), 2, "{log}");
+    let cause = format!("reload rejected: {f}:2:3: cannot listen on {busy}: ");
+    assert!(lines[0].contains(&cause), "expected '{cause}' in:\n{log}");
+    assert!(lines[1].ends_with(kept_line), "{log}");
+    assert_eq!(exchange(kept, b"still").unwrap(), b"still");
+
+    // The file replaced by a FIFO: refused at once (no writer is waited for), still serving.
+    std::fs::remove_file(&file).unwrap();
+    crate::cli::mkfifo(&file);
+    fwd.signal(libc::SIGHUP);
+    assert!(
+        fwd.wait_log_count(kept_line, 2, Duration::from_secs(10)),
+        "{}",
+        fwd.log_text()
+    );
+    let fifo = format!("reload rejected: {f}: not a regular file (a FIFO)");
+    assert_eq!(fwd.count_lines(&fifo), 1, "{}", fwd.log_text());
+    assert_eq!(exchange(kept, b"again").unwrap(), b"again");
+    let mut fwd = fwd;
+    assert!(fwd.alive());
+    drop(taken);
+}
+
 /// Moves the calling thread (and what it starts from now on) to a network namespace of its own,
 /// with its loopback up, and a mount namespace whose /etc/resolv.conf names a DNS server on
 /// 127.0.0.1:53 that never answers (the socket returned: it takes the queries and reads none).
