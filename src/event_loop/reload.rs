@@ -72,6 +72,14 @@ impl EventLoop {
             Ok(found) => found,
             Err(errors) => return self.reject(&errors),
         };
+        // Names (not address literals) may keep the reload waiting for DNS: say so.
+        let names = mappings
+            .iter()
+            .filter(|m| crate::target::unbracket(&m.host).parse::<std::net::IpAddr>().is_err())
+            .count();
+        if names > 0 {
+            log!("reload: resolving {names} host name(s); the current mappings serve meanwhile");
+        }
         let request = Request {
             id: self.reloads,
             mappings,

@@ -580,7 +580,18 @@ fn a_reload_waiting_for_a_silent_dns_server_does_not_stop_the_current_mappings()
     let slowest = slowest_round_trip(kept, Duration::from_millis(1500));
     println!("during a reload waiting for DNS, the slowest round trip took {slowest:?}");
     assert!(slowest < Duration::from_millis(500), "a round trip took {slowest:?}");
-    assert_eq!(fwd.count_lines("reload"), 0, "not over yet:\n{}", fwd.log_text());
+    assert_eq!(
+        fwd.count_lines("reload: resolving 1 host name(s)"),
+        1,
+        "{}",
+        fwd.log_text()
+    );
+    assert_eq!(
+        fwd.count_lines("reload rejected"),
+        0,
+        "not over yet:\n{}",
+        fwd.log_text()
+    );
     // Then the lookup gives up and the reload is rejected as a whole; the old mapping goes on.
     assert!(
         fwd.wait_log_count(
@@ -609,6 +620,12 @@ fn a_reload_waiting_for_a_silent_dns_server_does_not_stop_the_current_mappings()
     // 2. A SIGHUP while a reload waits supersedes it: the newest file is applied, the older
     //    answer dropped.
     fwd.signal(libc::SIGHUP);
+    // Once it has read the file (and waits for the name), the file changes and a SIGHUP follows.
+    assert!(
+        fwd.wait_log_count("reload: resolving 1 host name(s)", 2, Duration::from_secs(5)),
+        "{}",
+        fwd.log_text()
+    );
     write(
         &file,
         &format!("{first}127.0.0.1:{added} -> 127.0.0.1:{}\n", backend.port),
