@@ -22,7 +22,7 @@ Options:
                    connection) and the open-file limit, and spreads clients
                    over 127.0.1.1-127.0.1.4 so ephemeral ports do not run out.
                    (portfwd is always given --max-connections above the client
-                   count; its default cap is 10,000 live connections.)
+                   count and --max-per-source off.)
                    Needs root; prints what it could not raise.
   --clients N      number of clients (overrides the mode's default)
   --hold-secs S    how long to hold all clients after the ramp
@@ -128,9 +128,11 @@ if [[ -z "$only" || "$only" == reference ]]; then
     run "C reference" "$reference" || status=1
 fi
 if [[ -z "$only" || "$only" == portfwd ]]; then
-    # portfwd caps live connections per mapping (--max-connections, default
-    # 10,000; the rest wait in the backlog): lift the cap above the client count.
-    run portfwd "$bin/portfwd" --max-connections "$((clients + 1000))" || status=1
+    # portfwd caps live connections per mapping (--max-connections, by default a
+    # quarter of kernel.pid_max and at most 10,000; the rest wait in the backlog)
+    # and per client address (--max-per-source, default 256; this tool sends up to
+    # 10,000 clients from one address): lift both above the client count.
+    run portfwd "$bin/portfwd" --max-connections "$((clients + 1000))" --max-per-source off || status=1
 fi
 if [[ -z "$only" || "$only" == extra ]]; then
     for spec in "${extras[@]+"${extras[@]}"}"; do

@@ -91,6 +91,40 @@ pub fn permits(mapping: &[Rule], global: &[Rule], ip: IpAddr) -> bool {
     !any_allow
 }
 
+/// A warning for rules that look meant for both address families but match one, on a listener
+/// that takes IPv4 clients (an IPv4 address, or `[::]`, which is dual-stack): a block list with
+/// `deny=::/0` but not `deny=0.0.0.0/0` (every IPv4 client comes in), or allow rules that are all
+/// IPv6 (every IPv4 client is refused). IPv4 clients of a dual-stack listener are matched as IPv4
+/// (`::ffff:a.b.c.d` is `a.b.c.d`), so `::/0` never covers them. `None` when nothing looks wrong.
+pub fn family_warning(rules: &[Rule], takes_ipv4: bool) -> Option<String> {
+    if !takes_ipv4 {
+        return None;
+    }
+    let every_v6 = rules
+        .iter()
+        .find(|r| r.prefix == 0 && r.net.is_ipv6() && r.kind == RuleKind::Deny);
+    let every_v4 = rules.iter().any(|r| r.prefix == 0 && r.net.is_ipv4());
+    let mut allows = rules.iter().filter(|r| r.kind == RuleKind::Allow).peekable();
+    let block_list = allows.peek().is_none();
+    if let Some(rule) = every_v6
+        && !every_v4
+        && block_list
+    {
+        return Some(format!(
+            "{rule} matches IPv6 clients only; IPv4 clients (of a dual-stack listener too) are not \
+             matched by it and come in: add deny=0.0.0.0/0 if they are meant"
+        ));
+    }
+    if !block_list && allows.all(|r| r.net.is_ipv6()) {
+        return Some(
+            "every allow rule is an IPv6 range: every IPv4 client is refused (IPv6 ranges never \
+             match them, not even on a dual-stack listener)"
+                .to_string(),
+        );
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -141,5 +175,39 @@ mod tests {
         let except = [r(RuleKind::Deny, "127.0.0.9")];
         assert!(!permits(&except, &local_only, ip("127.0.0.9")));
         assert!(permits(&except, &local_only, ip("127.0.0.8")));
+    }
+
+    #[test]
+    fn rules_for_one_family_that_look_meant_for_both_are_warned_about() {
+        let rules = |list: &[(RuleKind, &str)]| list.iter().map(|&(k, t)| r(k, t)).collect::<Vec<_>>();
+        let deny_v6 = rules(&[(RuleKind::Deny, "::/0")]);
+        let warning = family_warning(&deny_v6, true).unwrap();
+        assert!(warning.starts_with("deny=::/0 matches IPv6 clients only"), "{warning}");
+        assert!(warning.contains("add deny=0.0.0.0/0"), "{warning}");
+        assert_eq!(family_warning(&deny_v6, false), None, "an IPv6-only listener");
+        let both = rules(&[(RuleKind::Deny, "::/0"), (RuleKind::Deny, "0.0.0.0/0")]);
+        assert_eq!(family_warning(&both, true), None);
+        let allow_v6 = rules(&[(RuleKind::Allow, "fd00::/8"), (RuleKind::Allow, "::1")]);
+        assert!(
+            family_warning(&allow_v6, true)
+                .unwrap()
+                .contains("every IPv4 client is refused")
+        );
+        let mixed = rules(&[(RuleKind::Allow, "fd00::/8"), (RuleKind::Allow, "10.0.0.0/8")]);
+        assert_eq!(family_warning(&mixed, true), None);
+        let allow_list = rules(&[(RuleKind::Allow, "10.0.0.0/8"), (RuleKind::Deny, "::/0")]);
+        assert_eq!(
+            family_warning(&allow_list, true),
+            None,
+            "IPv4 clients: the allow list decides"
+        );
+        let allow_every_v6 = rules(&[(RuleKind::Allow, "::/0")]);
+        assert!(
+            family_warning(&allow_every_v6, true)
+                .unwrap()
+                .contains("every IPv4 client is refused")
+        );
+        assert_eq!(family_warning(&rules(&[(RuleKind::Deny, "10.0.0.0/8")]), true), None);
+        assert_eq!(family_warning(&[], true), None);
     }
 }

@@ -224,6 +224,7 @@ pub fn run(cli: Cli) -> Result<(), StartError> {
     } else {
         None
     };
+    let limits = limits_line(&cli, &base);
     let settings = Settings {
         accept_threads: cli.accept_threads.map_or_else(num_cpus, usize::from),
         max_connections: base.max_connections,
@@ -236,7 +237,13 @@ pub fn run(cli: Cli) -> Result<(), StartError> {
         status_file: pid_path.as_deref().map(crate::status::snapshot_path),
         passed: activation.len(),
     };
-    match serve(services, slots, metrics, settings, pid_path, identity, ready) {
+    let opened = Opened {
+        services,
+        slots,
+        metrics,
+        limits,
+    };
+    match serve(opened, settings, pid_path, identity, ready) {
         Ok(()) => Ok(()),
         Err((msg, Some(ready))) => {
             ready.fail(&format!("portfwd: {msg}"));
@@ -248,17 +255,30 @@ pub fn run(cli: Cli) -> Result<(), StartError> {
 
 type ServeError = (String, Option<Ready>);
 
-/// The part of start-up that may run in the daemon: failures before `ready.ok()` are sent back to
-/// the launching process.
-fn serve(
+/// What start-up prepared in the foreground for the loop: the listeners (each with its routes),
+/// the hand-off slots, the metrics endpoint, and the start-up line of the limits.
+struct Opened {
     services: Vec<Service>,
     slots: HandoffSlots,
     metrics: Option<MetricsServer>,
+    limits: String,
+}
+
+/// The part of start-up that may run in the daemon: failures before `ready.ok()` are sent back to
+/// the launching process.
+fn serve(
+    opened: Opened,
     settings: Settings,
     pid_path: Option<PathBuf>,
     identity: Option<Identity>,
     ready: Option<Ready>,
 ) -> Result<(), ServeError> {
+    let Opened {
+        services,
+        slots,
+        metrics,
+        limits,
+    } = opened;
     macro_rules! fail {
         ($($arg:tt)*) => { return Err((format!($($arg)*), ready)) };
     }
@@ -273,10 +293,12 @@ fn serve(
         Ok(p) => p,
         Err(e) => fail!("--pid-file {}: {e}", pid_path.unwrap().display()),
     };
-    if let Some(id) = &identity
-        && let Err(e) = id.switch()
-    {
-        fail!("{e}");
+    if let Some(id) = &identity {
+        match id.switch() {
+            Ok(None) => {}
+            Ok(Some(warning)) => log!("event=warning warning={}", log::Quoted(warning)),
+            Err(e) => fail!("{e}"),
+        }
     }
     let signals = match Signals::install() {
         Ok(s) => s,
@@ -294,6 +316,22 @@ fn serve(
             std::process::id()
         );
     }
+    for s in &services {
+        let rules: Vec<_> = s
+            .routes
+            .listener()
+            .options
+            .rules
+            .iter()
+            .chain(&settings.global_rules)
+            .copied()
+            .collect();
+        let takes_ipv4 = s.local.is_ipv4() || s.local.ip().is_unspecified();
+        if let Some(warning) = crate::access::family_warning(&rules, takes_ipv4) {
+            log!("event=warning listen={} warning={}", s.local, log::Quoted(warning));
+        }
+    }
+    log!("{limits}");
     if settings.verbose {
         log!(
             "event=settings accept_threads={} user={} log={}",
@@ -320,6 +358,22 @@ fn serve(
     let result = event_loop.run();
     drop(pid_file);
     result.map_err(|e| (format!("event loop failed: {e}"), None))
+}
+
+/// The start-up line with the limits every mapping starts from (a line of the file may change
+/// them), and how the connection cap was chosen when the command line did not say.
+fn limits_line(cli: &Cli, base: &Options) -> String {
+    let cap = match cli.max_connections {
+        None => options::default_max_connections().1,
+        Some(_) => format!("max_connections={}", base.max_connections),
+    };
+    let secs = |d: Option<std::time::Duration>| d.map_or("off".into(), options::secs);
+    format!(
+        "event=limits {cap} max_per_source={} idle_timeout={} first_byte_timeout={}",
+        base.max_per_source.map_or("off".into(), |n| n.to_string()),
+        secs(base.idle_timeout),
+        secs(base.first_byte_timeout),
+    )
 }
 
 fn num_cpus() -> usize {

@@ -57,11 +57,12 @@ pub struct Cli {
     pub connect_timeout: Option<String>,
 
     /// Live connections of the whole process at most (and of each config line, unless the line sets
-    /// its own); further clients wait in the backlog [default: 10000].
+    /// its own); further clients wait in the backlog [default: a quarter of the smallest of
+    /// kernel.pid_max, kernel.threads-max and ulimit -u, at most 10000; logged at start-up].
     #[arg(long, value_name = "N", value_parser = checked(options::parse_count))]
     pub max_connections: Option<String>,
 
-    /// Live connections from one client address at most, or `off` [default: off].
+    /// Live connections from one client address at most, or `off` [default: 256].
     #[arg(long, value_name = "N", value_parser = checked(options::parse_count_or_off))]
     pub max_per_source: Option<String>,
 
@@ -69,7 +70,7 @@ pub struct Cli {
     #[arg(long, value_name = "SECS", value_parser = checked(options::parse_secs_or_off))]
     pub first_byte_timeout: Option<String>,
 
-    /// Close connections with no byte either way for SECS, or `off` [default: off].
+    /// Close connections with no byte either way for SECS, or `off` [default: 600].
     #[arg(long, value_name = "SECS", value_parser = checked(options::parse_secs_or_off))]
     pub idle_timeout: Option<String>,
 
@@ -219,7 +220,7 @@ impl Cli {
 
     /// The options every mapping starts from: the defaults, then these flags.
     pub fn options(&self) -> Options {
-        let mut o = Options::default();
+        let mut o = Options::for_this_host();
         if let Some(d) = self.dispatch {
             o.dispatch = d;
         }
@@ -326,7 +327,7 @@ mod tests {
             (cli.port, cli.hostname.as_deref(), cli.host_port),
             (Some(7005), Some("127.0.0.1"), Some(8005))
         );
-        assert_eq!(cli.options(), Options::default());
+        assert_eq!(cli.options(), Options::for_this_host());
     }
 
     #[test]

@@ -80,11 +80,11 @@ impl Mapping {
         }
     }
 
-    /// The mapping as a config line that parses back to itself (options that differ from the
-    /// built-in defaults only).
+    /// The mapping as a config line that parses back to itself (options that differ from this
+    /// host's defaults only).
     pub fn canonical(&self) -> String {
         let mut out = format!("{} -> {}", self.bind, self.target_label());
-        for kv in self.options.diff(&Options::default()) {
+        for kv in self.options.diff(&Options::for_this_host()) {
             out.push(' ');
             out.push_str(&kv);
         }
@@ -309,17 +309,28 @@ pub fn resolve(mappings: &[Mapping]) -> Result<Vec<Vec<Target>>, Vec<Error>> {
 /// line (or one `FILE: message` line for a file that cannot be read as text).
 pub fn load(path: impl AsRef<Path>, defaults: &Options) -> Result<(Vec<Mapping>, Vec<Vec<Target>>), String> {
     let path = path.as_ref();
+    let mappings = load_unresolved(path, defaults)?;
+    let targets = resolve(&mappings).map_err(|errs| located(path, &errs))?;
+    Ok((mappings, targets))
+}
+
+/// Reads and parses a file, like [`load`] but without resolving the targets (a reload resolves
+/// them off the event loop, see `resolver`).
+pub fn load_unresolved(path: &Path, defaults: &Options) -> Result<Vec<Mapping>, String> {
     let text = read(path)?;
-    let located = |errs: Vec<Error>| errs.iter().map(|e| e.located(path)).collect::<Vec<_>>().join("\n");
-    let mappings = parse(&text, defaults).map_err(located)?;
+    let mappings = parse(&text, defaults).map_err(|errs| located(path, &errs))?;
     if mappings.is_empty() {
         return Err(format!(
             "{}: no mappings (expected lines like '7005 -> 127.0.0.1:8005')",
             shown_path(path)
         ));
     }
-    let targets = resolve(&mappings).map_err(located)?;
-    Ok((mappings, targets))
+    Ok(mappings)
+}
+
+/// Errors of the file `path`, one `FILE:LINE:COL: message` a line.
+pub fn located(path: &Path, errors: &[Error]) -> String {
+    errors.iter().map(|e| e.located(path)).collect::<Vec<_>>().join("\n")
 }
 
 /// Reads a file as text: a regular file (a FIFO would block, a device never end) of at most
@@ -615,7 +626,9 @@ mod tests {
     fn the_seeds_lines_and_the_extensions() {
         let text = "# comment\n\n7005 -> 192.168.0.1:8005\n   7006->192.168.0.2:8006   # trailing\n\
                     127.0.0.1:7007 -> localhost:8007 dispatch=accept\n[::]:7008 -> [::1]:8008 allow=::1 deny=::/0\n";
-        let m = parse(text, &Options::default()).unwrap();
+        // Printed against this host's defaults, as --check-config does (its connection cap is the
+        // host's).
+        let m = parse(text, &Options::for_this_host()).unwrap();
         assert_eq!(m.len(), 4);
         assert_eq!(m[0].canonical(), "[::]:7005 -> 192.168.0.1:8005");
         assert_eq!(m[0].line, 3);
@@ -625,7 +638,7 @@ mod tests {
         // Canonical lines parse back to the same mappings.
         let again = parse(
             &m.iter().map(Mapping::canonical).collect::<Vec<_>>().join("\n"),
-            &Options::default(),
+            &Options::for_this_host(),
         );
         let again = again.unwrap();
         for (a, b) in m.iter().zip(&again) {
@@ -693,7 +706,8 @@ mod tests {
     #[test]
     fn port_ranges_map_port_by_port_or_many_to_one() {
         let lines = |text: &str| -> Vec<String> {
-            let m = parse(text, &Options::default()).unwrap();
+            // Printed against this host's defaults, as --check-config does.
+            let m = parse(text, &Options::for_this_host()).unwrap();
             m.iter().map(|m| format!("{} {}", m.line, m.canonical())).collect()
         };
         assert_eq!(
@@ -832,7 +846,7 @@ mod tests {
 
     #[test]
     fn a_leading_byte_order_mark_is_ignored() {
-        let m = parse("\u{feff}7005 -> 127.0.0.1:8005\n", &Options::default()).unwrap();
+        let m = parse("\u{feff}7005 -> 127.0.0.1:8005\n", &Options::for_this_host()).unwrap();
         assert_eq!(m[0].canonical(), "[::]:7005 -> 127.0.0.1:8005");
         // Columns of line 1 count from after the mark, as an editor shows them.
         assert_eq!(
@@ -1000,7 +1014,7 @@ mod tests {
     #[test]
     fn the_shipped_setup_config_is_valid() {
         let text = include_str!("../setup.config");
-        let m = parse(text, &Options::default()).unwrap();
+        let m = parse(text, &Options::for_this_host()).unwrap();
         let lines: Vec<String> = m.iter().map(Mapping::canonical).collect();
         assert_eq!(
             lines,

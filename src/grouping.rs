@@ -184,7 +184,8 @@ mod tests {
                     443 -> 127.0.0.1:8443 when=tls:*.example.com\n\
                     443 -> 127.0.0.1:2525 when=timeout:3\n\
                     443 -> 127.0.0.1:80\n";
-        let m = parse(text, &Options::default()).unwrap();
+        // Printed against this host's defaults, as --check-config does.
+        let m = parse(text, &Options::for_this_host()).unwrap();
         let groups = super::group(m, |m| m.bind);
         let shown: Vec<Vec<String>> = groups
             .iter()

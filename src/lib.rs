@@ -27,6 +27,7 @@ mod log_sink;
 mod metrics;
 mod options;
 mod privileges;
+mod resolver;
 mod route;
 mod signals;
 mod status;

@@ -25,11 +25,18 @@ impl Dispatch {
     }
 }
 
-/// Default for `max_connections`: two processes per connection must fit under the usual
-/// `kernel.pid_max` of 32768 with room to spare (2 × 10000 + the rest of the system).
+/// The most `max_connections` is by default: on a host with room for more (see
+/// [`default_max_connections`]), a larger cap is for the operator to choose.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(60);
+/// A connection with no byte either way is closed after 10 minutes, as nginx's stream proxy
+/// does (`proxy_timeout`): otherwise a client that sends one byte and nothing more holds two
+/// processes for ever.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
+/// Live connections from one address: enough for a busy NAT or a host with a connection pool, and
+/// 512 processes at most; to hold the default cap of a 32768-pid host one needs 32 addresses.
+pub const DEFAULT_MAX_PER_SOURCE: usize = 256;
 pub const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(60);
 /// The longest keepalive idle time the kernel takes (`MAX_TCP_KEEPIDLE`): `setsockopt` refuses a
 /// longer one, and the socket would silently keep the system default (`tcp_keepalive_time`).
@@ -66,14 +73,25 @@ impl Default for Options {
             dispatch: Dispatch::Data,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             max_connections: DEFAULT_MAX_CONNECTIONS,
-            max_per_source: None,
+            max_per_source: Some(DEFAULT_MAX_PER_SOURCE),
             first_byte_timeout: Some(DEFAULT_FIRST_BYTE_TIMEOUT),
-            idle_timeout: None,
+            idle_timeout: Some(DEFAULT_IDLE_TIMEOUT),
             keepalive: Some(DEFAULT_KEEPALIVE),
             rules: Vec::new(),
             when: Condition::Any,
             reuseport: false,
             max_rate: None,
+        }
+    }
+}
+
+impl Options {
+    /// The defaults on this host: [`Options::default`] with the connection cap read from the
+    /// host's process limits ([`default_max_connections`]).
+    pub fn for_this_host() -> Options {
+        Options {
+            max_connections: default_max_connections().0,
+            ..Options::default()
         }
     }
 }
@@ -162,6 +180,46 @@ impl Options {
         }
         out
     }
+}
+
+/// The default `max_connections` of this host, and why: a quarter of the fewest tasks it may run
+/// (`kernel.pid_max`, `kernel.threads-max`, the soft `RLIMIT_NPROC`), so that two processes per
+/// connection take at most half of them, and at most [`DEFAULT_MAX_CONNECTIONS`]. On a default
+/// `pid_max` of 32768 that is 8192 connections, 16384 processes.
+pub fn default_max_connections() -> (usize, String) {
+    let read = |path: &str| {
+        std::fs::read_to_string(path)
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+    };
+    let mut limits = vec![
+        ("kernel.pid_max", read("/proc/sys/kernel/pid_max")),
+        ("kernel.threads-max", read("/proc/sys/kernel/threads-max")),
+    ];
+    let mut nproc = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we own.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NPROC, &mut nproc) } == 0 && nproc.rlim_cur != libc::RLIM_INFINITY {
+        limits.push(("ulimit -u", Some(nproc.rlim_cur)));
+    }
+    let known: Vec<(&str, u64)> = limits.into_iter().filter_map(|(k, v)| Some((k, v?))).collect();
+    let Some(&(name, fewest)) = known.iter().min_by_key(|(_, v)| *v) else {
+        return (
+            DEFAULT_MAX_CONNECTIONS,
+            format!("max_connections={DEFAULT_MAX_CONNECTIONS} reason=\"the process limits could not be read\""),
+        );
+    };
+    let cap = ((fewest / 4) as usize).clamp(1, DEFAULT_MAX_CONNECTIONS);
+    let why = if cap == DEFAULT_MAX_CONNECTIONS {
+        format!("max_connections={cap} reason=\"at most {DEFAULT_MAX_CONNECTIONS} by default; {name} is {fewest}\"")
+    } else {
+        format!(
+            "max_connections={cap} reason=\"a quarter of {name}={fewest}: two processes per connection take at most half\""
+        )
+    };
+    (cap, why)
 }
 
 /// Formats seconds without a needless fraction: `5`, `0.25`.
@@ -296,6 +354,25 @@ mod tests {
              max_rate=2500K"
         );
         assert!(Options::default().diff(&Options::default()).is_empty());
+    }
+
+    #[test]
+    fn defaults_bound_what_one_client_can_hold() {
+        let o = Options::default();
+        assert_eq!(o.idle_timeout, Some(Duration::from_secs(600)));
+        assert_eq!(o.max_per_source, Some(256));
+        let (cap, why) = default_max_connections();
+        assert!((1..=DEFAULT_MAX_CONNECTIONS).contains(&cap), "{cap}");
+        assert!(why.starts_with(&format!("max_connections={cap} reason=\"")), "{why}");
+        let pid_max: usize = std::fs::read_to_string("/proc/sys/kernel/pid_max")
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        assert!(
+            2 * cap <= pid_max / 2,
+            "{why}: two processes per connection above half of {pid_max}"
+        );
     }
 
     #[test]

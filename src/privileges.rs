@@ -50,14 +50,49 @@ impl Identity {
     /// cannot be regained. Must run while the process has a single thread (setuid applies to the
     /// calling thread's credentials only under the raw syscall; glibc broadcasts, but we stay
     /// simple and call it before any thread exists).
-    pub fn switch(&self) -> Result<(), String> {
+    ///
+    /// Then the process and every child it forks can gain no privilege again: the capability
+    /// bounding set is emptied (while it still may: that needs `CAP_SETPCAP`, which the setuid
+    /// takes away) and `no_new_privs` is set, so not even a set-uid program or file capabilities
+    /// would give one back.
+    ///
+    /// Returns a warning to log when the bounding set could not be emptied (a container that gave
+    /// no `CAP_SETPCAP`): `no_new_privs` alone already keeps every capability out of reach.
+    pub fn switch(&self) -> Result<Option<String>, String> {
         let fail = |what: &str, e: nix::Error| format!("--user {}: {what} failed: {e}", self.name);
         nix::unistd::setgroups(&[self.gid]).map_err(|e| fail("setgroups", e))?;
         nix::unistd::setgid(self.gid).map_err(|e| fail("setgid", e))?;
+        let warning = match drop_bounding_set() {
+            Ok(()) => None,
+            Err(nix::Error::EPERM) => Some(format!(
+                "--user {}: the capability bounding set stays as it is (no CAP_SETPCAP); no_new_privs is set",
+                self.name
+            )),
+            Err(e) => return Err(fail("dropping the capability bounding set", e)),
+        };
         nix::unistd::setuid(self.uid).map_err(|e| fail("setuid", e))?;
         if !self.uid.is_root() && nix::unistd::setuid(Uid::from_raw(0)).is_ok() {
             return Err(format!("--user {}: root could be regained after the switch", self.name));
         }
-        Ok(())
+        // SAFETY: prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) only sets a flag of this process.
+        if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+            return Err(fail("PR_SET_NO_NEW_PRIVS", nix::Error::last()));
+        }
+        Ok(warning)
     }
+}
+
+/// Drops every capability from the bounding set, up to the last one this kernel knows (`EINVAL`
+/// past it).
+fn drop_bounding_set() -> Result<(), nix::Error> {
+    for cap in 0..64 {
+        // SAFETY: prctl(PR_CAPBSET_DROP, cap) only changes this process's bounding set.
+        if unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) } != 0 {
+            return match nix::Error::last() {
+                nix::Error::EINVAL if cap > 0 => Ok(()),
+                e => Err(e),
+            };
+        }
+    }
+    Ok(())
 }

@@ -198,6 +198,8 @@ fn load_1000_clients_through_portfwd() {
     let _turn = serial();
     let args = harness::load::Args {
         forwarder: Some(PORTFWD.into()),
+        // Every client comes from one address: past the default max_per_source (256).
+        forwarder_args: vec!["--max-per-source".into(), "off".into()],
         label: "portfwd".into(),
         clients: 1000,
         hold_secs: 2,

@@ -59,10 +59,9 @@ impl EventLoop {
         let Some(service) = self.services.get_mut(slot).and_then(Option::as_mut) else {
             return;
         };
-        let backoff = &self.launcher.backoff;
-        if backoff.paused(now) || self.draining.is_some() {
-            service.unfinished = true;
-            service.retry_at = Some(backoff.until().max(now + 1));
+        // During a fork back-off accepting goes on: clients that need a process now are reset at
+        // once (`dispatch`), so the backlog drains instead of waiting for the pause to end.
+        if self.draining.is_some() {
             return;
         }
         // At a cap, leave clients in the kernel's backlog: they are served as slots free up.

@@ -1,22 +1,31 @@
 //! Launching connection processes: the launch pad, the hand-off slots, the memory the children do
 //! not get, and the back-off after a fork fails. Main process; what runs after the fork is `conn`.
+//!
+//! During a back-off, clients that need a process are reset at once, without trying to fork, and
+//! counted and logged as fork-failed (with the error of the fork that failed): a queue of clients
+//! at the process limit learns it in one go instead of one or two per back-off.
 
 use super::Conn;
 use crate::conn::Outcome;
-use crate::handoff::bytes::{ByteRecords, RecordId};
+use crate::handoff::bytes::{ByteRecord, ByteRecords, RecordId};
 use crate::handoff::fork_fds::HandoffSlots;
 use crate::handoff::fork_memory::{Exclusions, LaunchPad};
 use crate::handoff::plan::{Plan, Targets, Totals};
 use crate::handoff::{self, hand_off};
+use crate::log;
+use crate::log::Throttle;
 use crate::sys::{self, SharedPage};
 use nix::errno::Errno;
 use socket2::Socket;
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};
 
-/// How long forking (and accepting) pauses after a failed fork: processes or memory ran out, so
-/// let the system breathe before the next one.
+/// How long forking pauses after a failed fork: processes or memory ran out, so let the system
+/// breathe before the next one.
 pub(crate) const BACKOFF_MS: u64 = 100;
+
+/// Clients reset during a back-off logged one by one each second at most; the rest are counted.
+const BACKOFF_RESETS_LOGGED_PER_SEC: u32 = 20;
 
 pub(crate) struct Launcher {
     /// Process-wide byte counters the connection processes add to.
@@ -29,8 +38,10 @@ pub(crate) struct Launcher {
     slots: HandoffSlots,
     /// The heap and stack the connection processes do not get.
     exclusions: Exclusions,
-    /// Sockets that became active while forking was paused, and when the pause ends.
-    pub(crate) backoff: Backoff<(Socket, Conn)>,
+    /// The pause after a failed fork.
+    pub(crate) backoff: Backoff,
+    /// Log lines of clients reset during a back-off.
+    backoff_log: Throttle,
 }
 
 impl Launcher {
@@ -46,6 +57,7 @@ impl Launcher {
             slots,
             exclusions: Exclusions::start(),
             backoff: Backoff::new(),
+            backoff_log: Throttle::new(BACKOFF_RESETS_LOGGED_PER_SEC),
         })
     }
 
@@ -78,10 +90,56 @@ impl Launcher {
     /// the failure logged, and forking pauses for [`BACKOFF_MS`].
     pub(crate) fn launch(&mut self, socket: &Socket, conn: &Conn) -> Result<(libc::pid_t, Option<RecordId>), Errno> {
         let lent = self.records.lend();
+        let plan = self.plan(socket, conn, lent.map(|(_, record)| record));
+        self.exclusions.refresh();
+        let id = lent.map(|(id, _)| id);
+        match hand_off(&mut self.pad, &mut self.slots, socket, plan) {
+            Ok(pid) => Ok((pid, id)),
+            Err(e) => {
+                self.bytes_of(id);
+                handoff::reset(socket);
+                plan.log_unconnected(Outcome::ForkFailed, e);
+                self.backoff.pause(sys::monotonic_ms(), e);
+                Err(e)
+            }
+        }
+    }
+
+    /// Resets a client that needs a process while forking is paused, without trying to fork: the
+    /// fork that started the pause failed, and so would this one. Logged as that failure (at most
+    /// [`BACKOFF_RESETS_LOGGED_PER_SEC`] lines a second, the rest counted).
+    pub(crate) fn refuse_in_backoff(&mut self, socket: &Socket, conn: &Conn) {
+        handoff::reset(socket);
+        let now = sys::monotonic_ms();
+        self.log_left_out(now);
+        if self.backoff_log.admit(now) {
+            self.plan(socket, conn, None)
+                .log_unconnected(Outcome::ForkFailed, self.backoff.error);
+        }
+    }
+
+    /// Once a second with more back-off resets than were logged is over: how many were not.
+    pub(crate) fn log_left_out(&mut self, now: u64) {
+        if let Some(n) = self.backoff_log.take_left_out(now) {
+            log!(
+                "event=fork-failures-not-logged outcome=fork-failed error={:?} count={n} \
+                 max_per_second={BACKOFF_RESETS_LOGGED_PER_SEC} note=\"clients reset during fork back-offs\"",
+                self.backoff.error
+            );
+        }
+    }
+
+    /// When the loop must wake to log a count of back-off resets, if it must.
+    pub(crate) fn due_at(&self) -> Option<u64> {
+        self.backoff_log.due_at()
+    }
+
+    /// What the connection process of `conn` needs, as plain data.
+    fn plan(&self, socket: &Socket, conn: &Conn, bytes: Option<&'static ByteRecord>) -> Plan {
         let route = conn.route();
         let options = &route.mapping.options;
         let name = conn.routes.name(conn.chosen);
-        let plan = Plan {
+        Plan {
             client: socket.as_raw_fd(),
             ticket: None,
             targets: Targets::new(&route.targets),
@@ -91,73 +149,34 @@ impl Launcher {
             idle_timeout_ms: options.idle_timeout.map_or(0, |t| t.as_millis().max(1) as u64),
             keepalive_secs: options.keepalive.map_or(0, |t| t.as_secs().max(1) as u32),
             totals: self.totals,
-            bytes: lent.map(|(_, record)| record),
+            bytes,
             max_rate: options.max_rate.unwrap_or(0),
-        };
-        self.exclusions.refresh();
-        let id = lent.map(|(id, _)| id);
-        match hand_off(&mut self.pad, &mut self.slots, socket, plan) {
-            Ok(pid) => Ok((pid, id)),
-            Err(e) => {
-                self.bytes_of(id);
-                handoff::reset(socket);
-                plan.log_unconnected(Outcome::ForkFailed, e);
-                self.backoff.pause(sys::monotonic_ms());
-                Err(e)
-            }
         }
     }
 }
 
-/// A pause after a failure, and what waits for its end.
-pub(crate) struct Backoff<T> {
+/// The pause after a failed fork, and that fork's error.
+pub(crate) struct Backoff {
     until: u64,
-    deferred: Vec<T>,
+    pub(crate) error: Errno,
 }
 
-impl<T> Backoff<T> {
+impl Backoff {
     pub(crate) fn new() -> Self {
         Backoff {
             until: 0,
-            deferred: Vec::new(),
+            error: Errno::UnknownErrno,
         }
     }
 
-    /// Pauses for [`BACKOFF_MS`] from `now`.
-    pub(crate) fn pause(&mut self, now: u64) {
+    /// Pauses for [`BACKOFF_MS`] from `now`, after a fork failed with `error`.
+    pub(crate) fn pause(&mut self, now: u64, error: Errno) {
         self.until = now + BACKOFF_MS;
+        self.error = error;
     }
 
     pub(crate) fn paused(&self, now: u64) -> bool {
         now < self.until
-    }
-
-    /// When the pause ends (in the past when there is none).
-    pub(crate) fn until(&self) -> u64 {
-        self.until
-    }
-
-    /// Keeps `item` until the pause is over.
-    pub(crate) fn defer(&mut self, item: T) {
-        self.deferred.push(item);
-    }
-
-    /// When the loop must wake for deferred items, if there are any.
-    pub(crate) fn due_at(&self) -> Option<u64> {
-        (!self.deferred.is_empty()).then_some(self.until)
-    }
-
-    /// The deferred items, once the pause is over.
-    pub(crate) fn take_due(&mut self, now: u64) -> Vec<T> {
-        if now >= self.until && !self.deferred.is_empty() {
-            std::mem::take(&mut self.deferred)
-        } else {
-            Vec::new()
-        }
-    }
-
-    pub(crate) fn clear(&mut self) {
-        self.deferred.clear();
     }
 }
 
@@ -166,21 +185,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn deferred_items_wait_for_the_end_of_the_pause() {
+    fn a_pause_lasts_the_back_off_and_keeps_its_error() {
         let mut backoff = Backoff::new();
         assert!(!backoff.paused(0));
-        assert_eq!(backoff.due_at(), None);
-        backoff.pause(1_000);
+        backoff.pause(1_000, Errno::EAGAIN);
         assert!(backoff.paused(1_000 + BACKOFF_MS - 1));
         assert!(!backoff.paused(1_000 + BACKOFF_MS));
-        backoff.defer('a');
-        backoff.defer('b');
-        assert_eq!(backoff.due_at(), Some(1_000 + BACKOFF_MS));
-        assert!(backoff.take_due(1_050).is_empty());
-        assert_eq!(backoff.take_due(1_000 + BACKOFF_MS), ['a', 'b']);
-        assert_eq!(backoff.due_at(), None);
-        backoff.defer('c');
-        backoff.clear();
-        assert!(backoff.take_due(u64::MAX).is_empty());
+        assert_eq!(backoff.error, Errno::EAGAIN);
     }
 }

@@ -4,8 +4,8 @@
 //! One epoll set holds the listeners (edge-triggered, `EPOLLEXCLUSIVE`), the accepted sockets that
 //! wait for their first byte, the signal self-pipe and the hand-off eventfd; each event says which
 //! by its [`Token`]. The loop blocks nowhere but in `epoll_wait`, whose timeout is the nearest
-//! deadline (a silent client's first-byte timeout, a paused listener's retry, the end of a fork
-//! back-off, the drain deadline), and it is the only thread that forks.
+//! deadline (a silent client's first-byte timeout, a paused listener's retry, the drain deadline,
+//! a count of log lines left out), and it is the only thread that forks.
 //!
 //! Its concerns, each a small type: [`admission`] (who may come in, and how many), [`waiting`]
 //! (sockets waiting for their first byte), [`launcher`] (forking connection processes, with the
@@ -34,6 +34,7 @@ use crate::log;
 use crate::log::Quoted;
 use crate::metrics::{ListenerMetrics, MetricsServer};
 use crate::options::Options;
+use crate::resolver::Resolver;
 use crate::route::Condition;
 use crate::signals::{Signal, Signals};
 use crate::sys;
@@ -231,6 +232,12 @@ pub(crate) struct EventLoop {
     peek_buf: Box<[u8]>,
     /// `--metrics`: the registry and its endpoint.
     observer: Option<Observer>,
+    /// Resolves a reload's targets off the loop (only with a configuration file to reload).
+    resolver: Option<Resolver>,
+    /// Reloads asked for so far; the newest is the one whose answer is applied.
+    reloads: u64,
+    /// A reload is waiting for its targets: the newest one's number.
+    reload_pending: Option<u64>,
 }
 
 impl EventLoop {
@@ -252,6 +259,7 @@ impl EventLoop {
         // The accept threads exclude their own stacks as they start.
         let launcher = Launcher::new(slots, settings.max_connections)?;
         let observer = metrics.map(|server| Observer::new(server, &epoll)).transpose()?;
+        let resolver = settings.config.is_some().then(Resolver::start).transpose()?;
         let mut this = EventLoop {
             epoll,
             services: Vec::new(),
@@ -268,9 +276,16 @@ impl EventLoop {
             refusals_log: log::Throttle::new(accept::REFUSALS_LOGGED_PER_SEC),
             peek_buf: vec![0; crate::route::PEEK_LIMIT].into_boxed_slice(),
             observer,
+            resolver,
+            reloads: 0,
+            reload_pending: None,
         };
         let notify = EpollEvent::new(EpollFlags::EPOLLIN, Token::Handoff.encode());
         this.epoll.add(this.launcher.notify_fd(), notify)?;
+        if let Some(resolver) = &this.resolver {
+            let answers = EpollEvent::new(EpollFlags::EPOLLIN, Token::Resolver.encode());
+            this.epoll.add(resolver.notify_fd(), answers)?;
+        }
         for service in services {
             this.add_service(service)?;
         }
@@ -299,6 +314,7 @@ impl EventLoop {
                     Token::Handoff => self.launcher.reclaim(),
                     Token::MetricsListener => self.on_metrics_listener(),
                     Token::MetricsClient(fd) => self.on_metrics_client(fd),
+                    Token::Resolver => self.on_resolved(),
                 }
             }
             self.on_timers();
@@ -320,7 +336,7 @@ impl EventLoop {
         let next = [
             self.draining,
             self.waiting.next_deadline(),
-            self.launcher.backoff.due_at(),
+            self.launcher.due_at(),
             self.refusals_log.due_at(),
             self.observer.as_ref().and_then(Observer::next_deadline),
         ]
@@ -368,11 +384,12 @@ impl EventLoop {
     }
 
     /// Hands an active client off: back to blocking, then the connection process is forked (or,
-    /// during a fork back-off, the client waits out of the epoll set).
+    /// during a fork back-off, the client is reset at once: the fork would fail too).
     fn dispatch(&mut self, socket: Socket, conn: Conn) {
         if self.launcher.backoff.paused(sys::monotonic_ms()) {
-            // A fork just failed: this client waits (out of the epoll set) until the pause ends.
-            self.launcher.backoff.defer((socket, conn));
+            self.launcher.refuse_in_backoff(&socket, &conn);
+            self.stats.outcomes.add(Outcome::ForkFailed);
+            self.release(&conn);
             return;
         }
         let _ = socket.set_nonblocking(false);
@@ -404,6 +421,7 @@ impl EventLoop {
         let now = sys::monotonic_ms();
         self.log_left_out_refusals(now);
         self.expire_metrics_clients(now);
+        self.launcher.log_left_out(now);
         // Silent clients past their first-byte timeout (or a routed listener's timeout route).
         while let Some((fd, (socket, conn))) = self.waiting.pop_expired(now) {
             let Some((socket, conn)) = self.on_routed_deadline(fd, socket, conn, now) else {
@@ -426,9 +444,6 @@ impl EventLoop {
                 );
             }
             self.release(&conn);
-        }
-        for (socket, conn) in self.launcher.backoff.take_due(now) {
-            self.dispatch(socket, conn);
         }
         // Listeners that stopped short: retry when due, or when the cap has room again.
         for slot in 0..self.services.len() {
@@ -474,7 +489,6 @@ impl EventLoop {
         for (socket, _) in self.waiting.drain() {
             let _ = self.epoll.delete(socket.as_fd());
         }
-        self.launcher.backoff.clear();
         let now = sys::monotonic_ms();
         let deadline = match drain_ms {
             Some(ms) => now + ms,

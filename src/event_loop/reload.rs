@@ -2,16 +2,25 @@
 //! mappings; `SIGUSR2`: reopen the log only (what logrotate needs, without applying configuration
 //! edits not meant to be live yet). Main process.
 //!
+//! The file is read and parsed at once; its targets are resolved by the resolver thread, and the
+//! loop serves the current mappings until the answer comes (a DNS server that does not answer
+//! costs the reload glibc's retry time, not every client that time). A `SIGHUP` while a reload
+//! waits for its names supersedes it: the newest file is the one applied (once the lookup in
+//! progress is over: `getaddrinfo` cannot be interrupted), the older answer is dropped.
+//!
 //! New listeners are opened, removed ones closed, unchanged ones kept (no connection refused
-//! meanwhile). All or nothing: a file with errors, or a listener that cannot be opened, leaves
-//! every mapping as it was. Connections in flight keep the route they started with, and a client
-//! still waiting on a routed listener keeps the route set it was accepted with (it is decided
-//! against those routes, and its timeouts are theirs); new clients get the new routes.
+//! meanwhile). All or nothing: a file with errors, a target that does not resolve, or a listener
+//! that cannot be opened, leaves every mapping as it was. Connections in flight keep the route
+//! they started with, and a client still waiting on a routed listener keeps the route set it was
+//! accepted with (it is decided against those routes, and its timeouts are theirs); new clients
+//! get the new routes.
 
 use super::{EventLoop, Route, Routes, Service};
+use crate::config::{self, Mapping};
 use crate::log::Quoted;
 use crate::log_sink::{self, Destination};
-use crate::{config, grouping, listener, log};
+use crate::resolver::{Answer, Request};
+use crate::{grouping, listener, log};
 use socket2::Socket;
 use std::net::SocketAddr;
 use std::os::fd::AsFd;
@@ -73,15 +82,61 @@ impl EventLoop {
             log!("event=reload-skipped reason=no-config note=\"started without --config\"");
             return;
         };
-        let (mappings, targets) = match config::load(path, base) {
+        if self.reload_pending.take().is_some() {
+            log!("event=reload-superseded note=\"by a newer SIGHUP; the newest file is the one applied\"");
+        }
+        self.reloads += 1;
+        let mappings = match config::load_unresolved(path, base) {
             Ok(found) => found,
-            Err(errors) => {
-                for line in errors.lines() {
-                    log!("event=reload-rejected error={}", Quoted(line));
-                }
-                self.log_kept();
-                return;
+            Err(errors) => return self.reject(&errors),
+        };
+        // Names (not address literals) may keep the reload waiting for DNS: say so.
+        let names = mappings
+            .iter()
+            .filter(|m| crate::target::unbracket(&m.host).parse::<std::net::IpAddr>().is_err())
+            .count();
+        if names > 0 {
+            log!("event=reload-resolving names={names} note=\"the current mappings serve meanwhile\"");
+        }
+        let request = Request {
+            id: self.reloads,
+            mappings,
+        };
+        match self.resolver.as_ref().map(|r| r.ask(request)) {
+            Some(Ok(())) => self.reload_pending = Some(self.reloads),
+            Some(Err(e)) => self.reject(&format!("cannot resolve the targets: {e}")),
+            None => self.reject("cannot resolve the targets: no resolver"),
+        }
+    }
+
+    /// The resolver answered: applies the newest reload's answer (older ones were superseded).
+    pub(super) fn on_resolved(&mut self) {
+        let answers = self.resolver.as_ref().map(|r| r.answers()).unwrap_or_default();
+        for answer in answers {
+            if self.reload_pending == Some(answer.id) && self.draining.is_none() {
+                self.reload_pending = None;
+                self.apply(answer);
             }
+        }
+    }
+
+    /// Logs why a reload was rejected, one line each, then what goes on being served.
+    fn reject(&self, errors: &str) {
+        for line in errors.lines() {
+            log!("event=reload-rejected error={}", Quoted(line));
+        }
+        self.log_kept();
+    }
+
+    fn apply(&mut self, answer: Answer) {
+        let Some((path, _)) = &self.settings.config else {
+            return;
+        };
+        let path = path.clone();
+        let mappings: Vec<Mapping> = answer.mappings;
+        let targets = match answer.targets {
+            Ok(targets) => targets,
+            Err(errors) => return self.reject(&config::located(&path, &errors)),
         };
         let current: Vec<Option<SocketAddr>> = self
             .services
@@ -105,9 +160,7 @@ impl EventLoop {
                 Err(e) => {
                     let m = routes.listener();
                     let error = m.bind_error(format!("cannot listen on {}: {e}", m.bind));
-                    log!("event=reload-rejected error={}", Quoted(error.located(path)));
-                    self.log_kept();
-                    return;
+                    return self.reject(&error.located(&path));
                 }
             }
         }

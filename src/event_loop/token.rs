@@ -17,6 +17,8 @@ pub(crate) enum Token {
     MetricsListener,
     /// A scrape client of the `--metrics` endpoint, by its descriptor.
     MetricsClient(RawFd),
+    /// The resolver's eventfd: a reload's targets are resolved.
+    Resolver,
 }
 
 const SIGNALS: u64 = u64::MAX;
@@ -24,6 +26,7 @@ const HANDOFF: u64 = u64::MAX - 1;
 const METRICS_LISTENER: u64 = u64::MAX - 2;
 /// Scrape clients' descriptors from here up, below the listeners.
 const METRICS_CLIENT_BASE: u64 = 1 << 39;
+const RESOLVER: u64 = u64::MAX - 3;
 /// Listeners from here up; descriptors (below 2^31) below it.
 const LISTENER_BASE: u64 = 1 << 40;
 
@@ -33,6 +36,7 @@ impl Token {
         match self {
             Token::Signals => SIGNALS,
             Token::Handoff => HANDOFF,
+            Token::Resolver => RESOLVER,
             Token::Listener(slot) => LISTENER_BASE + slot as u64,
             Token::Waiting(fd) => {
                 debug_assert!(fd >= 0);
@@ -52,6 +56,7 @@ impl Token {
             SIGNALS => Token::Signals,
             HANDOFF => Token::Handoff,
             METRICS_LISTENER => Token::MetricsListener,
+            RESOLVER => Token::Resolver,
             d if d >= LISTENER_BASE => Token::Listener((d - LISTENER_BASE) as usize),
             d if d >= METRICS_CLIENT_BASE => Token::MetricsClient((d - METRICS_CLIENT_BASE) as RawFd),
             d => Token::Waiting(d as RawFd),
@@ -68,6 +73,7 @@ mod tests {
         let tokens = [
             Token::Signals,
             Token::Handoff,
+            Token::Resolver,
             Token::Listener(0),
             Token::Listener(7),
             Token::Listener(1 << 20),

@@ -183,3 +183,10 @@ impl<T: SharedZeroed> SharedArray<T> {
         self.values.len()
     }
 }
+
+/// Hands the free pages of the malloc heap back to the system (`malloc_trim`). Main process only:
+/// it takes malloc's lock.
+pub(crate) fn trim_heap() {
+    // SAFETY: malloc_trim only releases memory malloc holds free; no live allocation is touched.
+    unsafe { libc::malloc_trim(0) };
+}

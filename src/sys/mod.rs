@@ -14,7 +14,7 @@ mod memory;
 mod socket;
 
 pub(crate) use memory::{
-    SharedArray, SharedPage, SharedZeroed, exclude_from_children, map_with_guard, page_size, program_break,
+    SharedArray, SharedPage, SharedZeroed, exclude_from_children, map_with_guard, page_size, program_break, trim_heap,
 };
 pub(crate) use socket::{
     TCP_CLOSE, connect, peek, peek_waiting, pipe, poll_one, send_nowait, set_abortive_close, set_nonblocking,

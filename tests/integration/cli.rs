@@ -4,7 +4,9 @@
 use crate::util::*;
 use std::io::Write;
 use std::net::{Ipv6Addr, SocketAddr, TcpListener};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
+use std::time::Duration;
 
 fn run(args: &[&str]) -> Output {
     Command::new(BIN).args(args).output().expect("run portfwd")
@@ -200,4 +202,105 @@ fn man_page_and_completions() {
 
     // --man prints the page and nothing else: it takes no other argument.
     fails_with(&["--man", "1", "h", "2"], "--man");
+}
+
+/// Makes a FIFO at `path`.
+pub fn mkfifo(path: &Path) {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: mkfifo reads a live NUL-terminated path.
+    let made = unsafe { libc::mkfifo(c.as_ptr(), 0o600) };
+    assert_eq!(made, 0, "mkfifo {}", path.display());
+}
+
+/// `portfwd --check-config FILE`, killed (by pid) if it has not ended within 10 s: exit code,
+/// stdout, stderr.
+fn check_config(file: &Path) -> (Option<i32>, String, String) {
+    let mut child = Command::new(BIN)
+        .arg("--check-config")
+        .arg(file)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The output is small: it fits in the pipes while we wait.
+    let code = wait_child(&mut child, Duration::from_secs(10));
+    let read = |r: Option<&mut dyn std::io::Read>| {
+        let mut text = Vec::new();
+        if let Some(r) = r {
+            r.read_to_end(&mut text).unwrap();
+        }
+        String::from_utf8_lossy(&text).into_owned()
+    };
+    let out = read(child.stdout.as_mut().map(|s| s as &mut dyn std::io::Read));
+    let err = read(child.stderr.as_mut().map(|s| s as &mut dyn std::io::Read));
+    (code, out, err)
+}
+
+/// Asserts exit status 2 and exactly the one line `expected` on stderr.
+fn check_config_fails(file: &Path, expected: &str) {
+    let (code, out, err) = check_config(file);
+    assert_eq!(code, Some(2), "{}: {err}", file.display());
+    assert_eq!(err, format!("{expected}\n"), "{}", file.display());
+    assert!(out.is_empty(), "{out}");
+}
+
+#[test]
+fn check_config_refuses_what_is_not_a_regular_file_without_waiting_on_it() {
+    let dir = TempDir::new("check-kinds");
+    let fifo = dir.join("setup.config");
+    mkfifo(&fifo);
+    // No writer ever comes: a reader that waited for one would hang (and be killed at 10 s).
+    check_config_fails(
+        &fifo,
+        &format!("portfwd: {}: not a regular file (a FIFO)", fifo.display()),
+    );
+    check_config_fails(
+        Path::new("/dev/zero"),
+        "portfwd: /dev/zero: not a regular file (a character device)",
+    );
+    check_config_fails(
+        dir.path(),
+        &format!("portfwd: {}: not a regular file (a directory)", dir.path().display()),
+    );
+}
+
+#[test]
+fn check_config_on_the_bytes_of_a_file() {
+    let dir = TempDir::new("check-bytes");
+    let file = dir.join("setup.config");
+    let f = file.display().to_string();
+    // A byte order mark is accepted, and not part of line 1.
+    std::fs::write(&file, "\u{feff}7005 -> 127.0.0.1:8005\n").unwrap();
+    let (code, out, err) = check_config(&file);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(out, "[::]:7005 -> 127.0.0.1:8005\n");
+    // A byte that is not UTF-8 is located (columns count bytes) and shown, not printed raw.
+    std::fs::write(&file, b"7005 -> 127.0.0.1:8005\n7006 -> caf\xe9:1\n").unwrap();
+    check_config_fails(
+        &file,
+        &format!("portfwd: {f}:2:12: invalid UTF-8 (byte \\xe9): the file must be UTF-8 text"),
+    );
+    // A 10 MB word is echoed cut to 64 characters.
+    let mut long = "x".repeat(10_000_000);
+    long.push_str(" -> 127.0.0.1:8005\n");
+    std::fs::write(&file, &long).unwrap();
+    let (code, _, err) = check_config(&file);
+    assert_eq!(code, Some(2));
+    assert_eq!(err.lines().count(), 1, "{}", &err[..err.len().min(400)]);
+    assert!(err.len() < 300, "{} bytes: {}", err.len(), &err[..err.len().min(400)]);
+    assert!(err.contains(&format!("'{}…'", "x".repeat(64))), "{err}");
+    // A control byte is escaped, not sent to the terminal.
+    std::fs::write(&file, "7005 -> 127.0.0.1:8005 colour\u{1b}[31m=red\n").unwrap();
+    let (code, _, err) = check_config(&file);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("colour\\x1b[31m"), "{err}");
+    assert!(!err.contains('\u{1b}'), "{err:?}");
+    // A file over 16 MiB is refused by its size, before anything is read (a sparse one here).
+    let big = std::fs::File::create(&file).unwrap();
+    big.set_len((16 << 20) + 1).unwrap();
+    check_config_fails(
+        &file,
+        &format!("portfwd: {f}: larger than 16 MiB, the limit for a configuration file"),
+    );
 }

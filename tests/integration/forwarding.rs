@@ -304,7 +304,13 @@ fn pumps_do_not_get_the_descriptor_table_of_the_clients_still_waiting() {
         return skip(why);
     }
     let backend = Backend::start(echo);
-    let fwd = Forwarder::start(BIN, &["--first-byte-timeout", "300"], "127.0.0.1", backend.port);
+    // All from 127.0.0.1: beyond the default max_per_source (256).
+    let fwd = Forwarder::start(
+        BIN,
+        &["--first-byte-timeout", "300", "--max-per-source", "off"],
+        "127.0.0.1",
+        backend.port,
+    );
     let baseline = fd_targets(fwd.pid()).len();
     let mut waiting: Vec<TcpStream> = (0..WAITING).map(|_| fwd.connect()).collect();
     assert!(
@@ -363,7 +369,8 @@ fn regions(pid: u32) -> Vec<(String, String)> {
 #[test]
 fn pumps_get_neither_the_main_heap_nor_the_main_stack() {
     let backend = Backend::start(echo);
-    let fwd = Forwarder::start(BIN, &[], "127.0.0.1", backend.port);
+    // 300 clients from 127.0.0.1: beyond the default max_per_source (256).
+    let fwd = Forwarder::start(BIN, &["--max-per-source", "off"], "127.0.0.1", backend.port);
     let heap_at_start: Vec<(String, String)> = regions(fwd.pid()).into_iter().filter(|(_, r)| r == "[heap]").collect();
     // Enough connections to grow the main process's heap after start-up, which must be kept out
     // of later children too.

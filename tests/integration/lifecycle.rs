@@ -446,6 +446,203 @@ fn sighup_reload_adds_removes_and_keeps_mappings_while_a_transfer_runs() {
 }
 
 #[test]
+fn sighup_reload_rejected_for_a_busy_port_or_a_fifo_keeps_serving() {
+    let backend = Backend::start(echo);
+    let dir = TempDir::new("reload-rejected");
+    let file = dir.join("r.config");
+    let kept = free_port();
+    let first = format!("127.0.0.1:{kept} -> 127.0.0.1:{}\n", backend.port);
+    write(&file, &first);
+    let fwd = Forwarder::spawn(BIN, &["--config".into(), file.display().to_string()], kept).expect("start");
+    let f = file.display();
+
+    // A port someone else holds: the whole reload is rejected, located at the listen address.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let busy = taken.local_addr().unwrap();
+    write(&file, &format!("{first}  {busy} -> 127.0.0.1:{}\n", backend.port));
+    fwd.signal(libc::SIGHUP);
+    let kept_line = "event=reload-rejected kept=1 note=\"keeping the current mappings\"";
+    assert!(
+        fwd.wait_log_count(kept_line, 1, Duration::from_secs(10)),
+        "{}",
+        fwd.log_text()
+    );
+    let log = fwd.log_text();
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains("reload")).collect();
+    assert_eq!(lines.len(), 2, "{log}");
+    let cause = format!("event=reload-rejected error=\"{f}:2:3: cannot listen on {busy}: ");
+    assert!(lines[0].contains(&cause), "expected '{cause}' in:\n{log}");
+    assert!(lines[1].ends_with(kept_line), "{log}");
+    assert_eq!(exchange(kept, b"still").unwrap(), b"still");
+
+    // The file replaced by a FIFO: refused at once (no writer is waited for), still serving.
+    std::fs::remove_file(&file).unwrap();
+    crate::cli::mkfifo(&file);
+    fwd.signal(libc::SIGHUP);
+    assert!(
+        fwd.wait_log_count(kept_line, 2, Duration::from_secs(10)),
+        "{}",
+        fwd.log_text()
+    );
+    let fifo = format!("event=reload-rejected error=\"{f}: not a regular file (a FIFO)\"");
+    assert_eq!(fwd.count_lines(&fifo), 1, "{}", fwd.log_text());
+    assert_eq!(exchange(kept, b"again").unwrap(), b"again");
+    let mut fwd = fwd;
+    assert!(fwd.alive());
+    drop(taken);
+}
+
+/// Moves the calling thread (and what it starts from now on) to a network namespace of its own,
+/// with its loopback up, and a mount namespace whose /etc/resolv.conf names a DNS server on
+/// 127.0.0.1:53 that never answers (the socket returned: it takes the queries and reads none).
+/// `Err` says why that cannot be done here.
+fn isolate_with_a_silent_dns_server(dir: &TempDir) -> Result<std::net::UdpSocket, String> {
+    if !is_root() {
+        return Err("needs root for network and mount namespaces of its own".into());
+    }
+    let conf = dir.join("resolv.conf");
+    write(&conf, "nameserver 127.0.0.1\noptions timeout:2 attempts:2\n");
+    let c = |p: &Path| std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: unshare and mount change only this thread's namespaces and the mounts of its new
+    // mount namespace; every string is a live NUL-terminated CString.
+    unsafe {
+        if libc::unshare(libc::CLONE_NEWNET | libc::CLONE_NEWNS) != 0 {
+            return Err(format!("unshare: {}", std::io::Error::last_os_error()));
+        }
+        let root = c(Path::new("/"));
+        let flags = libc::MS_REC | libc::MS_PRIVATE;
+        if libc::mount(
+            std::ptr::null(),
+            root.as_ptr(),
+            std::ptr::null(),
+            flags,
+            std::ptr::null(),
+        ) != 0
+        {
+            return Err(format!("making / private: {}", std::io::Error::last_os_error()));
+        }
+        let (from, to) = (c(&conf), c(Path::new("/etc/resolv.conf")));
+        if libc::mount(
+            from.as_ptr(),
+            to.as_ptr(),
+            std::ptr::null(),
+            libc::MS_BIND,
+            std::ptr::null(),
+        ) != 0
+        {
+            return Err(format!(
+                "bind-mounting /etc/resolv.conf: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+    }
+    let up = Command::new("ip").args(["link", "set", "lo", "up"]).status();
+    if !up.is_ok_and(|s| s.success()) {
+        return Err("`ip link set lo up` failed (iproute2 missing?)".into());
+    }
+    std::net::UdpSocket::bind("127.0.0.1:53").map_err(|e| format!("binding 127.0.0.1:53: {e}"))
+}
+
+/// Round trips through `port` while `busy` lasts; returns the slowest.
+fn slowest_round_trip(port: u16, busy: Duration) -> Duration {
+    let start = Instant::now();
+    let mut slowest = Duration::ZERO;
+    while start.elapsed() < busy {
+        let t = Instant::now();
+        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        round_trip(&mut s, b"still here");
+        slowest = slowest.max(t.elapsed());
+        thread::sleep(Duration::from_millis(50));
+    }
+    slowest
+}
+
+#[test]
+fn a_reload_waiting_for_a_silent_dns_server_does_not_stop_the_current_mappings() {
+    let dir = TempDir::new("reload-dns");
+    let _dns = match isolate_with_a_silent_dns_server(&dir) {
+        Ok(socket) => socket,
+        Err(why) => return skip(why),
+    };
+    let backend = Backend::start(echo);
+    let file = dir.join("r.config");
+    let (kept, stalled, added) = (free_port(), free_port(), free_port());
+    let first = format!("127.0.0.1:{kept} -> 127.0.0.1:{}\n", backend.port);
+    write(&file, &first);
+    let fwd = Forwarder::spawn(BIN, &["--config".into(), file.display().to_string()], kept).expect("start");
+
+    // 1. A name the DNS server never answers for: the lookup takes the resolver's whole retry time
+    //    (2 attempts of 2 s). Meanwhile the current mapping serves as promptly as ever.
+    write(
+        &file,
+        &format!("{first}127.0.0.1:{stalled} -> stall.portfwd.example:80\n"),
+    );
+    let hup = Instant::now();
+    fwd.signal(libc::SIGHUP);
+    let slowest = slowest_round_trip(kept, Duration::from_millis(1500));
+    println!("during a reload waiting for DNS, the slowest round trip took {slowest:?}");
+    assert!(slowest < Duration::from_millis(500), "a round trip took {slowest:?}");
+    assert_eq!(
+        fwd.count_lines("event=reload-resolving names=1 "),
+        1,
+        "{}",
+        fwd.log_text()
+    );
+    assert_eq!(
+        fwd.count_lines("event=reload-rejected"),
+        0,
+        "not over yet:\n{}",
+        fwd.log_text()
+    );
+    // Then the lookup gives up and the reload is rejected as a whole; the old mapping goes on.
+    assert!(
+        fwd.wait_log_count("event=reload-rejected kept=1 ", 1, Duration::from_secs(30)),
+        "{}",
+        fwd.log_text()
+    );
+    let waited = hup.elapsed();
+    let log = fwd.log_text();
+    let cause = format!(
+        "event=reload-rejected error=\"{}:2:{}: cannot resolve host 'stall.portfwd.example'",
+        file.display(),
+        15 + stalled.to_string().len()
+    );
+    assert!(log.contains(&cause), "expected '{cause}' in:\n{log}");
+    assert!(
+        waited >= Duration::from_secs(3),
+        "rejected after {waited:?}: was the DNS server asked?"
+    );
+    assert_eq!(exchange(kept, b"old").unwrap(), b"old");
+    assert!(refused(stalled));
+
+    // 2. A SIGHUP while a reload waits supersedes it: the newest file is applied, the older
+    //    answer dropped.
+    fwd.signal(libc::SIGHUP);
+    // Once it has read the file (and waits for the name), the file changes and a SIGHUP follows.
+    assert!(
+        fwd.wait_log_count("event=reload-resolving names=1 ", 2, Duration::from_secs(5)),
+        "{}",
+        fwd.log_text()
+    );
+    write(
+        &file,
+        &format!("{first}127.0.0.1:{added} -> 127.0.0.1:{}\n", backend.port),
+    );
+    assert!(slowest_round_trip(kept, Duration::from_millis(200)) < Duration::from_millis(500));
+    fwd.signal(libc::SIGHUP);
+    assert!(
+        fwd.wait_log_count("event=reload-done added=1 removed=0 kept=1", 1, Duration::from_secs(30)),
+        "{}",
+        fwd.log_text()
+    );
+    assert_eq!(fwd.count_lines("event=reload-superseded"), 1, "{}", fwd.log_text());
+    assert_eq!(fwd.count_lines("cannot resolve host"), 1, "{}", fwd.log_text());
+    assert_eq!(exchange(added, b"new").unwrap(), b"new");
+    assert_eq!(exchange(kept, b"old").unwrap(), b"old");
+}
+
+#[test]
 fn sighup_reopens_the_log_file() {
     let backend = Backend::start(echo);
     let dir = TempDir::new("logrotate");

@@ -302,6 +302,57 @@ fn max_per_source_refuses_the_extra_connection_from_one_address_only() {
 }
 
 #[test]
+fn defaults_bound_one_address_to_256_connections_and_log_the_idle_timeout() {
+    // With no option given, one address that opens connections and never lets them go is
+    // bounded: by max_per_source (256), and each connection by idle_timeout (600 s). Before, the
+    // defaults let it hold 10,000 connections, 20,000 processes, for ever.
+    const PER_SOURCE: usize = 256;
+    let _turn = serial();
+    if let Err(why) = need_descriptors(2 * PER_SOURCE as u64 + 300) {
+        return skip(why);
+    }
+    let backend = Backend::start(echo);
+    let fwd = Forwarder::start(BIN, &[], "127.0.0.1", backend.port);
+    let log = fwd.log_text();
+    let limits = log
+        .lines()
+        .find(|l| l.contains(" event=limits "))
+        .unwrap_or_else(|| panic!("{log}"));
+    assert!(
+        limits.contains(" max_per_source=256 idle_timeout=600 first_byte_timeout=60"),
+        "{limits}"
+    );
+    // The connection cap is the host's, and the line says where it comes from.
+    assert!(
+        limits.contains(" event=limits max_connections=") && limits.contains(" reason=\"a quarter of ")
+            || limits.contains(" reason=\"at most 10000 by default;"),
+        "{limits}"
+    );
+    // Silent clients count (they hold a descriptor each); the one past 256 is refused at once.
+    let held: Vec<TcpStream> = (0..PER_SOURCE)
+        .map(|_| connect_from(v4(4), fwd.addr()).unwrap())
+        .collect();
+    assert!(
+        wait_until(Duration::from_secs(10), || field(&fwd.stats(), "waiting")
+            == PER_SOURCE as u64),
+        "{}",
+        fwd.stats()
+    );
+    assert!(
+        !served_from(v4(4), fwd.addr()),
+        "connection {} from 127.0.0.4",
+        PER_SOURCE + 1
+    );
+    assert!(
+        fwd.wait_log_count("reason=max-per-source", 1, Duration::from_secs(5)),
+        "{}",
+        fwd.log_text()
+    );
+    echo_check(connect_from(v4(5), fwd.addr()).unwrap(), 3, 1000).unwrap();
+    drop(held);
+}
+
+#[test]
 fn a_flood_of_refused_clients_is_logged_twenty_lines_a_second_and_counted_in_full() {
     const FLOOD: u64 = 300;
     // A rate over wall-clock seconds: no other heavy test meanwhile.
@@ -357,7 +408,13 @@ fn slow_loris_two_thousand_silent_sockets_are_closed_after_the_first_byte_timeou
         return skip(why);
     }
     let backend = Backend::start(echo);
-    let fwd = Forwarder::start(BIN, &["--first-byte-timeout", "3"], "127.0.0.1", backend.port);
+    // All from 127.0.0.1: beyond the default max_per_source (256).
+    let fwd = Forwarder::start(
+        BIN,
+        &["--first-byte-timeout", "3", "--max-per-source", "off"],
+        "127.0.0.1",
+        backend.port,
+    );
     let baseline = procs::socket_fds(fwd.pid()).len();
     let start = Instant::now();
     let mut silent = Vec::with_capacity(SILENT);
@@ -396,6 +453,68 @@ fn slow_loris_two_thousand_silent_sockets_are_closed_after_the_first_byte_timeou
     assert_eq!(field(&line, "waiting"), 0, "{line}");
     // And service goes on.
     echo_check(fwd.connect(), 99, 64 * KIB).unwrap();
+}
+
+/// The main process's resident memory, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    procs::status(pid, "VmRSS")
+        .trim_end_matches(" kB")
+        .parse()
+        .expect("VmRSS in kB")
+}
+
+/// `n` clients that connect and reset at once, from two threads; returns how many connected.
+fn connect_and_reset(addr: SocketAddr, n: usize, limit: Duration) -> usize {
+    let done = AtomicUsize::new(0);
+    let start = Instant::now();
+    thread::scope(|scope| {
+        for _ in 0..2 {
+            scope.spawn(|| {
+                while start.elapsed() < limit && done.fetch_add(1, Ordering::SeqCst) < n {
+                    match TcpStream::connect(addr) {
+                        Ok(s) => abort(s),
+                        Err(_) => thread::sleep(Duration::from_millis(1)),
+                    }
+                }
+            });
+        }
+    });
+    done.load(Ordering::SeqCst).min(n)
+}
+
+#[test]
+fn a_connect_and_reset_flood_leaves_the_main_process_memory_where_it_was() {
+    // Each client is gone long before its first-byte deadline (600 s). The main process must keep
+    // memory for the sockets that wait now, not for every one it ever accepted: before the fix,
+    // each left 16 bytes of deadline behind for 600 s (150,000 clients: RSS +4.3 MiB, measured).
+    const FLOOD: usize = 150_000;
+    let _turn = serial();
+    let backend = Backend::start(echo);
+    let fwd = Forwarder::start(BIN, &["--first-byte-timeout", "600"], "127.0.0.1", backend.port);
+    let settled = |sent: usize| {
+        wait_until(Duration::from_secs(20), || {
+            let line = fwd.stats();
+            field(&line, "waiting") == 0 && field(&line, "accepted") as usize >= sent
+        })
+    };
+    // A first, smaller flood brings the allocator and the tables to their working size.
+    let warm = connect_and_reset(fwd.addr(), 5_000, Duration::from_secs(10));
+    assert!(settled(warm), "{}", fwd.stats());
+    let baseline = rss_kib(fwd.pid());
+    let t0 = Instant::now();
+    let sent = connect_and_reset(fwd.addr(), FLOOD, Duration::from_secs(20));
+    let took = t0.elapsed();
+    assert!(sent >= FLOOD / 2, "only {sent} clients in {took:?}");
+    assert!(settled(warm + sent), "{}", fwd.stats());
+    let after = rss_kib(fwd.pid());
+    println!(
+        "connect-and-reset flood: {sent} clients in {took:?}; main process RSS {baseline} KiB before, {after} KiB after"
+    );
+    assert!(
+        after <= baseline + 1024,
+        "RSS grew from {baseline} KiB to {after} KiB over {sent} clients that all left"
+    );
+    echo_check(fwd.connect(), 7, 16 * KIB).unwrap();
 }
 
 #[test]
@@ -803,15 +922,100 @@ fn fork_failures_reset_the_client_are_logged_and_service_resumes() {
 
     // 3. The other processes of the uid end; service resumes by itself. (The limit leaves room
     //    for one connection: each must be reaped before the next, as a zombie still counts.)
+    //    A client that comes while the last failure's back-off (100 ms) still runs is reset at
+    //    once, without a fork; the first one after it is served.
     drop(first);
     drop(second);
-    for i in 0..3 {
+    let mut in_backoff = 0;
+    let resumed = wait_until(Duration::from_secs(2), || {
+        match echo_check(fwd.connect(), 40, 32 * KIB) {
+            Ok(()) => true,
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => {
+                in_backoff += 1;
+                false
+            }
+            Err(e) => panic!("{e}\n{}", fwd.log_text()),
+        }
+    });
+    assert!(resumed, "{}", fwd.log_text());
+    assert!(wait_no_descendants(&fwd, Duration::from_secs(5)));
+    for i in 1..3 {
         echo_check(fwd.connect(), 40 + i, 32 * KIB).unwrap_or_else(|e| panic!("{e}\n{}", fwd.log_text()));
         assert!(wait_no_descendants(&fwd, Duration::from_secs(5)));
     }
     let line = fwd.stats();
-    assert_eq!(field(&line, "fork_failed"), 4, "{line}");
+    assert_eq!(field(&line, "fork_failed"), 4 + in_backoff, "{line}");
     assert_eq!(field(&line, "closed"), 4, "{line}");
+    let mut fwd = fwd;
+    assert!(fwd.alive());
+}
+
+#[test]
+fn at_the_process_limit_a_hundred_queued_clients_are_all_reset_promptly() {
+    if !is_root() {
+        return skip("needs root to run the forwarder as another uid with RLIMIT_NPROC");
+    }
+    // A uid of its own (RLIMIT_NPROC counts every task of the uid), full from the start: the main
+    // process and its accept thread are 2 tasks, two sleepers take the rest.
+    const UID: u32 = 64995;
+    const CLIENTS: usize = 100;
+    let backend = Backend::start(echo);
+    let fwd = Forwarder::start_command(
+        || {
+            let mut cmd = as_uid(UID);
+            limit_in_child(&mut cmd, libc::RLIMIT_NPROC, 4);
+            cmd
+        },
+        &[
+            "--accept-threads",
+            "1",
+            "--max-connections",
+            "1000",
+            "--max-per-source",
+            "off",
+        ],
+        "127.0.0.1",
+        backend.port,
+    );
+    let _full = [Sleeper::start(UID), Sleeper::start(UID)];
+    // Every client sends, so every one needs a process it cannot have. Before, each waited for
+    // the end of a back-off and one fork attempt: about two every 100 ms, 3 to 4 s for all.
+    let t0 = Instant::now();
+    let mut clients: Vec<TcpStream> = (0..CLIENTS)
+        .map(|_| {
+            let mut c = fwd.connect();
+            c.write_all(b"x").unwrap();
+            c
+        })
+        .collect();
+    for (i, c) in clients.iter_mut().enumerate() {
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        assert_reset(c, &format!("queued client {i}"));
+    }
+    let took = t0.elapsed();
+    println!("{CLIENTS} clients at the process limit all reset in {took:?}");
+    assert!(took < Duration::from_millis(1500), "{CLIENTS} resets took {took:?}");
+    let line = fwd.stats();
+    assert_eq!(field(&line, "fork_failed"), CLIENTS as u64, "{line}");
+    // Every one is logged as a failed fork, or counted in a line of those left out (once its
+    // second is over).
+    let accounted = || {
+        let log = fwd.log.lock().unwrap();
+        let failed = log.iter().filter(|l| l.contains("outcome=fork-failed"));
+        failed
+            .map(|l| match l.split(" count=").nth(1).and_then(|r| r.split(' ').next()) {
+                Some(n) if l.contains("event=fork-failures-not-logged") => n.parse::<usize>().unwrap(),
+                _ => 1,
+            })
+            .sum::<usize>()
+    };
+    assert!(
+        wait_until(Duration::from_secs(5), || accounted() == CLIENTS),
+        "{} of {CLIENTS} accounted for:\n{}",
+        accounted(),
+        fwd.log_text()
+    );
+    assert!(fwd.count_lines("error=EAGAIN") >= 1, "{}", fwd.log_text());
     let mut fwd = fwd;
     assert!(fwd.alive());
 }
@@ -1041,6 +1245,38 @@ fn deny_rules_alone_leave_the_default_open() {
     assert_eq!(tally.accepted.load(Ordering::SeqCst), 2);
 }
 
+#[test]
+fn deny_every_ipv6_address_alone_is_warned_about_at_start_up_and_lets_ipv4_in() {
+    let backend = Backend::start(echo);
+    let warning = "event=warning listen=[::]:";
+    // `::/0` reads like "everyone" but never matches an IPv4 client, even on the dual-stack
+    // listener: the start-up says so, once.
+    let fwd = Forwarder::start(BIN, &["--deny", "::/0"], "127.0.0.1", backend.port);
+    assert!(
+        fwd.wait_log_count("event=limits ", 1, Duration::from_secs(5)),
+        "{}",
+        fwd.log_text()
+    );
+    assert_eq!(fwd.count_lines(warning), 1, "{}", fwd.log_text());
+    assert!(
+        fwd.log_text().contains("warning=\"deny=::/0 matches IPv6 clients only"),
+        "{}",
+        fwd.log_text()
+    );
+    assert!(fwd.log_text().contains("add deny=0.0.0.0/0"), "{}", fwd.log_text());
+    assert!(served_from(v4(1), fwd.addr()), "as documented, IPv4 clients come in");
+    // Both families named: nothing to warn about.
+    let both = Forwarder::start(
+        BIN,
+        &["--deny", "::/0", "--deny", "0.0.0.0/0"],
+        "127.0.0.1",
+        backend.port,
+    );
+    assert!(both.wait_log_count("event=limits ", 1, Duration::from_secs(5)));
+    assert_eq!(both.count_lines("event=warning"), 0, "{}", both.log_text());
+    assert!(!served_from(v4(1), both.addr()));
+}
+
 // ---------------------------------------------------------------------------------------------
 // Privileges
 // ---------------------------------------------------------------------------------------------
@@ -1081,6 +1317,9 @@ fn user_drop_binds_a_privileged_port_then_no_process_runs_as_root() {
         assert!(groups.is_empty() || groups == UID.to_string(), "{who}: groups {groups}");
         assert_eq!(procs::status(pid, "CapEff"), "0000000000000000", "{who}");
         assert_eq!(procs::status(pid, "CapPrm"), "0000000000000000", "{who}");
+        // Nothing can give a privilege back: no capability left to gain, no set-uid exec.
+        assert_eq!(procs::status(pid, "CapBnd"), "0000000000000000", "{who}");
+        assert_eq!(procs::status(pid, "NoNewPrivs"), "1", "{who}");
     }
     c.shutdown(Shutdown::Write).unwrap();
     assert_eq!(read_outcome(&mut c), Ok(0));

@@ -143,7 +143,8 @@ fn two_thousand_clients_held_open_at_once() {
         return skip(why);
     }
     let backend = Backend::start(echo);
-    let fwd = Forwarder::start(BIN, &[], "127.0.0.1", backend.port);
+    // All from 127.0.0.1: beyond the default max_per_source (256).
+    let fwd = Forwarder::start(BIN, &["--max-per-source", "off"], "127.0.0.1", backend.port);
     let mut clients = Vec::with_capacity(n);
     for i in 0..n {
         let mut c = TcpStream::connect(fwd.addr()).unwrap();
