@@ -16,8 +16,19 @@ TABLE = (
     # under load, not in bulk throughput or held memory.
     Row("portfwd-accept", "portfwd `--dispatch accept`", "pf accept",
         frozenset({"connrate", "keepalive", "redis", "firstbyte"})),
+    # Another portfwd binary (`run.sh --alt PATH`), measured interleaved with the first: how a
+    # lever (a build option, a change) is measured. Only in runs that name one.
+    Row("portfwd-alt", "portfwd, other binary (`--alt`)", "pf alt", None),
+    # The floor of the shape (bench/floor.c): accept, fork, connect, fork, splice, nothing else.
+    # It measures what the shape costs where that matters: opening, holding and serving many
+    # connections; its data path is portfwd's (splice), so bulk and kept-alive figures would
+    # only repeat portfwd's.
+    Row("floor", "shape's floor (bench/floor.c)", "floor",
+        frozenset({"connrate", "redis", "firstbyte", "memory"})),
     Row("cref", "C reference (seed)", "C ref", None),
     Row("socat", "socat (fork)", "socat", None),
+    Row("sslh", "sslh (fork)", "sslh", None),
+    Row("xinetd", "xinetd (redirect)", "xinetd", None),
     Row("rinetd", "rinetd", "rinetd", None),
     Row("haproxy", "haproxy (mode tcp)", "haproxy", None),
     Row("nginx", "nginx stream", "nginx", None),
@@ -27,3 +38,5 @@ ROWS = [r.name for r in TABLE]
 LABELS = {r.name: r.label for r in TABLE}
 SHORT = {r.name: r.short for r in TABLE}
 ROW_TESTS = {r.name: r.tests for r in TABLE if r.tests is not None}
+# The forwarders that fork a process per connection, as portfwd does: the peers of its targets.
+FORKING_PEERS = ("socat", "sslh", "xinetd")
