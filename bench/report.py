@@ -6,7 +6,8 @@ usage: report.py [RUN]
 
 RUN is a run's folder, bench/results/<stamp>/, or its raw.csv (default: the
 newest run in bench/results/). The run's analysis.md, if someone wrote one, is
-included as its analysis section; its profile-*.txt are excerpted.
+included as its analysis section; its profile-*.txt are excerpted; bench/levers.md
+(what each performance lever was measured to be worth) is included as "Levers".
 """
 import argparse
 import csv
@@ -407,6 +408,12 @@ def main():
         A("")
     for line in fork_floor_section(s, rows):
         A(line)
+    levers = os.path.join(ROOT, "bench", "levers.md")
+    if os.path.exists(levers):
+        A("## Levers")
+        A("")
+        A(open(levers).read().strip())
+        A("")
     ana = os.path.join(run_dir, "analysis.md")
     if os.path.exists(ana):
         A("## Analysis of this run")
