@@ -42,8 +42,10 @@ CREF = os.path.join(ROOT, "target", "reference", "server")
 # sslh's one-process-per-connection build (Debian's sslh package ships it as /usr/sbin/sslh).
 SSLH = next((p for p in ("/usr/sbin/sslh-fork", "/usr/sbin/sslh") if os.access(p, os.X_OK)), "sslh")
 # The rows that route on the first bytes, and the name their TLS clients ask for.
-ROUTED_ROWS = {"portfwd-tls", "sslh"}
+ROUTED_ROWS = {"portfwd-tls", "sslh-routes"}
 BENCH_SNI = "bench.example.com"
+PORTFWD_ALT = None  # --alt: a second portfwd binary, the portfwd-alt row
+FLOOR = None       # bench/floor.c built static into TMP by build_c() (main)
 
 # ---------------------------------------------------------------- utilities
 
@@ -257,16 +259,15 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 def tree_cpu_s(srv):
     """CPU seconds (user + system) used so far by a forwarder's session: every process still in
-    it (zombies too), plus what its main process has collected from the children it reaped
-    (cutime + cstime, which include their own reaped children). Children reaped by someone else
-    (orphans of a forwarder that does not wait) are missed."""
+    it (zombies too), plus what each of them has collected from the children it reaped (cutime +
+    cstime, which include their own reaped children; a connection process that reaped its pump,
+    sslh's listener process that reaped its connection processes). Children reaped by someone
+    else (orphans of a forwarder that does not wait) are missed."""
     ticks = 0
-    for pid, _comm, rest in all_proc_stats():
+    for _pid, _comm, rest in all_proc_stats():
         if int(rest[3]) != srv.pid:
             continue
-        ticks += int(rest[11]) + int(rest[12])          # utime stime
-        if pid == srv.pid:
-            ticks += int(rest[13]) + int(rest[14])      # cutime cstime
+        ticks += sum(int(x) for x in rest[11:15])      # utime stime cutime cstime
     return ticks / CLK_TCK
 
 
@@ -277,16 +278,23 @@ def cpu_us_per(srv, cpu0, n):
     return (tree_cpu_s(srv) - cpu0) * 1e6 / n
 
 
+def build_c(name):
+    """bench/NAME.c built into TMP, static when the toolchain allows; its path, or None."""
+    exe = os.path.join(TMP, name)
+    if os.path.exists(exe):
+        return exe
+    src = os.path.join(ROOT, "bench", name + ".c")
+    for static in (["-static"], []):
+        if run(["cc", "-O2", *static, "-o", exe, src], 60)[0] == 0:
+            return exe
+    return None
+
+
 def fork_floor(rounds):
     """(cpu_us, wall_us) per clone+exit+wait of a trivial process (bench/forkfloor.c), or None."""
-    src = os.path.join(ROOT, "bench", "forkfloor.c")
-    exe = os.path.join(TMP, "forkfloor")
-    if not os.path.exists(exe):
-        for static in (["-static"], []):
-            if run(["cc", "-O2", *static, "-o", exe, src], 60)[0] == 0:
-                break
-        else:
-            return None
+    exe = build_c("forkfloor")
+    if not exe:
+        return None
     rc, out, err = run([exe, str(rounds)], 120)
     if rc != 0:
         log("  forkfloor failed:", err[-300:])
@@ -383,6 +391,8 @@ def start_forwarder_once(row, bport, wrap=None):
     os.chmod(d, 0o755)
     if row == "portfwd":
         argv = [PORTFWD, str(lport), "127.0.0.1", str(bport)]
+    elif row == "portfwd-alt":
+        argv = [PORTFWD_ALT, str(lport), "127.0.0.1", str(bport)]
     elif row == "portfwd-accept":
         argv = [PORTFWD, "--dispatch", "accept", str(lport), "127.0.0.1", str(bport)]
     elif row == "portfwd-tls":
@@ -391,15 +401,51 @@ def start_forwarder_once(row, bport, wrap=None):
             f.write(f"127.0.0.1:{lport} -> 127.0.0.1:{bport} when=tls:{BENCH_SNI}\n"
                     f"127.0.0.1:{lport} -> 127.0.0.1:{bport} when=http\n")
         argv = [PORTFWD, "--config", conf]
-    elif row == "sslh":
+    elif row == "sslh-routes":
         # sslh-fork (one process per connection, like portfwd); -t: its timeout route, unused.
         argv = [SSLH, "-f", "-n", "-p", f"127.0.0.1:{lport}", "--tls", f"127.0.0.1:{bport}",
                 "--http", f"127.0.0.1:{bport}"]
     elif row == "cref":
         argv = [CREF, str(lport), "127.0.0.1", str(bport)]
+    elif row == "floor":
+        argv = [FLOOR, str(lport), str(bport)]
     elif row == "socat":
         argv = ["socat", f"TCP-LISTEN:{lport},bind=127.0.0.1,fork,reuseaddr,backlog=4096",
                 f"TCP:127.0.0.1:{bport}"]
+    elif row == "sslh":
+        # Debian's sslh is its fork build (one process per connection); --anyprot takes
+        # whatever the client sends first to the backend. -n: no reverse lookups.
+        argv = [SSLH, "-f", "-n", "-p", f"127.0.0.1:{lport}", "--anyprot",
+                f"127.0.0.1:{bport}"]
+    elif row == "xinetd":
+        # A redirect service: xinetd forks a process per connection that connects to the
+        # backend and relays. Its defaults would throttle a benchmark (instances, cps), and
+        # tcp wrappers would read /etc/hosts.allow per connection: all off.
+        conf = os.path.join(d, "xinetd.conf")
+        with open(conf, "w") as f:
+            f.write(f"""defaults
+{{
+    instances = UNLIMITED
+    per_source = UNLIMITED
+    cps = 1000000 1
+    log_on_success =
+    log_on_failure =
+}}
+service portfwd-bench
+{{
+    type = UNLISTED
+    socket_type = stream
+    protocol = tcp
+    wait = no
+    user = root
+    bind = 127.0.0.1
+    port = {lport}
+    redirect = 127.0.0.1 {bport}
+    flags = NOLIBWRAP
+}}
+""")
+        argv = ["xinetd", "-dontfork", "-f", conf, "-pidfile", os.path.join(d, "xinetd.pid"),
+                "-filelog", os.path.join(d, "xinetd.log")]
     elif row == "rinetd":
         conf = os.path.join(d, "rinetd.conf")
         with open(conf, "w") as f:
@@ -952,24 +998,33 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="short smoke run (1-2 min)")
-    ap.add_argument("--rows", default=",".join(ROWS),
+    ap.add_argument("--rows", default=",".join(r for r in ROWS if r != "portfwd-alt"),
                     help="comma-separated subset of: " + ",".join(ROWS))
     ap.add_argument("--tests", default="iperf,connrate,keepalive,redis,firstbyte,forkfloor,memory,profile",
                     help="comma-separated subset of tests; add 'strace' for an strace -f -c "
                          "profile of portfwd (slow)")
     ap.add_argument("--portfwd", default=None, metavar="PATH",
                     help="portfwd binary to measure (default target/release/portfwd)")
+    ap.add_argument("--alt", default=None, metavar="PATH",
+                    help="a second portfwd binary, measured as the row portfwd-alt "
+                         "(interleaved with portfwd: for comparing two builds)")
+    ap.add_argument("--reps", type=int, default=None, metavar="N",
+                    help="repetitions of every test (default 3, 1 with --quick; keep-alive "
+                         "5, 2 with --quick)")
     ap.add_argument("--out", default=None, metavar="DIR",
                     help="the run's folder (default bench/results/<stamp>/, <stamp>-quick/ "
                          "with --quick)")
     args = ap.parse_args()
-    global LOG, PORTFWD, CREF
+    global LOG, PORTFWD, CREF, FLOOR, PORTFWD_ALT
     if args.portfwd:
         PORTFWD = os.path.abspath(args.portfwd)
 
     q = args.quick
     P = {
         "reps": 1 if q else 3,
+        # p99 of a 3-second run moves by more than the target's margin from one repetition to
+        # the next: more repetitions, the median of them.
+        "ka_reps": 2 if q else 5,
         "iperf_dur": 1 if q else 2,
         "wrk_dur": 1 if q else 3,
         "wrk_close_conns": 32,
@@ -982,11 +1037,22 @@ def main():
         "profile_dur": 4 if q else 5,
         "fork_rounds": 1000 if q else 3000,
     }
+    if args.reps:
+        P["reps"] = P["mem_reps"] = P["ka_reps"] = args.reps
+    notes = []
     rows = [r for r in args.rows.split(",") if r]
+    if args.alt and not os.access(args.alt, os.X_OK):
+        sys.exit(f"--alt {args.alt}: not an executable")
+    if args.alt:
+        PORTFWD_ALT = os.path.abspath(args.alt)
+        if "portfwd-alt" not in rows:
+            rows.insert(rows.index("portfwd") + 1 if "portfwd" in rows else 0, "portfwd-alt")
+    elif "portfwd-alt" in rows:
+        notes.append("portfwd-alt: no --alt binary given, row skipped")
+        rows.remove("portfwd-alt")
     tests = set(t for t in args.tests.split(",") if t)
     if q:
         tests.discard("profile")
-    notes = []
     for r in ("portfwd", "portfwd-accept", "portfwd-tls"):
         if r in rows and not os.access(PORTFWD, os.X_OK):
             notes.append(f"{r}: target/release/portfwd missing, row skipped")
@@ -995,19 +1061,24 @@ def main():
         notes.append("cref: tests/reference/server.c not built (source missing or build "
                      "failed), row skipped")
         rows.remove("cref")
+    if "floor" in rows:
+        FLOOR = build_c("floor")
+        if not FLOOR:
+            notes.append("floor: bench/floor.c did not build (cc missing?), row skipped")
+            rows.remove("floor")
     for r, exe in (("socat", "socat"), ("rinetd", "rinetd"), ("haproxy", "haproxy"),
-                   ("nginx", "nginx"), ("sslh", SSLH)):
+                   ("nginx", "nginx"), ("sslh", SSLH), ("sslh-routes", SSLH), ("xinetd", "xinetd")):
         if r in rows and not shutil.which(exe):
             notes.append(f"{r}: {exe} not installed, row skipped")
             rows.remove(r)
 
     # Run from a copy, so a rebuild during the run cannot swap the binary under us.
     bins = {}
-    for name, path in (("portfwd", PORTFWD), ("cref", CREF)):
+    for name, path in (("portfwd", PORTFWD), ("cref", CREF), ("portfwd-alt", PORTFWD_ALT)):
         if name in rows or (name == "portfwd" and "portfwd-accept" in rows):
             st = os.stat(path)
             os.makedirs(os.path.join(TMP, "bin"), exist_ok=True)
-            dst = os.path.join(TMP, "bin", "portfwd" if name == "portfwd" else "server")
+            dst = os.path.join(TMP, "bin", {"portfwd": "portfwd", "cref": "server"}.get(name, name))
             shutil.copy2(path, dst)
             bins[name] = {"path": os.path.relpath(path, ROOT) if path.startswith(ROOT)
                           else path, "size": st.st_size,
@@ -1015,8 +1086,10 @@ def main():
                               st.st_mtime, datetime.timezone.utc).strftime("%H:%M:%S")}
             if name == "portfwd":
                 PORTFWD = dst
-            else:
+            elif name == "cref":
                 CREF = dst
+            else:
+                PORTFWD_ALT = dst
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S")
     run_dir = os.path.abspath(args.out or os.path.join(RESULTS, stamp + ("-quick" if q else "")))
     os.makedirs(run_dir, exist_ok=True)
@@ -1137,7 +1210,7 @@ def main():
             rec(row, "ka_p50_ms", rep, r["p50"], "ms")
             rec(row, "ka_p99_ms", rep, r["p99"], "ms")
             rec(row, "ka_errors", rep, r["errors"], "count")
-        each_rep("keepalive", t_ka, P["reps"])
+        each_rep("keepalive", t_ka, P["ka_reps"])
 
     if "redis" in tests:
         log(f"== redis-benchmark, {P['redis_clients']} concurrent clients")
@@ -1288,6 +1361,9 @@ def main():
             "iperf3": ver(["iperf3", "--version"]),
             "wrk": ver(["wrk", "--version"]),
             "redis": ver(["redis-server", "--version"]),
+            "sslh": ver(["sslh", "-V"]) if shutil.which("sslh") else "",
+            "xinetd": ("xinetd " + ver(["xinetd", "-version"])) if shutil.which("xinetd")
+            else "",
         },
     }
     # socat -V prints a banner first; find the version line

@@ -21,10 +21,21 @@ TABLE = (
     # or HTTP first: firstbyte sends a real ClientHello to these rows.
     Row("portfwd-tls", "portfwd `when=tls:NAME` + `when=http`", "pf routed",
         frozenset({"connrate", "firstbyte"})),
-    Row("sslh", "sslh-fork (`--tls` + `--http`)", "sslh",
+    Row("sslh-routes", "sslh-fork (`--tls` + `--http`)", "sslh routed",
         frozenset({"connrate", "firstbyte"})),
+    # Another portfwd binary (`run.sh --alt PATH`), measured interleaved with the first: how a
+    # lever (a build option, a change) is measured. Only in runs that name one.
+    Row("portfwd-alt", "portfwd, other binary (`--alt`)", "pf alt", None),
+    # The floor of the shape (bench/floor.c): accept, fork, connect, fork, splice, nothing else.
+    # It measures what the shape costs where that matters: opening, holding and serving many
+    # connections; its data path is portfwd's (splice), so bulk and kept-alive figures would
+    # only repeat portfwd's.
+    Row("floor", "shape's floor (bench/floor.c)", "floor",
+        frozenset({"connrate", "redis", "firstbyte", "memory"})),
     Row("cref", "C reference (seed)", "C ref", None),
     Row("socat", "socat (fork)", "socat", None),
+    Row("sslh", "sslh (fork)", "sslh", None),
+    Row("xinetd", "xinetd (redirect)", "xinetd", None),
     Row("rinetd", "rinetd", "rinetd", None),
     Row("haproxy", "haproxy (mode tcp)", "haproxy", None),
     Row("nginx", "nginx stream", "nginx", None),
@@ -34,3 +45,5 @@ ROWS = [r.name for r in TABLE]
 LABELS = {r.name: r.label for r in TABLE}
 SHORT = {r.name: r.short for r in TABLE}
 ROW_TESTS = {r.name: r.tests for r in TABLE if r.tests is not None}
+# The forwarders that fork a process per connection, as portfwd does: the peers of its targets.
+FORKING_PEERS = ("socat", "sslh", "xinetd")

@@ -5,9 +5,12 @@ set -euo pipefail
 usage() {
     cat <<'EOF'
 usage: bench/run.sh [--quick] [--no-install] [--rows LIST] [--tests LIST] [--portfwd PATH]
+                    [--alt PATH] [--reps N]
 
-Benchmarks portfwd against direct (no forwarder), the C reference of the
-seed's server, socat (fork), rinetd, haproxy (mode tcp) and nginx stream (and
+Benchmarks portfwd against direct (no forwarder), the shape's floor
+(bench/floor.c: accept, fork, connect, fork, splice, nothing else), the C
+reference of the seed's server, the forwarders that fork per connection
+(socat, sslh, xinetd redirect), rinetd, haproxy (mode tcp) and nginx stream (and
 a routed portfwd listener against sslh), on loopback only, and writes:
   bench/results/<stamp>/          the run's folder: raw.csv (one line per
                                   sample), raw.json (machine, params),
@@ -20,23 +23,29 @@ a routed portfwd listener against sslh), on loopback only, and writes:
                  500 idle connections, no profiles
   --no-install   do not apt-get install missing peers
   --rows LIST    comma-separated subset of
-                 direct,portfwd,portfwd-accept,portfwd-tls,sslh,cref,socat,
-                 rinetd,haproxy,nginx (portfwd-tls: a when=tls:NAME +
-                 when=http listener; sslh: sslh-fork on the same routes;
-                 both run only connrate and firstbyte)
+                 direct,portfwd,portfwd-accept,portfwd-tls,floor,cref,socat,
+                 sslh,sslh-routes,xinetd,rinetd,haproxy,nginx (portfwd-tls: a
+                 when=tls:NAME + when=http listener, sslh-routes: sslh on
+                 the same routes; both connrate and firstbyte only)
   --tests LIST   comma-separated subset of
                  iperf,connrate,keepalive,redis,firstbyte,forkfloor,memory,
                  profile
                  (add strace for an strace -f -c profile of portfwd)
   --portfwd PATH measure this portfwd binary instead of building
                  target/release/portfwd
+  --alt PATH     also measure this second portfwd binary, as the row
+                 portfwd-alt, interleaved with portfwd (to weigh a lever:
+                 compare the two rows of one run, not two runs)
+  --reps N       repetitions of every test (default 3, keep-alive 5;
+                 with --quick 1, keep-alive 2)
   -h, --help     this text
 
-Installs missing peers with apt-get (socat rinetd sslh haproxy nginx
+Installs missing peers with apt-get (socat sslh xinetd rinetd haproxy nginx
 libnginx-mod-stream iperf3 wrk redis-server redis-tools python3-matplotlib,
 linux-perf for the profiles), builds portfwd with `cargo build --release` and
 the C reference from harness/reference/server.c (its row is skipped with a
-note if that fails). A full run takes about 12 minutes on 2 cores.
+note if that fails); bench.py builds bench/floor.c with cc. A full run takes
+about 20 minutes on 2 cores.
 Every server is started in the foreground with its own config in a temp dir
 and killed by pid; nothing is left running.
 EOF
@@ -52,7 +61,7 @@ while [ $# -gt 0 ]; do
         -h|--help) usage; exit 0 ;;
         --quick) PYARGS+=(--quick) ;;
         --no-install) INSTALL=0 ;;
-        --rows|--tests|--portfwd) [ $# -ge 2 ] || { echo "$1 needs a value" >&2; exit 2; }
+        --rows|--tests|--portfwd|--alt|--reps) [ $# -ge 2 ] || { echo "$1 needs a value" >&2; exit 2; }
                         PYARGS+=("$1" "$2"); [ "$1" = --portfwd ] && PORTFWD_BIN="$2"; shift ;;
         *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
     esac
@@ -64,8 +73,9 @@ log() { printf '[run.sh] %s\n' "$*"; }
 # ---- peers
 need=()
 command -v socat >/dev/null || need+=(socat)
+command -v sslh >/dev/null || need+=(sslh)
+command -v xinetd >/dev/null || need+=(xinetd)
 command -v rinetd >/dev/null || need+=(rinetd)
-[ -x /usr/sbin/sslh-fork ] || [ -x /usr/sbin/sslh ] || need+=(sslh)
 command -v haproxy >/dev/null || need+=(haproxy)
 command -v nginx >/dev/null || need+=(nginx)
 if ! [ -e /usr/lib/nginx/modules/ngx_stream_module.so ] && ! nginx -V 2>&1 | grep -q -- '--with-stream[^=]'; then

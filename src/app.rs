@@ -79,6 +79,25 @@ pub fn lean_malloc() {
     }
 }
 
+/// In a static build, only the name services glibc has built in: `files` for users and groups
+/// (`--user`), `files dns` for host names. Any other source of `/etc/nsswitch.conf` (`systemd`,
+/// `mdns4_minimal`, `myhostname`, …) is a module glibc would `dlopen`, and a static glibc that
+/// loads one gets a second, shared libc with it: `--user` with a name or id not in /etc/passwd
+/// (so that `systemd` was asked next) died of SIGSEGV. Call first, before any lookup.
+pub fn builtin_name_services() {
+    #[cfg(target_feature = "crt-static")]
+    {
+        unsafe extern "C" {
+            // glibc, <nss.h>: use these sources for a database instead of nsswitch.conf's line.
+            fn __nss_configure_lookup(db: *const libc::c_char, sources: *const libc::c_char) -> libc::c_int;
+        }
+        for (db, sources) in [(c"passwd", c"files"), (c"group", c"files"), (c"hosts", c"files dns")] {
+            // SAFETY: two NUL-terminated strings; called before any thread or lookup exists.
+            unsafe { __nss_configure_lookup(db.as_ptr(), sources.as_ptr()) };
+        }
+    }
+}
+
 /// `--check-config FILE`: prints each mapping as a canonical line, listener by listener (the
 /// lines of a routed listener together, in the order its routes are tried).
 pub fn check_config(path: &std::path::Path, base: &Options) -> Result<(), StartError> {

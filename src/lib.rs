@@ -1,7 +1,7 @@
 //! portfwd: a TCP port forwarder built the Unix way, one process per connection.
 //!
 //! The library is the binary's inside; its one door is [`run`] (with [`cli`] to parse the command
-//! line and the two start-up helpers `main` calls first). docs/design.md maps every module, and
+//! line and the three start-up helpers `main` calls first). docs/design.md maps every module, and
 //! says which run in the main process and which in a connection process after `fork()`.
 //!
 //! Main process: [`cli`], `config`, `options`, `grouping`, `target`, `listener`, `daemon`,
@@ -34,7 +34,7 @@ mod status;
 mod sys;
 mod target;
 
-pub use app::{StartError, ensure_std_fds, lean_malloc, run};
+pub use app::{StartError, builtin_name_services, ensure_std_fds, lean_malloc, run};
 
 /// docs/design.md is the one map of the code: its module table must name every source file of
 /// the product, and nothing that is gone.

@@ -4,6 +4,7 @@ use std::process::ExitCode;
 fn main() -> ExitCode {
     portfwd::ensure_std_fds();
     portfwd::lean_malloc();
+    portfwd::builtin_name_services();
     let cli = match Cli::parse_args() {
         Ok(cli) => cli,
         Err(e) if !e.use_stderr() => {

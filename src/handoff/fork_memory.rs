@@ -145,6 +145,28 @@ impl Mappings {
     }
 }
 
+/// Bytes above the thread pointer that a child still needs: glibc's thread descriptor
+/// (`struct pthread`, about 2.3 KiB; its last field is the rseq area the kernel writes on every
+/// return to user space).
+const THREAD_DESCRIPTOR: usize = 4096;
+
+/// Where the main thread's static TLS block and thread descriptor end, when they lie in the heap
+/// `[start, end)`; else `start`. A statically linked glibc allocates them with `sbrk` at start-up,
+/// at the bottom of the heap, and every child runs on them (errno, the stack guard, the rseq area
+/// the kernel writes as the child first returns to user space: without them it dies of `SIGSEGV`
+/// in its first instruction). A dynamically linked one maps them elsewhere.
+fn thread_block_end(start: usize, end: usize) -> usize {
+    // glibc's pthread_t is the address of the thread descriptor, which the thread pointer
+    // (%fs on x86-64) points at; the static TLS block is just below it.
+    // SAFETY: pthread_self has no preconditions.
+    let tp = unsafe { libc::pthread_self() } as usize;
+    if (start..end).contains(&tp) {
+        (tp + THREAD_DESCRIPTOR).next_multiple_of(sys::page_size()).min(end)
+    } else {
+        start
+    }
+}
+
 /// The parts of the main process's memory that children do not get: its heap (as it grows) and
 /// the main thread's stack. Best effort: where `madvise` fails, children simply get a copy as
 /// before. After [`Exclusions::start`], the main process may fork only onto a [`LaunchPad`]
@@ -155,8 +177,8 @@ pub(crate) struct Exclusions {
 }
 
 impl Exclusions {
-    /// Excludes the main thread's stack, its alternate signal stack and the heap as it is now.
-    /// Call on the main thread.
+    /// Excludes the main thread's stack, its alternate signal stack and the heap as it is now
+    /// (but for the main thread's TLS block when that is in the heap). Call on the main thread.
     pub(crate) fn start() -> Exclusions {
         let mut heap_done = sys::program_break();
         if let Some(maps) = Mappings::read() {
@@ -164,7 +186,8 @@ impl Exclusions {
                 let _ = sys::exclude_from_children(m.start, m.end);
             }
             for m in maps.named("[heap]") {
-                if sys::exclude_from_children(m.start, m.end).is_ok() {
+                let start = m.start.max(thread_block_end(m.start, m.end));
+                if sys::exclude_from_children(start, m.end).is_ok() {
                     heap_done = heap_done.max(m.end);
                 }
             }
