@@ -22,6 +22,7 @@ pub mod listener;
 pub mod log;
 pub mod options;
 pub mod privileges;
+pub mod proxy_protocol;
 pub mod pump;
 pub mod signals;
 pub mod sys;
