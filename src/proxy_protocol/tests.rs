@@ -1,5 +1,5 @@
-//! The codec against the spec's own examples, malformed variants, and properties (round trip,
-//! prefixes, no panic, verdicts that never flip).
+//! The codec against the spec's own examples, headers captured from a real haproxy 2.6, malformed
+//! variants, and properties (round trip, prefixes, no panic, verdicts that never flip).
 
 use super::*;
 use proptest::prelude::*;
@@ -7,6 +7,13 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 fn sa(s: &str) -> SocketAddr {
     s.parse().unwrap()
+}
+
+fn hex(s: &str) -> Vec<u8> {
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+        .collect()
 }
 
 fn done(header_len: usize, version: Version, src: &str, dst: &str) -> Parse {
@@ -201,6 +208,67 @@ fn v2_crc32c_is_checked() {
     assert_eq!(parse(&short_crc), Parse::Invalid(Invalid::V2Checksum));
     let twice = with_crc(with_crc(v2(0x21, 0x11, &IPV4_BLOCK)));
     assert_eq!(parse(&twice), Parse::Invalid(Invalid::V2Checksum));
+}
+
+// --- Headers captured from haproxy 2.6.12: a TCP frontend on 127.0.0.1 (or [::1]) whose backend
+// `server s 127.0.0.1:PORT send-proxy[-v2] ...` was a listener recording the bytes; the client sent
+// "hello\n", which follows each header. Ports were picked by the kernel. ---
+
+const HAPROXY_V1_IPV4: &str =
+    "50524f58592054435034203132372e302e302e31203132372e302e302e312034393335322035343532310d0a68656c6c6f0a";
+const HAPROXY_V1_IPV6: &str = "50524f58592054435036203a3a31203a3a312033343739342035343239390d0a68656c6c6f0a";
+const HAPROXY_V2_IPV4: &str = "0d0a0d0a000d0a515549540a2111000c7f0000017f0000018722938568656c6c6f0a";
+const HAPROXY_V2_IPV6: &str = "0d0a0d0a000d0a515549540a21210024000000000000000000000000000000010000000000000000000000000000\
+                               0001dfd0c5a968656c6c6f0a";
+/// `proxy-v2-options unique-id,crc32c`: a CRC32C TLV, then PP2_TYPE_UNIQUE_ID.
+const HAPROXY_V2_UNIQUE_ID_CRC: &str = "0d0a0d0a000d0a515549540a2111003f7f0000017f000001bca2d7350300041d44500c0500293746303030\
+                                        3030313a424341325f37463030303030313a443733355f36423131364530465f3030303468656c6c6f0a";
+/// A TLS frontend with `alpn h2`, SNI pp.example, `send-proxy-v2-ssl-cn proxy-v2-options
+/// authority,crc32c,ssl-cipher`: CRC32C, ALPN, AUTHORITY, and PP2_TYPE_SSL with sub-TLVs.
+const HAPROXY_V2_TLS: &str = "0d0a0d0a000d0a515549540a211100507f0000017f0000018bbeb8d50300042e3f943d010002683202000a70702e\
+                              6578616d706c652000280100000000210007544c5376312e33230016544c535f4145535f3235365f47434d5f53\
+                              484133383468656c6c6f0a";
+/// A health check with `check-send-proxy`: LOCAL, AF_UNSPEC, no address block.
+const HAPROXY_V2_LOCAL: &str = "0d0a0d0a000d0a515549540a20000000";
+
+#[test]
+fn haproxy_v1_headers() {
+    let v4 = hex(HAPROXY_V1_IPV4);
+    assert_header(
+        &v4,
+        done(v4.len() - 6, Version::V1, "127.0.0.1:49352", "127.0.0.1:54521"),
+    );
+    let v6 = hex(HAPROXY_V1_IPV6);
+    assert_header(&v6, done(v6.len() - 6, Version::V1, "[::1]:34794", "[::1]:54299"));
+}
+
+#[test]
+fn haproxy_v2_headers() {
+    let v4 = hex(HAPROXY_V2_IPV4);
+    assert_header(&v4, done(28, Version::V2, "127.0.0.1:34594", "127.0.0.1:37765"));
+    let v6 = hex(HAPROXY_V2_IPV6);
+    assert_header(&v6, done(52, Version::V2, "[::1]:57296", "[::1]:50601"));
+    let local = hex(HAPROXY_V2_LOCAL);
+    assert_header(&local, done_without_addresses(16, Version::V2, Command::Local));
+}
+
+#[test]
+fn haproxy_v2_headers_with_tlvs() {
+    let uid = hex(HAPROXY_V2_UNIQUE_ID_CRC);
+    assert_eq!(&uid[uid.len() - 6..], b"hello\n");
+    assert_header(
+        &uid,
+        done(uid.len() - 6, Version::V2, "127.0.0.1:48290", "127.0.0.1:55093"),
+    );
+    let tls = hex(HAPROXY_V2_TLS);
+    assert_header(
+        &tls,
+        done(tls.len() - 6, Version::V2, "127.0.0.1:35774", "127.0.0.1:47317"),
+    );
+    // haproxy's CRC is ours: a corrupted unique id is caught by it.
+    let mut bad = uid.clone();
+    bad[uid.len() - 8] ^= 0x20;
+    assert_eq!(parse(&bad), Parse::Invalid(Invalid::V2Checksum));
 }
 
 // --- Malformed input ---
