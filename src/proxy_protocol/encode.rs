@@ -29,16 +29,18 @@ impl Header {
         }
     }
 
-    /// The header for a connection whose addresses are not known: `PROXY UNKNOWN\r\n`, or a v2
-    /// PROXY command with AF_UNSPEC and no address block. The receiver then uses the real
-    /// connection's addresses (or refuses it).
+    /// The header for a connection whose addresses are not known: `PROXY UNKNOWN\r\n`, or v2
+    /// LOCAL with AF_UNSPEC and no address block. The receiver then uses the real connection's
+    /// addresses (or refuses it). v2 says LOCAL, not PROXY with AF_UNSPEC, because that is what
+    /// haproxy sends in this case and the only form it accepts: haproxy (2.6, and its current
+    /// source) refuses PROXY with AF_UNSPEC as "an invalid PROXY protocol header".
     pub fn unknown(version: Version) -> Header {
         let mut h = Header::empty();
         match version {
             Version::V1 => h.push(b"PROXY UNKNOWN\r\n"),
             Version::V2 => {
                 h.push(&V2_SIGNATURE);
-                h.push(&[0x21, 0x00, 0, 0]);
+                h.push(&[0x20, 0x00, 0, 0]); // version 2, LOCAL; AF_UNSPEC; no address block
             }
         }
         h

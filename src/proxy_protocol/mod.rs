@@ -14,7 +14,8 @@
 //! an IPv4 client) are sent as IPv4. If the two sides still differ, the IPv4 one is sent as mapped
 //! IPv6 (TCP6 / AF_INET6) — not `PROXY UNKNOWN` / AF_UNSPEC: the spec reserves UNKNOWN for when
 //! the line cannot be filled correctly and warns that receivers may refuse it, and haproxy's own
-//! sender widens the same way. [`Header::unknown`] exists for a caller that has no addresses.
+//! sender widens the same way. [`Header::unknown`] is for a caller that has no addresses (v1
+//! `UNKNOWN`; v2 LOCAL, the only form haproxy accepts, see there).
 //!
 //! # Accepting
 //!

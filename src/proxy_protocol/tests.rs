@@ -271,6 +271,62 @@ fn haproxy_v2_headers_with_tlvs() {
     assert_eq!(parse(&bad), Parse::Invalid(Invalid::V2Checksum));
 }
 
+/// Our headers sent to haproxy 2.6 (`bind ... accept-proxy`, `server ... send-proxy-v2`): what
+/// haproxy then sent on shows the addresses it read from ours.
+#[test]
+fn haproxy_reads_our_headers() {
+    let cases = [
+        // (what we encoded, haproxy's v2 header for it, followed by "hello\n")
+        (
+            Header::new(Version::V1, sa("[2001:db8::1]:1"), sa("[2001:db8:0:0:1::2]:65535")),
+            "0d0a0d0a000d0a515549540a2121002420010db800000000000000000000000120010db80000000000010000000000020001ffff68656c6c6f0a",
+        ),
+        (
+            Header::new(
+                Version::V1,
+                sa("[::ffff:203.0.113.7]:40000"),
+                sa("[::ffff:192.0.2.1]:7005"),
+            ),
+            "0d0a0d0a000d0a515549540a2111000ccb007107c00002019c401b5d68656c6c6f0a",
+        ),
+        (
+            Header::new(Version::V1, sa("203.0.113.7:40000"), sa("[2001:db8::1]:7005")),
+            "0d0a0d0a000d0a515549540a2121002400000000000000000000ffffcb00710720010db80000000000000000000000019c401b5d68656c6c6f0a",
+        ),
+        (
+            Header::new(Version::V2, sa("203.0.113.7:40000"), sa("[2001:db8::1]:7005")),
+            "0d0a0d0a000d0a515549540a2121002400000000000000000000ffffcb00710720010db80000000000000000000000019c401b5d68656c6c6f0a",
+        ),
+        (
+            Header::new(
+                Version::V1,
+                sa("[ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff]:65535"),
+                sa("[ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff]:65535"),
+            ),
+            "0d0a0d0a000d0a515549540a21210024ffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff68656c6c6f0a",
+        ),
+    ];
+    for (ours, theirs) in cases {
+        let (ours, theirs) = (parse(ours.as_bytes()), parse(&hex(theirs)));
+        let (
+            Parse::Done {
+                source: s1,
+                destination: d1,
+                ..
+            },
+            Parse::Done {
+                source: s2,
+                destination: d2,
+                ..
+            },
+        ) = (ours, theirs)
+        else {
+            panic!("{ours:?} {theirs:?}")
+        };
+        assert_eq!((s1, d1), (s2, d2));
+    }
+}
+
 // --- Malformed input ---
 
 #[test]
@@ -460,10 +516,10 @@ fn encode_exact_bytes() {
     block.extend_from_slice(&[0, 1, 0xFF, 0xFF]);
     assert_eq!(Header::new(Version::V2, c6, s6).as_bytes(), &v2(0x21, 0x21, &block)[..]);
     assert_eq!(Header::unknown(Version::V1).as_bytes(), b"PROXY UNKNOWN\r\n");
-    assert_eq!(Header::unknown(Version::V2).as_bytes(), &v2(0x21, 0x00, &[])[..]);
+    assert_eq!(Header::unknown(Version::V2).as_bytes(), &v2(0x20, 0x00, &[])[..]);
     assert_eq!(
         parse(Header::unknown(Version::V2).as_bytes()),
-        done_without_addresses(16, Version::V2, Command::Proxy)
+        done_without_addresses(16, Version::V2, Command::Local)
     );
 }
 
