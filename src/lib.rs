@@ -21,6 +21,7 @@ mod listener;
 mod log;
 mod options;
 mod privileges;
+mod proxy_protocol;
 mod signals;
 mod sys;
 mod target;
