@@ -5,8 +5,9 @@
 //! (`--daemonize`, while there is still a single thread), then the log file, the pid file, the
 //! privilege drop, the signal handlers and the accept threads. Main process.
 
+use crate::backends::Backends;
 use crate::cli::Cli;
-use crate::config::{self, Mapping};
+use crate::config::{self, Backend, Mapping, Resolved};
 use crate::daemon::{self, PidFile, Ready};
 use crate::event_loop::{EventLoop, Route, Service, Settings};
 use crate::listener;
@@ -14,7 +15,7 @@ use crate::log;
 use crate::options::{self, Options};
 use crate::privileges::Identity;
 use crate::signals::Signals;
-use crate::target::{self, Target};
+use crate::target;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -83,23 +84,28 @@ pub fn check_config(path: &std::path::Path, base: &Options) -> Result<(), StartE
 }
 
 /// The mappings to serve, from `--config` or from the positional arguments, with their targets.
-fn mappings(cli: &Cli, base: &Options) -> Result<(Vec<Mapping>, Vec<Vec<Target>>), StartError> {
+fn mappings(cli: &Cli, base: &Options) -> Result<(Vec<Mapping>, Vec<Resolved>), StartError> {
     if let Some(path) = &cli.config {
         return config::load(path, base).map_err(StartError::Located);
     }
-    let (port, host, host_port) = match (cli.port, &cli.hostname, cli.host_port) {
-        (Some(p), Some(h), Some(hp)) => (p, h, hp),
+    let (port, targets) = match (cli.port, cli.targets()) {
+        (Some(p), Some(t)) => (p, t),
         _ => return Err("PORT HOSTNAME HOST_PORT or --config FILE is needed".to_string().into()),
     };
+    if targets.len() > config::MAX_BACKENDS {
+        return Err(format!("more than {} targets", config::MAX_BACKENDS).into());
+    }
+    base.check()?;
     let bind: SocketAddr = match &cli.bind {
         None => listener::any_address(port),
         Some(addr) => target::resolve(addr, port).map_err(|e| format!("--bind: {e}"))?[0],
     };
-    let targets = target::resolve_targets(host, host_port)?;
-    Ok((
-        vec![Mapping::new(bind, host.clone(), host_port, base.clone())],
-        vec![targets],
-    ))
+    let resolved = targets
+        .iter()
+        .map(|(host, port)| target::resolve_targets(host, *port))
+        .collect::<Result<Resolved, String>>()?;
+    let backends = targets.into_iter().map(|(h, p)| Backend::new(h, p)).collect();
+    Ok((vec![Mapping::new(bind, backends, base.clone())], vec![resolved]))
 }
 
 /// Makes a path absolute against the current directory (the daemon changes to `/`).
@@ -125,9 +131,9 @@ pub fn run(cli: Cli) -> Result<(), StartError> {
         .map(|s| options::parse_secs(s).map(|d| d.as_millis() as u64))
         .transpose()?;
 
-    let (mappings, targets) = mappings(&cli, &base)?;
+    let (mappings, resolved) = mappings(&cli, &base)?;
     let mut services = Vec::new();
-    for (mapping, targets) in mappings.into_iter().zip(targets) {
+    for (mapping, resolved) in mappings.into_iter().zip(resolved) {
         let socket = listener::open(mapping.bind).map_err(|e| {
             let message = format!("cannot listen on {}: {e}", mapping.bind);
             match &cli.config {
@@ -136,7 +142,8 @@ pub fn run(cli: Cli) -> Result<(), StartError> {
                 None => StartError::Plain(message),
             }
         })?;
-        services.push(Service::new(socket, Route { mapping, targets }).map_err(|e| e.to_string())?);
+        let backends = Backends::new(&mapping, resolved);
+        services.push(Service::new(socket, Route { mapping, backends }).map_err(|e| e.to_string())?);
     }
     if let Some(path) = &log_file {
         // Open it now, while errors still reach the terminal; it becomes stderr below.
@@ -204,12 +211,19 @@ fn serve(
         Err(e) => fail!("cannot install signal handlers: {e}"),
     };
     for s in &services {
-        let labels: Vec<&str> = s.route.targets.iter().map(|t| t.label()).collect();
+        let targets: Vec<String> = s
+            .route
+            .backends
+            .iter()
+            .map(|b| {
+                let labels: Vec<&str> = b.addrs.iter().map(|t| t.label()).collect();
+                format!("{} ({})", b.host, labels.join(","))
+            })
+            .collect();
         log!(
-            "listening on {} -> {} ({}) dispatch={} pid={}",
+            "listening on {} -> {} dispatch={} pid={}",
             s.local,
-            s.route.mapping.host,
-            labels.join(","),
+            targets.join(", "),
             s.route.mapping.options.dispatch.name(),
             std::process::id()
         );

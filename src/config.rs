@@ -1,6 +1,7 @@
 //! `setup.config`: one mapping per line, in the seed's form `7005 -> 192.168.0.1:8005`, with an
-//! optional bind address (`127.0.0.1:7005`, `[::]:7005`), host names as targets, `#` comments and
-//! per-line options (`dispatch=accept`, see `options`).
+//! optional bind address (`127.0.0.1:7005`, `[::]:7005`), host names as targets, several targets
+//! separated by `, ` (`7005 -> 10.0.0.1:8005, 10.0.0.2:8005`), `#` comments and per-line options
+//! (`dispatch=accept`, see `options`).
 //!
 //! Every error of the file is reported at once as `FILE:LINE:COL: message`, and nothing starts.
 //! Words of the file that a message echoes are cut and escaped (see [`shown`]).
@@ -21,43 +22,69 @@ pub const MAX_FILE_BYTES: usize = 16 << 20;
 /// How many characters of a word a message echoes; the rest is shown as `…`.
 const SHOWN_CHARS: usize = 64;
 
-/// One line of the file, parsed.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Mapping {
-    /// Where to listen; `[::]` (dual-stack, every interface) when the line names no address.
-    pub bind: SocketAddr,
+/// The most targets one mapping may list (a connection's plan carries their order by value).
+pub const MAX_BACKENDS: usize = 16;
+
+/// One target of a mapping as written: a host (name or address, without brackets) and a port.
+/// Two are equal when they name the same host and port, wherever they were written.
+#[derive(Clone, Debug)]
+pub struct Backend {
     pub host: String,
     pub port: u16,
-    pub options: Options,
-    /// 1-based line number in its file (0 for a mapping from the command line).
-    pub line: usize,
-    /// Column of the listen address, for errors about it (overlaps, a port that cannot be bound).
-    bind_col: usize,
     /// Column of the target, for resolution errors.
-    target_col: usize,
+    col: usize,
 }
 
-impl Mapping {
-    pub fn new(bind: SocketAddr, host: String, port: u16, options: Options) -> Mapping {
-        Mapping {
-            bind,
-            host,
-            port,
-            options,
-            line: 0,
-            bind_col: 0,
-            target_col: 0,
-        }
+impl PartialEq for Backend {
+    fn eq(&self, other: &Backend) -> bool {
+        (&self.host, self.port) == (&other.host, other.port)
+    }
+}
+
+impl Backend {
+    pub fn new(host: String, port: u16) -> Backend {
+        Backend { host, port, col: 0 }
     }
 
     /// `HOST:PORT` with IPv6 literals in brackets.
-    pub fn target_label(&self) -> String {
+    pub fn label(&self) -> String {
         let host = target::unbracket(&self.host);
         if host.contains(':') {
             format!("[{host}]:{}", self.port)
         } else {
             format!("{host}:{}", self.port)
         }
+    }
+}
+
+/// One line of the file, parsed.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Mapping {
+    /// Where to listen; `[::]` (dual-stack, every interface) when the line names no address.
+    pub bind: SocketAddr,
+    /// The targets, in the order written (at least one, at most [`MAX_BACKENDS`]).
+    pub backends: Vec<Backend>,
+    pub options: Options,
+    /// 1-based line number in its file (0 for a mapping from the command line).
+    pub line: usize,
+    /// Column of the listen address, for errors about it (overlaps, a port that cannot be bound).
+    bind_col: usize,
+}
+
+impl Mapping {
+    pub fn new(bind: SocketAddr, backends: Vec<Backend>, options: Options) -> Mapping {
+        Mapping {
+            bind,
+            backends,
+            options,
+            line: 0,
+            bind_col: 0,
+        }
+    }
+
+    /// The targets as written, `HOST:PORT, HOST:PORT` (IPv6 literals in brackets).
+    pub fn target_label(&self) -> String {
+        self.backends.iter().map(Backend::label).collect::<Vec<_>>().join(", ")
     }
 
     /// The mapping as a config line that parses back to itself (options that differ from the
@@ -200,26 +227,33 @@ pub fn parse(text: &str, defaults: &Options) -> Result<Vec<Mapping>, Vec<Error>>
     if errors.is_empty() { Ok(mappings) } else { Err(errors) }
 }
 
-/// Resolves every mapping's target; returns them in order, or every failure, located.
-pub fn resolve(mappings: &[Mapping]) -> Result<Vec<Vec<Target>>, Vec<Error>> {
+/// A mapping's targets resolved: one list of addresses for each target, in the order written.
+pub type Resolved = Vec<Vec<Target>>;
+
+/// Resolves every mapping's targets; returns them in order, or every failure, located.
+pub fn resolve(mappings: &[Mapping]) -> Result<Vec<Resolved>, Vec<Error>> {
     let mut out = Vec::new();
     let mut errors = Vec::new();
     for m in mappings {
-        match echoing(target::resolve_targets(&m.host, m.port), &m.host) {
-            Ok(t) => out.push(t),
-            Err(message) => errors.push(Error {
-                line: m.line,
-                col: m.target_col,
-                message: escaped(&message),
-            }),
+        let mut resolved = Vec::new();
+        for b in &m.backends {
+            match echoing(target::resolve_targets(&b.host, b.port), &b.host) {
+                Ok(t) => resolved.push(t),
+                Err(message) => errors.push(Error {
+                    line: m.line,
+                    col: b.col,
+                    message: escaped(&message),
+                }),
+            }
         }
+        out.push(resolved);
     }
     if errors.is_empty() { Ok(out) } else { Err(errors) }
 }
 
 /// Reads, parses and resolves a file. Errors come back as text, one `FILE:LINE:COL: message` per
 /// line (or one `FILE: message` line for a file that cannot be read as text).
-pub fn load(path: impl AsRef<Path>, defaults: &Options) -> Result<(Vec<Mapping>, Vec<Vec<Target>>), String> {
+pub fn load(path: impl AsRef<Path>, defaults: &Options) -> Result<(Vec<Mapping>, Vec<Resolved>), String> {
     let path = path.as_ref();
     let text = read(path)?;
     let located = |errs: Vec<Error>| errs.iter().map(|e| e.located(path)).collect::<Vec<_>>().join("\n");
@@ -378,6 +412,12 @@ fn words(text: &str, base: usize) -> Vec<(usize, &str)> {
     out
 }
 
+/// A word of a line and its column.
+type Word<'a> = (usize, &'a str);
+
+/// The targets of a line, and the words after them.
+type Targets<'a> = (Vec<Backend>, &'a [Word<'a>]);
+
 type LineResult = Result<Option<Mapping>, (usize, String)>;
 
 fn parse_line(raw: &str, defaults: &Options) -> LineResult {
@@ -399,27 +439,66 @@ fn parse_line(raw: &str, defaults: &Options) -> LineResult {
         [_, (col, word), ..] => return Err((*col, format!("unexpected '{}' before '->'", shown(word)))),
     };
     let right = words(&text[arrow + 2..], arrow + 3);
-    let Some(&(target_col, target)) = right.first() else {
+    if right.is_empty() {
         return Err((arrow + 1, "missing 'HOST:PORT' after '->'".into()));
-    };
-    let (host, port) = parse_target(target).map_err(|m| (target_col, m))?;
+    }
+    let (backends, rest) = parse_targets(&right)?;
     let mut options = defaults.clone();
     options.rules.clear();
-    for &(col, word) in &right[1..] {
+    // A line that names who may send a PROXY header names all of them.
+    if rest.iter().any(|(_, w)| w.starts_with("proxy_from=")) {
+        options.proxy_from.clear();
+    }
+    for &(col, word) in rest {
         let Some((key, value)) = word.split_once('=') else {
             return Err((col, format!("expected key=value, found '{}'", shown(word))));
         };
         echoing(echoing(options.set(key, value), key), value).map_err(|m| (col, m))?;
     }
+    let key_col = |key: &str| rest.iter().find(|(_, w)| w.starts_with(key)).map_or(first_col, |w| w.0);
+    options.check().map_err(|m| (key_col("accept_proxy="), m))?;
     Ok(Some(Mapping {
         bind,
-        host,
-        port,
+        backends,
         options,
         line: 0,
         bind_col,
-        target_col,
     }))
+}
+
+/// The targets after `->`: words ending in `,` are followed by another target. Returns them and
+/// the words after the last one (the options).
+fn parse_targets<'a>(right: &'a [Word<'a>]) -> Result<Targets<'a>, (usize, String)> {
+    let mut backends = Vec::new();
+    let mut i = 0;
+    loop {
+        let Some(&(col, word)) = right.get(i) else {
+            let (col, last) = right[i - 1];
+            return Err((col + last.len(), "missing 'HOST:PORT' after ','".into()));
+        };
+        let (target, more) = match word.strip_suffix(',') {
+            Some(t) => (t, true),
+            None => (word, false),
+        };
+        if target.contains(',') {
+            return Err((
+                col,
+                format!("targets are separated by ', ' (a comma and a space): '{}'", shown(word)),
+            ));
+        }
+        if target.contains('=') {
+            return Err((col, format!("expected HOST:PORT after ',', found '{}'", shown(word))));
+        }
+        let (host, port) = parse_target(target).map_err(|m| (col, m))?;
+        if backends.len() == MAX_BACKENDS {
+            return Err((col, format!("more than {MAX_BACKENDS} targets")));
+        }
+        backends.push(Backend { host, port, col });
+        i += 1;
+        if !more {
+            return Ok((backends, &right[i..]));
+        }
+    }
 }
 
 /// `PORT`, `IPV4:PORT` or `[IPV6]:PORT`.
@@ -490,11 +569,54 @@ mod tests {
         );
         let again = again.unwrap();
         for (a, b) in m.iter().zip(&again) {
-            assert_eq!(
-                (a.bind, &a.host, a.port, &a.options),
-                (b.bind, &b.host, b.port, &b.options)
-            );
+            assert_eq!((a.bind, &a.backends, &a.options), (b.bind, &b.backends, &b.options));
         }
+    }
+
+    #[test]
+    fn several_targets_and_their_options() {
+        let text = "7005 -> 10.0.0.1:8005, 10.0.0.2:8005, db.internal:8005 balance=roundrobin\n\
+                    7006 -> [::1]:1,  127.0.0.1:2 accept_proxy=on proxy_from=10.0.0.0/8 proxy_protocol=v1\n";
+        let m = parse(text, &Options::default()).unwrap();
+        assert_eq!(
+            m[0].canonical(),
+            "[::]:7005 -> 10.0.0.1:8005, 10.0.0.2:8005, db.internal:8005 balance=roundrobin"
+        );
+        assert_eq!(m[0].backends.len(), 3);
+        assert_eq!(
+            m[1].canonical(),
+            "[::]:7006 -> [::1]:1, 127.0.0.1:2 proxy_protocol=v1 accept_proxy=on proxy_from=10.0.0.0/8"
+        );
+        // Each target that does not resolve is located at its own column.
+        let m = parse("7 -> localhost:1, no-such-host.invalid:2", &Options::default()).unwrap();
+        let e = resolve(&m).unwrap_err();
+        assert_eq!((e.len(), e[0].line, e[0].col), (1, 1, 19));
+        assert_eq!(errs("7 -> a:1,"), ["1:10: missing 'HOST:PORT' after ','"]);
+        assert_eq!(
+            errs("7 -> a:1,b:2"),
+            ["1:6: targets are separated by ', ' (a comma and a space): 'a:1,b:2'"]
+        );
+        assert_eq!(
+            errs("7 -> a:1, dispatch=accept"),
+            ["1:11: expected HOST:PORT after ',', found 'dispatch=accept'"]
+        );
+        assert_eq!(errs("7 -> a:1, b"), ["1:11: expected HOST:PORT after '->', found 'b'"]);
+        let many: Vec<String> = (1..=17).map(|p| format!("h:{p}")).collect();
+        assert_eq!(
+            errs(&format!("7 -> {}", many.join(", "))),
+            [format!("1:{}: more than 16 targets", 6 + 5 * 9 + 6 * 7)]
+        );
+        assert_eq!(
+            errs("7 -> a:1 dispatch=accept accept_proxy=on"),
+            ["1:26: accept_proxy=on needs proxy_from=CIDR (who may send the PROXY header)"]
+        );
+        // A line's proxy_from replaces the command line's; without one it inherits them.
+        let mut base = Options::default();
+        base.set("proxy_from", "10.0.0.1").unwrap();
+        let m = parse("7 -> a:1 accept_proxy=on\n8 -> a:1 proxy_from=10.0.0.2", &base).unwrap();
+        assert_eq!(m[0].options.proxy_from, base.proxy_from);
+        assert_eq!(m[1].options.proxy_from.len(), 1);
+        assert_ne!(m[1].options.proxy_from, base.proxy_from);
     }
 
     #[test]
@@ -514,7 +636,7 @@ mod tests {
         assert_eq!(
             errs("1 -> h:1 colour=red"),
             [
-                "1:10: unknown option 'colour' (known: dispatch, connect_timeout, max_connections, max_per_source, first_byte_timeout, idle_timeout, keepalive, allow, deny)"
+                "1:10: unknown option 'colour' (known: dispatch, connect_timeout, max_connections, max_per_source, first_byte_timeout, idle_timeout, keepalive, allow, deny, balance, max_fails, fail_timeout, proxy_protocol, accept_proxy, proxy_from, source)"
             ]
         );
         assert_eq!(
@@ -860,7 +982,7 @@ mod properties {
                     // Whatever parses prints back to a line that parses to the same mapping.
                     for m in mappings {
                         let again = parse(&m.canonical(), &Options::default()).expect("canonical parses");
-                        prop_assert_eq!((again[0].bind, &again[0].host, again[0].port), (m.bind, &m.host, m.port));
+                        prop_assert_eq!((again[0].bind, &again[0].backends), (m.bind, &m.backends));
                     }
                 }
                 Err(errors) => {

@@ -11,6 +11,7 @@
 mod accept_pool;
 mod access;
 mod app;
+mod backends;
 pub mod cli;
 mod config;
 mod conn;

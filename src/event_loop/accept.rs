@@ -5,6 +5,7 @@
 use super::launcher::BACKOFF_MS;
 use super::token::Token;
 use super::{Conn, EventLoop, Route, Service};
+use crate::access;
 use crate::handoff;
 use crate::log;
 use crate::options::Dispatch;
@@ -124,13 +125,23 @@ impl EventLoop {
         self.stats.accepted += 1;
         let options = &route.mapping.options;
         let service = self.services[slot].as_mut().expect("accepting service exists");
-        if let Err(refusal) = self.admission.check(&service.live, options, peer.ip()) {
+        // Behind a load balancer the sender is checked against proxy_from only: access rules and
+        // the per-source limit apply to the client its header names (`proxy_accept`).
+        let verdict = if options.accept_proxy {
+            let sender_ok = access::permits(&options.proxy_from, &[], peer.ip());
+            sender_ok.then_some(()).ok_or("proxy-not-allowed")
+        } else {
+            self.admission
+                .check(&service.live, options, peer.ip())
+                .map_err(|r| r.name())
+        };
+        if let Err(reason) = verdict {
             self.stats.refused += 1;
             handoff::reset(&socket);
             let port = service.local.port();
             self.log_left_out_refusals(now);
             if self.refusals_log.admit(now) {
-                log!("client={peer} listen={port} outcome=refused reason={}", refusal.name());
+                log!("client={peer} listen={port} outcome=refused reason={reason}");
             }
             return;
         }
@@ -140,15 +151,19 @@ impl EventLoop {
             route: Rc::clone(route),
             peer,
             accepted_ms: now,
+            awaiting_header: options.accept_proxy,
+            via: None,
+            destination: None,
+            report: None,
         };
         match options.dispatch {
-            Dispatch::Accept => self.dispatch(socket, conn),
-            Dispatch::Data => self.wait_for_data(socket, conn),
+            Dispatch::Accept if !conn.awaiting_header => self.dispatch(socket, conn),
+            _ => self.wait_for_data(socket, conn),
         }
     }
 
     /// Puts an accepted socket in the epoll set until its first byte (or its first-byte timeout).
-    fn wait_for_data(&mut self, socket: Socket, conn: Conn) {
+    pub(super) fn wait_for_data(&mut self, socket: Socket, conn: Conn) {
         let fd = socket.as_raw_fd();
         let flags = EpollFlags::EPOLLIN | EpollFlags::EPOLLET;
         if let Err(e) = self

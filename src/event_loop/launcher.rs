@@ -1,17 +1,20 @@
 //! Launching connection processes: the launch pad, the hand-off slots, the memory the children do
 //! not get, and the back-off after a fork fails. Main process; what runs after the fork is `conn`.
 
-use super::Conn;
+use super::{Conn, Route};
+use crate::backends::report::{Reported, Reports};
 use crate::conn::Outcome;
 use crate::handoff::fork_fds::HandoffSlots;
 use crate::handoff::fork_memory::{Exclusions, LaunchPad};
-use crate::handoff::plan::{Plan, Targets, Totals};
+use crate::handoff::plan::{Plan, Totals};
 use crate::handoff::{self, hand_off};
+use crate::proxy_protocol::Header;
 use crate::sys::{self, SharedPage};
 use nix::errno::Errno;
 use socket2::Socket;
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};
+use std::rc::Rc;
 
 /// How long forking (and accepting) pauses after a failed fork: processes or memory ran out, so
 /// let the system breathe before the next one.
@@ -28,19 +31,51 @@ pub(crate) struct Launcher {
     exclusions: Exclusions,
     /// Sockets that became active while forking was paused, and when the pause ends.
     pub(crate) backoff: Backoff<(Socket, Conn)>,
+    /// The words connection processes report their backends in.
+    reports: Reports,
+    /// Words handed out and not read yet, with the route whose backends they report on.
+    unread: Vec<(u32, Rc<Route>)>,
 }
 
 impl Launcher {
     /// Call on the main thread, before the first accept (so that the slots' numbers stay low).
-    /// From here on the main process forks only through [`Launcher::launch`].
-    pub(crate) fn new() -> io::Result<Launcher> {
+    /// From here on the main process forks only through [`Launcher::launch`]. `max_connections`:
+    /// the process's cap, the most connection processes that may report at once.
+    pub(crate) fn new(max_connections: usize) -> io::Result<Launcher> {
         Ok(Launcher {
             totals: SharedPage::map()?,
             pad: LaunchPad::new()?,
             slots: HandoffSlots::reserve()?,
             exclusions: Exclusions::start(),
             backoff: Backoff::new(),
+            reports: Reports::new(max_connections)?,
+            unread: Vec::new(),
         })
+    }
+
+    /// The reports written since last time (the eventfd said so), each with its route.
+    pub(crate) fn take_reports(&mut self) -> Vec<(Rc<Route>, Reported)> {
+        let mut out = Vec::new();
+        let reports = &mut self.reports;
+        self.unread.retain(|(index, route)| match reports.read(*index) {
+            Some(reported) => {
+                out.push((Rc::clone(route), reported));
+                reports.release(*index);
+                false
+            }
+            None => true,
+        });
+        out
+    }
+
+    /// The connection process that had word `index` was reaped: its report if it wrote one
+    /// that was not read yet; the word is free again either way.
+    pub(crate) fn report_ended(&mut self, index: u32) -> Option<(Rc<Route>, Reported)> {
+        let at = self.unread.iter().position(|(i, _)| *i == index)?;
+        let (index, route) = self.unread.swap_remove(at);
+        let reported = self.reports.read(index);
+        self.reports.release(index);
+        reported.map(|r| (route, r))
     }
 
     pub(crate) fn totals(&self) -> &Totals {
@@ -62,28 +97,57 @@ impl Launcher {
         self.slots.child_ended(pid);
     }
 
-    /// Forks the connection process for `socket` (blocking now). On failure the client is reset,
-    /// the failure logged, and forking pauses for [`BACKOFF_MS`].
-    pub(crate) fn launch(&mut self, socket: &Socket, conn: &Conn) -> Result<libc::pid_t, Errno> {
+    /// Forks the connection process for `socket` (blocking now). Returns its pid and the index of
+    /// the word it reports its backends in. On failure the client is reset, the failure logged,
+    /// and forking pauses for [`BACKOFF_MS`].
+    pub(crate) fn launch(&mut self, socket: &Socket, conn: &Conn) -> Result<(libc::pid_t, Option<u32>), Errno> {
         let route = &conn.route;
         let options = &route.mapping.options;
+        let now = sys::monotonic_ms();
+        let order = route.backends.order(options, conn.peer.ip(), now);
+        // The header names the client and the address it connected to: as a PROXY header that
+        // came in carried them, or this socket's own.
+        let proxy_header = options.proxy_protocol.map(|version| {
+            let local = || socket.local_addr().ok().and_then(|a| a.as_socket());
+            match conn.destination.or_else(local) {
+                Some(destination) => Header::new(version, conn.peer, destination),
+                None => Header::unknown(version),
+            }
+        });
+        let issued = self.reports.issue();
         let plan = Plan {
             client: socket.as_raw_fd(),
             ticket: None,
-            targets: Targets::new(&route.targets),
+            targets: route.backends.attempts(&order),
             connect_timeout_ms: options.connect_timeout.as_millis().max(1) as u64,
-            line: Plan::describe(&conn.peer, route.mapping.bind.port()),
+            line: Plan::describe(&conn.peer, route.mapping.bind.port(), conn.via),
             accepted_ms: conn.accepted_ms,
             idle_timeout_ms: options.idle_timeout.map_or(0, |t| t.as_millis().max(1) as u64),
             keepalive_secs: options.keepalive.map_or(0, |t| t.as_secs().max(1) as u32),
             totals: self.totals,
+            report: issued.map(|(_, report)| report),
+            proxy_header,
+            source: options.source,
         };
         self.exclusions.refresh();
-        hand_off(&mut self.pad, &mut self.slots, socket, plan).inspect_err(|&e| {
-            handoff::reset(socket);
-            plan.log_unconnected(Outcome::ForkFailed, e);
-            self.backoff.pause(sys::monotonic_ms());
-        })
+        match hand_off(&mut self.pad, &mut self.slots, socket, plan) {
+            Ok(pid) => {
+                let index = issued.map(|(index, _)| index);
+                if let Some(index) = index {
+                    self.unread.push((index, Rc::clone(route)));
+                }
+                Ok((pid, index))
+            }
+            Err(e) => {
+                if let Some((index, _)) = issued {
+                    self.reports.release(index);
+                }
+                handoff::reset(socket);
+                plan.log_unconnected(Outcome::ForkFailed, e);
+                self.backoff.pause(now);
+                Err(e)
+            }
+        }
     }
 }
 

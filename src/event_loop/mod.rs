@@ -15,6 +15,7 @@
 mod accept;
 mod admission;
 mod launcher;
+mod proxy_accept;
 mod reload;
 mod stats;
 mod token;
@@ -22,6 +23,8 @@ mod waiting;
 
 use crate::accept_pool::AcceptPool;
 use crate::access;
+use crate::backends::Backends;
+use crate::backends::report::Reported;
 use crate::config::Mapping;
 use crate::conn::Outcome;
 use crate::listener;
@@ -29,7 +32,6 @@ use crate::log;
 use crate::options::Options;
 use crate::signals::{Signal, Signals};
 use crate::sys;
-use crate::target::Target;
 use admission::{Admission, Live};
 use launcher::Launcher;
 use nix::errno::Errno;
@@ -50,7 +52,7 @@ use waiting::WaitingSet;
 /// its connection processes, so a reload can replace it without touching those in flight.
 pub(crate) struct Route {
     pub(crate) mapping: Mapping,
-    pub(crate) targets: Vec<Target>,
+    pub(crate) backends: Backends,
 }
 
 /// A listening port and its live connections.
@@ -89,8 +91,17 @@ pub(crate) struct Conn {
     /// Its listener's slot.
     slot: usize,
     route: Rc<Route>,
+    /// The client: the peer of the socket, or the address its PROXY header carried.
     peer: SocketAddr,
     accepted_ms: u64,
+    /// With `accept_proxy=on`: the header is still to be read.
+    awaiting_header: bool,
+    /// The sender of the PROXY header (the load balancer), once it was read.
+    via: Option<SocketAddr>,
+    /// The address the client connected to, as the PROXY header carried it.
+    destination: Option<SocketAddr>,
+    /// The word its connection process reports its backends in (`backends::report`).
+    report: Option<u32>,
 }
 
 /// Settings of the process as a whole (the command line's, not a mapping's).
@@ -129,6 +140,8 @@ pub(crate) struct EventLoop {
     settings: Settings,
     stats: Stats,
     refusals_log: log::Throttle,
+    /// Where PROXY headers are peeked into.
+    header_buf: Vec<u8>,
 }
 
 impl EventLoop {
@@ -141,7 +154,7 @@ impl EventLoop {
         )?;
         let pool = AcceptPool::new(settings.accept_threads)?;
         // The accept threads exclude their own stacks as they start.
-        let launcher = Launcher::new()?;
+        let launcher = Launcher::new(settings.max_connections)?;
         let mut this = EventLoop {
             epoll,
             services: Vec::new(),
@@ -156,6 +169,7 @@ impl EventLoop {
             settings,
             stats: Stats::default(),
             refusals_log: log::Throttle::new(accept::REFUSALS_LOGGED_PER_SEC),
+            header_buf: proxy_accept::buffer(),
         };
         let notify = EpollEvent::new(EpollFlags::EPOLLIN, Token::Handoff.encode());
         this.epoll.add(this.launcher.notify_fd(), notify)?;
@@ -183,8 +197,14 @@ impl EventLoop {
                     }
                     Token::Waiting(fd) => self.on_active(fd),
                     Token::Signals => self.on_signals(),
-                    // Connection processes left the shared descriptor table: free their slots.
-                    Token::Handoff => self.launcher.reclaim(),
+                    // Connection processes left the shared descriptor table (free their slots),
+                    // or reported which backends they reached.
+                    Token::Handoff => {
+                        self.launcher.reclaim();
+                        for (route, reported) in self.launcher.take_reports() {
+                            self.apply_report(&route, reported);
+                        }
+                    }
                 }
             }
             self.on_timers();
@@ -237,6 +257,9 @@ impl EventLoop {
 
     /// A waiting socket became active (its first byte, or a FIN): out of the epoll set, hand off.
     fn on_active(&mut self, fd: RawFd) {
+        if self.waiting.get(fd).is_some_and(|(_, conn)| conn.awaiting_header) {
+            return self.on_header_bytes(fd);
+        }
         let Some((socket, conn)) = self.waiting.remove(fd) else {
             return;
         };
@@ -246,7 +269,7 @@ impl EventLoop {
 
     /// Hands an active client off: back to blocking, then the connection process is forked (or,
     /// during a fork back-off, the client waits out of the epoll set).
-    fn dispatch(&mut self, socket: Socket, conn: Conn) {
+    fn dispatch(&mut self, socket: Socket, mut conn: Conn) {
         if self.launcher.backoff.paused(sys::monotonic_ms()) {
             // A fork just failed: this client waits (out of the epoll set) until the pause ends.
             self.launcher.backoff.defer((socket, conn));
@@ -254,7 +277,8 @@ impl EventLoop {
         }
         let _ = socket.set_nonblocking(false);
         match self.launcher.launch(&socket, &conn) {
-            Ok(pid) => {
+            Ok((pid, report)) => {
+                conn.report = report;
                 self.children.insert(pid, conn);
             }
             Err(_) => {
@@ -283,7 +307,9 @@ impl EventLoop {
         while let Some((_, (socket, conn))) = self.waiting.pop_expired(now) {
             let _ = self.epoll.delete(socket.as_fd());
             self.stats.first_byte_timeouts += 1;
-            if self.settings.verbose {
+            if conn.awaiting_header {
+                self.header_timed_out(&socket, &conn);
+            } else if self.settings.verbose {
                 log!(
                     "client={} closed: nothing sent within the first-byte timeout",
                     conn.peer
@@ -383,6 +409,10 @@ impl EventLoop {
             let Some(conn) = self.children.remove(&pid) else {
                 continue;
             };
+            // A report not read yet (its eventfd write still to come), or none: free its word.
+            if let Some((route, reported)) = conn.report.and_then(|i| self.launcher.report_ended(i)) {
+                self.apply_report(&route, reported);
+            }
             self.stats.outcomes.add(Outcome::from_wait_status(status));
             if libc::WIFSIGNALED(status) {
                 // It died before it could write its own line (a crash, the OOM killer, an
@@ -411,5 +441,19 @@ impl EventLoop {
                 totals.s2c.load(Ordering::Relaxed),
             )
         );
+        let now = sys::monotonic_ms();
+        for service in self.services.iter().flatten() {
+            for line in service.route.backends.stats_lines(service.local, now) {
+                log!("{line}");
+            }
+        }
+    }
+
+    /// A connection process said which backends it could not reach and which one it used.
+    fn apply_report(&self, route: &Route, reported: Reported) {
+        let now = sys::monotonic_ms();
+        route
+            .backends
+            .apply(reported, &route.mapping.options, route.mapping.bind, now);
     }
 }

@@ -6,6 +6,7 @@
 //! every mapping as it was. Connections in flight keep the route they started with.
 
 use super::{EventLoop, Route, Service};
+use crate::backends::Backends;
 use crate::{config, listener, log};
 use socket2::Socket;
 use std::net::SocketAddr;
@@ -55,7 +56,7 @@ impl EventLoop {
             log!("SIGHUP: no configuration file to reload (started without --config)");
             return;
         };
-        let (mappings, targets) = match config::load(path, base) {
+        let (mappings, resolved) = match config::load(path, base) {
             Ok(found) => found,
             Err(errors) => {
                 for line in errors.lines() {
@@ -70,10 +71,10 @@ impl EventLoop {
             .iter()
             .map(|s| s.as_ref().map(|s| s.route.mapping.bind))
             .collect();
-        let routes = mappings
-            .into_iter()
-            .zip(targets)
-            .map(|(mapping, targets)| (mapping.bind, Route { mapping, targets }));
+        let routes = mappings.into_iter().zip(resolved).map(|(mapping, resolved)| {
+            let backends = Backends::new(&mapping, resolved);
+            (mapping.bind, Route { mapping, backends })
+        });
         let changes = compare(&current, routes.collect());
         // Open what is new before changing anything.
         let mut opened: Vec<(Route, Socket)> = Vec::new();
@@ -92,7 +93,10 @@ impl EventLoop {
         let kept = changes.kept.len();
         for (slot, route) in changes.kept {
             // New connections take the new target and options; those in flight keep theirs.
-            self.services[slot].as_mut().expect("compared as open").route = Rc::new(route);
+            // The backends still listed keep their health.
+            let service = self.services[slot].as_mut().expect("compared as open");
+            route.backends.carry_over(&service.route.backends);
+            service.route = Rc::new(route);
         }
         let removed = changes.removed.len();
         for slot in changes.removed {

@@ -29,6 +29,11 @@ impl<T> WaitingSet<T> {
         self.entries.insert(fd, (item, deadline));
     }
 
+    /// The socket `fd`, if it waits here.
+    pub(crate) fn get(&self, fd: RawFd) -> Option<&T> {
+        self.entries.get(&fd).map(|(item, _)| item)
+    }
+
     /// Takes the socket `fd` out (it became active, or hung up).
     pub(crate) fn remove(&mut self, fd: RawFd) -> Option<T> {
         self.entries.remove(&fd).map(|(item, _)| item)

@@ -4,30 +4,45 @@
 //! in the connection process after fork; the connection's log line is completed from it on either
 //! side (by the child, or by the main process when the fork failed).
 
+use crate::backends::report::Report;
 use crate::conn::Outcome;
 use crate::handoff::fork_fds::Ticket;
 use crate::log::Line;
+use crate::proxy_protocol::Header;
 use crate::sys::{self, SharedPage, SharedZeroed};
-use crate::target::{MAX_TARGETS, Target};
+use crate::target::Target;
 use nix::errno::Errno;
 use std::fmt::Write as _;
+use std::net::IpAddr;
 use std::os::fd::RawFd;
 use std::sync::atomic::AtomicU64;
 
-/// Inward addresses, tried in order, by value.
+/// Inward addresses a plan holds at most (all backends together).
+pub(crate) const PLAN_ADDRS: usize = 32;
+
+/// One inward address to try, and the backend (its index in the mapping) it belongs to.
 #[derive(Clone, Copy)]
-pub(crate) struct Targets([Option<Target>; MAX_TARGETS]);
+pub(crate) struct Attempt {
+    pub(crate) backend: u8,
+    pub(crate) target: Target,
+}
+
+/// Inward addresses, tried in order, by value: the connection's backend order, decided by the
+/// main process (balance, health), each backend's addresses together.
+#[derive(Clone, Copy)]
+pub(crate) struct Targets([Option<Attempt>; PLAN_ADDRS]);
 
 impl Targets {
-    pub(crate) fn new(targets: &[Target]) -> Targets {
-        let mut slots = [None; MAX_TARGETS];
-        for (slot, target) in slots.iter_mut().zip(targets) {
-            *slot = Some(*target);
+    /// The first [`PLAN_ADDRS`] of `attempts`.
+    pub(crate) fn new(attempts: impl IntoIterator<Item = Attempt>) -> Targets {
+        let mut slots = [None; PLAN_ADDRS];
+        for (slot, attempt) in slots.iter_mut().zip(attempts) {
+            *slot = Some(attempt);
         }
         Targets(slots)
     }
 
-    pub(crate) fn iter(&self) -> impl Iterator<Item = &Target> {
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &Attempt> {
         self.0.iter().flatten()
     }
 }
@@ -53,6 +68,12 @@ pub(crate) struct Plan {
     pub(crate) keepalive_secs: u32,
     /// Process-wide byte counters, shared with the main process.
     pub(crate) totals: SharedPage<Totals>,
+    /// Where to say which backends failed and which one was used (`None`: no word was free).
+    pub(crate) report: Option<Report>,
+    /// The PROXY protocol header to send the backend before any client byte.
+    pub(crate) proxy_header: Option<Header>,
+    /// The local address inward connections are made from.
+    pub(crate) source: Option<IpAddr>,
 }
 
 /// Byte counters in a `MAP_SHARED` page made by the main process before any fork: each connection
@@ -68,10 +89,14 @@ pub(crate) struct Totals {
 unsafe impl SharedZeroed for Totals {}
 
 impl Plan {
-    /// Formats the middle of a connection's log line (`client=... listen=...`), in the parent.
-    pub(crate) fn describe(peer: &std::net::SocketAddr, listen_port: u16) -> Line {
+    /// Formats the middle of a connection's log line (`client=... listen=...`, then `via=...`
+    /// for a client whose address came in a PROXY header from `via`), in the parent.
+    pub(crate) fn describe(peer: &std::net::SocketAddr, listen_port: u16, via: Option<std::net::SocketAddr>) -> Line {
         let mut line = Line::new();
         let _ = write!(line, "client={peer} listen={listen_port}");
+        if let Some(proxy) = via {
+            let _ = write!(line, " via={proxy}");
+        }
         line
     }
 
@@ -84,7 +109,7 @@ impl Plan {
 
     /// The target named in the log line of a connection that never reached one.
     pub(crate) fn first_target_label(&self) -> &[u8] {
-        self.targets.iter().next().map_or("-", Target::label).as_bytes()
+        self.targets.iter().next().map_or("-", |a| a.target.label()).as_bytes()
     }
 
     /// Completes and writes a connection's log line:

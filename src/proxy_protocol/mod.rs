@@ -6,7 +6,7 @@
 //!
 //! The main process knows, before it forks, the client's address and the address the client
 //! connected to. It builds a [`Header`] with [`Header::new`] (or [`Header::unknown`]) there; the
-//! header is `Copy` and fixed-size ([`HEADER_CAPACITY`] = 108 bytes: a v1 line is at most 107, a v2
+//! header is `Copy` and fixed-size ([`HEADER_CAPACITY`](encode::HEADER_CAPACITY) = 108 bytes: a v1 line is at most 107, a v2
 //! header without TLVs at most 52), so the connection process takes it across the fork and writes
 //! [`Header::as_bytes`] on the inward socket before any data, with no allocation.
 //!
@@ -22,9 +22,9 @@
 //! The listener peeks at the first bytes and calls [`parse`] each time more arrive:
 //! [`Parse::Incomplete`] for every proper prefix of a valid header, [`Parse::Done`] with the
 //! length to consume and the addresses, or [`Parse::Invalid`] as soon as no continuation could be
-//! valid (and then for every continuation). [`could_be_header`] is the signature test alone.
+//! valid (and then for every continuation). [`could_be_header`](decode::could_be_header) is the signature test alone.
 //! v2 TLVs are walked and skipped (they must tile the header exactly); a CRC32C TLV is verified.
-//! A v2 header longer than [`DEFAULT_MAX_HEADER_LEN`] (16 KiB; [`parse_with_limit`] takes another
+//! A v2 header longer than [`DEFAULT_MAX_HEADER_LEN`] (16 KiB; [`parse_with_limit`](decode::parse_with_limit) takes another
 //! cap) is `Invalid(Oversized)` as soon as its length field is in. A LOCAL command has no
 //! addresses; whether to accept one is the caller's decision.
 //!
@@ -50,8 +50,13 @@ mod parse_v2;
 #[cfg(test)]
 mod tests;
 
-pub use decode::{DEFAULT_MAX_HEADER_LEN, Invalid, Parse, could_be_header, parse, parse_with_limit};
-pub use encode::{HEADER_CAPACITY, Header};
+pub use decode::{DEFAULT_MAX_HEADER_LEN, Invalid, Parse, parse};
+pub use encode::Header;
+// The rest of the codec's interface, which portfwd itself does not call (its tests do).
+#[cfg(test)]
+pub use decode::{could_be_header, parse_with_limit};
+#[cfg(test)]
+pub use encode::HEADER_CAPACITY;
 
 /// Which of the two header formats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

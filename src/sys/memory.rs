@@ -136,3 +136,31 @@ impl<T> std::ops::Deref for SharedPage<T> {
         self.value
     }
 }
+
+/// `len` values of `T` in an anonymous `MAP_SHARED` mapping of as many pages as they need: like
+/// [`SharedPage`] (zero-filled, never unmapped, seen by every child forked afterwards), for more
+/// than a page holds.
+pub(crate) fn map_shared_slice<T: SharedZeroed>(len: usize) -> SysResult<&'static [T]> {
+    const {
+        assert!(std::mem::align_of::<T>() <= MIN_PAGE);
+    }
+    let bytes = (len.max(1) * std::mem::size_of::<T>()).next_multiple_of(page_size());
+    // SAFETY: an anonymous shared mapping; no existing memory is affected.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            bytes,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err(Errno::last());
+    }
+    // SAFETY: the mapping is fresh, zero-filled, page-aligned and holds `len` values of `T`, for
+    // which all-zero is valid (`SharedZeroed`); it is never unmapped, so 'static holds, and
+    // `T: Sync` makes sharing it sound.
+    Ok(unsafe { std::slice::from_raw_parts(p.cast::<T>(), len) })
+}

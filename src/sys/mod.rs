@@ -13,10 +13,13 @@
 mod memory;
 mod socket;
 
-pub(crate) use memory::{SharedPage, SharedZeroed, exclude_from_children, map_with_guard, page_size, program_break};
+pub(crate) use memory::{
+    SharedPage, SharedZeroed, exclude_from_children, map_shared_slice, map_with_guard, page_size, program_break,
+};
 pub(crate) use socket::{
-    TCP_CLOSE, connect, peek, pipe, poll_one, set_abortive_close, set_nonblocking, set_recv_timeout, set_send_timeout,
-    setsockopt_int, shutdown, splice, take_socket_error, tcp_socket, tcp_state,
+    TCP_CLOSE, TCP_CLOSE_WAIT, bind, connect, peek, peek_queued, pipe, poll_one, recv_queued, set_abortive_close,
+    set_nonblocking, set_recv_timeout, set_send_timeout, setsockopt_int, shutdown, splice, take_socket_error,
+    tcp_socket, tcp_state,
 };
 
 use nix::errno::Errno;

@@ -18,6 +18,29 @@ pub(crate) fn peek(fd: RawFd) -> SysResult<usize> {
     check_size(unsafe { libc::recv(fd, probe.as_mut_ptr().cast(), 1, libc::MSG_PEEK) })
 }
 
+/// `recv(fd, buf, MSG_PEEK | MSG_DONTWAIT)`: what is queued on a socket, left queued, without
+/// waiting (`EAGAIN` when nothing is). Returns 0 at end-of-file.
+pub(crate) fn peek_queued(fd: RawFd, buf: &mut [u8]) -> SysResult<usize> {
+    // SAFETY: `buf` is a live, writable slice of `buf.len()` bytes.
+    check_size(unsafe {
+        libc::recv(
+            fd,
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    })
+}
+
+/// `recv(fd, buf, MSG_DONTWAIT)`: takes at most `buf.len()` queued bytes off a socket.
+pub(crate) fn recv_queued(fd: RawFd, buf: &mut [u8]) -> SysResult<usize> {
+    // SAFETY: `buf` is a live, writable slice of `buf.len()` bytes.
+    check_size(unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) })
+}
+
+/// `TCP_CLOSE_WAIT` of the kernel's TCP states: the peer's FIN is in, no more bytes will come.
+pub(crate) const TCP_CLOSE_WAIT: u8 = 8;
+
 /// `pipe2(O_CLOEXEC)`, then asks for `size` bytes of capacity; a refused resize (the per-user pipe
 /// quota, `fs.pipe-max-size`) keeps the default size, which is still correct, only slower.
 pub(crate) fn pipe(size: libc::c_int) -> SysResult<(RawFd, RawFd)> {
@@ -158,6 +181,13 @@ pub(crate) fn connect(fd: RawFd, addr: &std::net::SocketAddr) -> SysResult<()> {
     let addr = socket2::SockAddr::from(*addr);
     // SAFETY: `addr` is a live, initialised socket address of `addr.len()` bytes.
     check(unsafe { libc::connect(fd, addr.as_ptr().cast(), addr.len()) }).map(drop)
+}
+
+/// `bind(2)` to an address prepared before the fork (the `sockaddr` is built on the stack).
+pub(crate) fn bind(fd: RawFd, addr: &std::net::SocketAddr) -> SysResult<()> {
+    let addr = socket2::SockAddr::from(*addr);
+    // SAFETY: `addr` is a live, initialised socket address of `addr.len()` bytes.
+    check(unsafe { libc::bind(fd, addr.as_ptr().cast(), addr.len()) }).map(drop)
 }
 
 /// `poll(2)` on one descriptor; returns the revents, or 0 on timeout.
