@@ -7,9 +7,11 @@
 
 mod util;
 
+mod backends;
 mod cli;
 mod forwarding;
 mod lifecycle;
 mod limits;
+mod proxy;
 mod real_peers;
 mod scripts;
