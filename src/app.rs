@@ -96,6 +96,9 @@ fn mappings(cli: &Cli, base: &Options) -> Result<(Vec<Mapping>, Vec<Resolved>), 
         return Err(format!("more than {} targets", config::MAX_BACKENDS).into());
     }
     base.check()?;
+    if let Some(source) = base.source {
+        target::check_source(source)?;
+    }
     let bind: SocketAddr = match &cli.bind {
         None => listener::any_address(port),
         Some(addr) => target::resolve(addr, port).map_err(|e| format!("--bind: {e}"))?[0],

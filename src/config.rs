@@ -235,6 +235,15 @@ pub fn resolve(mappings: &[Mapping]) -> Result<Vec<Resolved>, Vec<Error>> {
     let mut out = Vec::new();
     let mut errors = Vec::new();
     for m in mappings {
+        if let Some(source) = m.options.source
+            && let Err(message) = target::check_source(source)
+        {
+            errors.push(Error {
+                line: m.line,
+                col: m.bind_col,
+                message,
+            });
+        }
         let mut resolved = Vec::new();
         for b in &m.backends {
             match echoing(target::resolve_targets(&b.host, b.port), &b.host) {

@@ -20,6 +20,7 @@ use health::{Change, Health};
 use report::Reported;
 use std::cell::{Cell, RefCell};
 use std::net::{IpAddr, SocketAddr};
+use std::rc::Rc;
 
 /// One backend: its name as written, its addresses (resolved at start-up), its health.
 pub(crate) struct Backend {
@@ -28,7 +29,9 @@ pub(crate) struct Backend {
     /// The host alone, without brackets.
     pub(crate) host: String,
     pub(crate) addrs: Vec<Target>,
-    health: RefCell<Health>,
+    /// Shared with the same backend of the mapping before and after a reload, so reports from
+    /// connections that started under the old configuration still count.
+    health: Rc<RefCell<Health>>,
 }
 
 /// The backends of one mapping, in the order written.
@@ -48,7 +51,7 @@ impl Backends {
                 label: b.label(),
                 host: b.host.clone(),
                 addrs,
-                health: RefCell::default(),
+                health: Rc::default(),
             })
             .collect();
         Backends {
@@ -63,11 +66,11 @@ impl Backends {
 
     /// Keeps the health and the round-robin position of `old` (the same mapping before a reload)
     /// for the backends that are still listed.
-    pub(crate) fn carry_over(&self, old: &Backends) {
+    pub(crate) fn carry_over(&mut self, old: &Backends) {
         self.next.set(old.next.get());
-        for b in &self.list {
+        for b in &mut self.list {
             if let Some(o) = old.list.iter().find(|o| o.label == b.label) {
-                b.health.swap(&o.health);
+                b.health = Rc::clone(&o.health);
             }
         }
     }
@@ -205,7 +208,9 @@ mod tests {
         );
         assert!(b.stats_lines(listen, 7_000)[0].contains("state=up served=1"));
         // Health survives a reload for the backends still listed.
-        let (again, _) = backends("7 -> 127.0.0.2:2, 127.0.0.1:1");
+        let (mut again, _) = backends("7 -> 127.0.0.2:2, 127.0.0.1:1");
+        again.carry_over(&b);
+        // A connection of the old configuration reports after the reload: it counts.
         b.apply(
             Reported {
                 used: None,
@@ -215,7 +220,6 @@ mod tests {
             listen,
             8_000,
         );
-        again.carry_over(&b);
         assert!(again.stats_lines(listen, 8_000)[1].contains("backend=127.0.0.1:1 state=down"));
     }
 

@@ -306,10 +306,14 @@ impl EventLoop {
         // Silent clients past their first-byte timeout.
         while let Some((_, (socket, conn))) = self.waiting.pop_expired(now) {
             let _ = self.epoll.delete(socket.as_fd());
-            self.stats.first_byte_timeouts += 1;
             if conn.awaiting_header {
+                // A refusal (counted and logged as one), not a silent client.
                 self.header_timed_out(&socket, &conn);
-            } else if self.settings.verbose {
+                self.release(&conn);
+                continue;
+            }
+            self.stats.first_byte_timeouts += 1;
+            if self.settings.verbose {
                 log!(
                     "client={} closed: nothing sent within the first-byte timeout",
                     conn.peer

@@ -91,7 +91,7 @@ impl EventLoop {
             }
         }
         let kept = changes.kept.len();
-        for (slot, route) in changes.kept {
+        for (slot, mut route) in changes.kept {
             // New connections take the new target and options; those in flight keep theirs.
             // The backends still listed keep their health.
             let service = self.services[slot].as_mut().expect("compared as open");
