@@ -167,21 +167,22 @@ extern "C" fn on_sigchld(_: libc::c_int) {}
 /// The addresses a connection could not reach, with why, in the order tried: for the report
 /// (which backends failed) and the log line (`failed=ADDR/ERRNO,...`). Fixed size, no heap.
 struct Failures {
-    list: [(u8, Errno); PLAN_ADDRS],
+    /// (attempt: the address's index in the plan, its backend's index, the error)
+    list: [(u8, u8, Errno); PLAN_ADDRS],
     len: usize,
 }
 
 impl Failures {
     fn new() -> Failures {
         Failures {
-            list: [(0, Errno::UnknownErrno); PLAN_ADDRS],
+            list: [(0, 0, Errno::UnknownErrno); PLAN_ADDRS],
             len: 0,
         }
     }
 
-    fn push(&mut self, attempt: usize, error: Errno) {
+    fn push(&mut self, attempt: usize, backend: u8, error: Errno) {
         if self.len < PLAN_ADDRS {
-            self.list[self.len] = (attempt as u8, error);
+            self.list[self.len] = (attempt as u8, backend, error);
             self.len += 1;
         }
     }
@@ -190,15 +191,15 @@ impl Failures {
     /// but the one `used`.
     fn backends(&self, used: Option<u8>) -> u16 {
         let mut mask = 0u16;
-        for &(attempt, _) in &self.list[..self.len] {
-            mask |= 1 << (attempt & 15);
+        for &(_, backend, _) in &self.list[..self.len] {
+            mask |= 1 << (backend & 15);
         }
         mask & !used.map_or(0, |u| 1 << (u & 15))
     }
 
     /// Appends ` failed=ADDR/ERRNO,...` when an address failed (a line that is full is cut).
     fn log(&self, line: &mut Line, plan: &Plan) {
-        for (k, &(attempt, error)) in self.list[..self.len].iter().enumerate() {
+        for (k, &(attempt, _, error)) in self.list[..self.len].iter().enumerate() {
             if k == 0 {
                 line.key("failed");
             } else {
@@ -228,7 +229,7 @@ fn connect_any<'p>(plan: &'p Plan, failures: &mut Failures) -> Result<(RawFd, &'
         match try_one(plan, &attempt.target.addr, deadline) {
             Ok(fd) => return Ok((fd, attempt)),
             Err(e) => {
-                failures.push(k, e);
+                failures.push(k, attempt.backend, e);
                 last = e;
             }
         }

@@ -154,7 +154,6 @@ impl EventLoop {
             awaiting_header: options.accept_proxy,
             via: None,
             destination: None,
-            report: None,
         };
         match options.dispatch {
             Dispatch::Accept if !conn.awaiting_header => self.dispatch(socket, conn),

@@ -33,8 +33,10 @@ pub(crate) struct Launcher {
     pub(crate) backoff: Backoff<(Socket, Conn)>,
     /// The words connection processes report their backends in.
     reports: Reports,
-    /// Words handed out and not read yet, with the route whose backends they report on.
-    unread: Vec<(u32, Rc<Route>)>,
+    /// Words handed out and not read yet: the word, the connection process that writes it (a
+    /// word read is free again at once, so its index alone may already name another
+    /// connection's), and the route whose backends it reports on.
+    unread: Vec<(u32, libc::pid_t, Rc<Route>)>,
 }
 
 impl Launcher {
@@ -57,7 +59,7 @@ impl Launcher {
     pub(crate) fn take_reports(&mut self) -> Vec<(Rc<Route>, Reported)> {
         let mut out = Vec::new();
         let reports = &mut self.reports;
-        self.unread.retain(|(index, route)| match reports.read(*index) {
+        self.unread.retain(|(index, _, route)| match reports.read(*index) {
             Some(reported) => {
                 out.push((Rc::clone(route), reported));
                 reports.release(*index);
@@ -68,11 +70,11 @@ impl Launcher {
         out
     }
 
-    /// The connection process that had word `index` was reaped: its report if it wrote one
-    /// that was not read yet; the word is free again either way.
-    pub(crate) fn report_ended(&mut self, index: u32) -> Option<(Rc<Route>, Reported)> {
-        let at = self.unread.iter().position(|(i, _)| *i == index)?;
-        let (index, route) = self.unread.swap_remove(at);
+    /// Connection process `pid` was reaped: its report if it wrote one that was not read yet;
+    /// its word is free again either way.
+    pub(crate) fn report_ended(&mut self, pid: libc::pid_t) -> Option<(Rc<Route>, Reported)> {
+        let at = self.unread.iter().position(|(_, p, _)| *p == pid)?;
+        let (index, _, route) = self.unread.swap_remove(at);
         let reported = self.reports.read(index);
         self.reports.release(index);
         reported.map(|r| (route, r))
@@ -97,10 +99,9 @@ impl Launcher {
         self.slots.child_ended(pid);
     }
 
-    /// Forks the connection process for `socket` (blocking now). Returns its pid and the index of
-    /// the word it reports its backends in. On failure the client is reset, the failure logged,
-    /// and forking pauses for [`BACKOFF_MS`].
-    pub(crate) fn launch(&mut self, socket: &Socket, conn: &Conn) -> Result<(libc::pid_t, Option<u32>), Errno> {
+    /// Forks the connection process for `socket` (blocking now) and returns its pid. On failure
+    /// the client is reset, the failure logged, and forking pauses for [`BACKOFF_MS`].
+    pub(crate) fn launch(&mut self, socket: &Socket, conn: &Conn) -> Result<libc::pid_t, Errno> {
         let route = &conn.route;
         let options = &route.mapping.options;
         let now = sys::monotonic_ms();
@@ -132,11 +133,10 @@ impl Launcher {
         self.exclusions.refresh();
         match hand_off(&mut self.pad, &mut self.slots, socket, plan) {
             Ok(pid) => {
-                let index = issued.map(|(index, _)| index);
-                if let Some(index) = index {
-                    self.unread.push((index, Rc::clone(route)));
+                if let Some((index, _)) = issued {
+                    self.unread.push((index, pid, Rc::clone(route)));
                 }
-                Ok((pid, index))
+                Ok(pid)
             }
             Err(e) => {
                 if let Some((index, _)) = issued {

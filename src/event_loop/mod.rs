@@ -100,8 +100,6 @@ pub(crate) struct Conn {
     via: Option<SocketAddr>,
     /// The address the client connected to, as the PROXY header carried it.
     destination: Option<SocketAddr>,
-    /// The word its connection process reports its backends in (`backends::report`).
-    report: Option<u32>,
 }
 
 /// Settings of the process as a whole (the command line's, not a mapping's).
@@ -269,7 +267,7 @@ impl EventLoop {
 
     /// Hands an active client off: back to blocking, then the connection process is forked (or,
     /// during a fork back-off, the client waits out of the epoll set).
-    fn dispatch(&mut self, socket: Socket, mut conn: Conn) {
+    fn dispatch(&mut self, socket: Socket, conn: Conn) {
         if self.launcher.backoff.paused(sys::monotonic_ms()) {
             // A fork just failed: this client waits (out of the epoll set) until the pause ends.
             self.launcher.backoff.defer((socket, conn));
@@ -277,8 +275,7 @@ impl EventLoop {
         }
         let _ = socket.set_nonblocking(false);
         match self.launcher.launch(&socket, &conn) {
-            Ok((pid, report)) => {
-                conn.report = report;
+            Ok(pid) => {
                 self.children.insert(pid, conn);
             }
             Err(_) => {
@@ -414,7 +411,7 @@ impl EventLoop {
                 continue;
             };
             // A report not read yet (its eventfd write still to come), or none: free its word.
-            if let Some((route, reported)) = conn.report.and_then(|i| self.launcher.report_ended(i)) {
+            if let Some((route, reported)) = self.launcher.report_ended(pid) {
                 self.apply_report(&route, reported);
             }
             self.stats.outcomes.add(Outcome::from_wait_status(status));

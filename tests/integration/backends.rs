@@ -167,6 +167,42 @@ fn source_hash_keeps_each_client_address_on_one_backend() {
 }
 
 #[test]
+fn the_backend_marked_down_is_the_one_that_failed_whatever_the_order() {
+    // Round robin tries the second backend first every other connection: its failure must be
+    // counted against it, not against the first one in the plan's order.
+    let a = Backend::start(named("A"));
+    let dead = free_port();
+    let fwd = Forwarder::start(
+        BIN,
+        &["--balance", "roundrobin", "--backend", &at(dead)],
+        "127.0.0.1",
+        a.port,
+    );
+    for _ in 0..6 {
+        assert_eq!(ask(&fwd, None), "A");
+    }
+    let down = format!("backend {} of ", at(dead));
+    assert!(
+        fwd.wait_log_count(&down, 1, Duration::from_secs(5)),
+        "{}",
+        fwd.log_text()
+    );
+    assert_eq!(
+        fwd.count_lines(&format!("backend {} of ", at(a.port))),
+        0,
+        "{}",
+        fwd.log_text()
+    );
+    let stats = format!("backend={} state=up served=6 failed=0", at(a.port));
+    fwd.stats();
+    assert!(
+        fwd.wait_log_count(&stats, 1, Duration::from_secs(5)),
+        "{}",
+        fwd.log_text()
+    );
+}
+
+#[test]
 fn a_killed_backend_goes_down_is_skipped_and_comes_back() {
     let a = Backend::start(named("A"));
     let a_port = a.port;
