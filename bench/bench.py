@@ -26,6 +26,7 @@ import resource
 import shutil
 import signal
 import socket
+import ssl
 import statistics
 import subprocess
 import sys
@@ -38,6 +39,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, "bench", "results")
 PORTFWD = os.path.join(ROOT, "target", "release", "portfwd")
 CREF = os.path.join(ROOT, "target", "reference", "server")
+# sslh's one-process-per-connection build (Debian's sslh package ships it as /usr/sbin/sslh).
+SSLH = next((p for p in ("/usr/sbin/sslh-fork", "/usr/sbin/sslh") if os.access(p, os.X_OK)), "sslh")
+# The rows that route on the first bytes, and the name their TLS clients ask for.
+ROUTED_ROWS = {"portfwd-tls", "sslh"}
+BENCH_SNI = "bench.example.com"
 
 # ---------------------------------------------------------------- utilities
 
@@ -379,6 +385,16 @@ def start_forwarder_once(row, bport, wrap=None):
         argv = [PORTFWD, str(lport), "127.0.0.1", str(bport)]
     elif row == "portfwd-accept":
         argv = [PORTFWD, "--dispatch", "accept", str(lport), "127.0.0.1", str(bport)]
+    elif row == "portfwd-tls":
+        conf = os.path.join(d, "routes.config")
+        with open(conf, "w") as f:
+            f.write(f"127.0.0.1:{lport} -> 127.0.0.1:{bport} when=tls:{BENCH_SNI}\n"
+                    f"127.0.0.1:{lport} -> 127.0.0.1:{bport} when=http\n")
+        argv = [PORTFWD, "--config", conf]
+    elif row == "sslh":
+        # sslh-fork (one process per connection, like portfwd); -t: its timeout route, unused.
+        argv = [SSLH, "-f", "-n", "-p", f"127.0.0.1:{lport}", "--tls", f"127.0.0.1:{bport}",
+                "--http", f"127.0.0.1:{bport}"]
     elif row == "cref":
         argv = [CREF, str(lport), "127.0.0.1", str(bport)]
     elif row == "socat":
@@ -575,9 +591,24 @@ def redis_bench(port, clients, n):
     return {"rate": rate, "errors": errs, "rc": rc, "wall": wall}
 
 
-def first_byte(port_of_row, lst, samples, deadline):
-    """Latency from the client's first byte (sent right after connect()
-    returns) until the backend (our listener `lst`) has read it."""
+def client_hello(name):
+    """The first bytes a TLS client sends asking for `name` (Python's ssl, into a memory BIO)."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = ctx.wrap_bio(incoming, outgoing, server_hostname=name)
+    try:
+        tls.do_handshake()
+    except ssl.SSLWantReadError:
+        pass
+    return outgoing.read()
+
+
+def first_byte(port_of_row, lst, samples, deadline, payload=b"x"):
+    """Latency from the client's first bytes (`payload`, sent right after
+    connect() returns) until the backend (our listener `lst`) has read the
+    first of them."""
     out = []
     for _ in range(samples):
         if time.time() > deadline:
@@ -585,13 +616,13 @@ def first_byte(port_of_row, lst, samples, deadline):
         c = socket.create_connection(("127.0.0.1", port_of_row), timeout=5)
         c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         t0 = time.perf_counter()
-        c.sendall(b"x")
+        c.sendall(payload)
         try:
             b, _ = lst.accept()
             b.settimeout(5)
             got = b.recv(1)
             t1 = time.perf_counter()
-            if got == b"x":
+            if got == payload[:1]:
                 out.append((t1 - t0) * 1000.0)
             b.close()
         except socket.timeout:
@@ -956,7 +987,7 @@ def main():
     if q:
         tests.discard("profile")
     notes = []
-    for r in ("portfwd", "portfwd-accept"):
+    for r in ("portfwd", "portfwd-accept", "portfwd-tls"):
         if r in rows and not os.access(PORTFWD, os.X_OK):
             notes.append(f"{r}: target/release/portfwd missing, row skipped")
             rows.remove(r)
@@ -965,7 +996,7 @@ def main():
                      "failed), row skipped")
         rows.remove("cref")
     for r, exe in (("socat", "socat"), ("rinetd", "rinetd"), ("haproxy", "haproxy"),
-                   ("nginx", "nginx")):
+                   ("nginx", "nginx"), ("sslh", SSLH)):
         if r in rows and not shutil.which(exe):
             notes.append(f"{r}: {exe} not installed, row skipped")
             rows.remove(r)
@@ -1147,7 +1178,9 @@ def main():
             try:
                 time.sleep(0.5)
                 cpu0 = tree_cpu_s(srv) if srv else None
-                s = first_byte(port, lst, P["fb_samples"], time.time() + 30)
+                # The routed rows get what a TLS client says first; the rest one byte.
+                payload = client_hello(BENCH_SNI) if row in ROUTED_ROWS else b"x"
+                s = first_byte(port, lst, P["fb_samples"], time.time() + 30, payload)
                 if srv and s:
                     cpu = cpu_us_per(srv, cpu0, len(s))
             finally:

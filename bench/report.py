@@ -103,6 +103,9 @@ def targets(s, rows):
     v = g("cref", "connrate_rps")
     add("connection rate ≥ 4 × C reference", g(p, "connrate_rps"), 4 * v if v else None, ge,
         "conn/s")
+    v = g(p, "connrate_rps")
+    add("routing (when=tls: + when=http) keeps ≥ 90% of the connection rate",
+        g("portfwd-tls", "connrate_rps"), 0.9 * v if v else None, ge, "conn/s")
     v = g("haproxy", "ka_p99_ms")
     add("keep-alive p99 ≤ 1.2 × haproxy", g(p, "ka_p99_ms"), 1.2 * v if v else None, le, "ms")
     add("2,000 clients: rate ≥ socat", g(p, "redis_rps"), g("socat", "redis_rps"), ge, "req/s")
@@ -152,7 +155,7 @@ def plots(s, rows, stamp):
     files = []
     names = [SHORT[r] for r in rows]
     colors = ["#888888" if r == "direct" else "#d62728" if r == "portfwd"
-              else "#ff9896" if r == "portfwd-accept" else "#1f77b4" for r in rows]
+              else "#ff9896" if r in ("portfwd-accept", "portfwd-tls") else "#1f77b4" for r in rows]
 
     def grouped(fname, title, ylabel, series, log=False):
         if not any((s.get((r, m)) or 0) > 0 for _l, m, _h in series for r in rows):

@@ -16,6 +16,13 @@ TABLE = (
     # under load, not in bulk throughput or held memory.
     Row("portfwd-accept", "portfwd `--dispatch accept`", "pf accept",
         frozenset({"connrate", "keepalive", "redis", "firstbyte"})),
+    # Routing on the first bytes (when=): a TLS route by SNI and an HTTP route on one port, next
+    # to the plain row, and sslh (fork) on the same routes. Only the tests whose clients speak TLS
+    # or HTTP first: firstbyte sends a real ClientHello to these rows.
+    Row("portfwd-tls", "portfwd `when=tls:NAME` + `when=http`", "pf routed",
+        frozenset({"connrate", "firstbyte"})),
+    Row("sslh", "sslh-fork (`--tls` + `--http`)", "sslh",
+        frozenset({"connrate", "firstbyte"})),
     Row("cref", "C reference (seed)", "C ref", None),
     Row("socat", "socat (fork)", "socat", None),
     Row("rinetd", "rinetd", "rinetd", None),

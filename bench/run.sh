@@ -7,8 +7,8 @@ usage() {
 usage: bench/run.sh [--quick] [--no-install] [--rows LIST] [--tests LIST] [--portfwd PATH]
 
 Benchmarks portfwd against direct (no forwarder), the C reference of the
-seed's server, socat (fork), rinetd, haproxy (mode tcp) and nginx stream, on
-loopback only, and writes:
+seed's server, socat (fork), rinetd, haproxy (mode tcp) and nginx stream (and
+a routed portfwd listener against sslh), on loopback only, and writes:
   bench/results/<stamp>/          the run's folder: raw.csv (one line per
                                   sample), raw.json (machine, params),
                                   profile-*.txt, README.md (to complete),
@@ -20,8 +20,10 @@ loopback only, and writes:
                  500 idle connections, no profiles
   --no-install   do not apt-get install missing peers
   --rows LIST    comma-separated subset of
-                 direct,portfwd,portfwd-accept,cref,socat,rinetd,haproxy,
-                 nginx
+                 direct,portfwd,portfwd-accept,portfwd-tls,sslh,cref,socat,
+                 rinetd,haproxy,nginx (portfwd-tls: a when=tls:NAME +
+                 when=http listener; sslh: sslh-fork on the same routes;
+                 both run only connrate and firstbyte)
   --tests LIST   comma-separated subset of
                  iperf,connrate,keepalive,redis,firstbyte,forkfloor,memory,
                  profile
@@ -30,7 +32,7 @@ loopback only, and writes:
                  target/release/portfwd
   -h, --help     this text
 
-Installs missing peers with apt-get (socat rinetd haproxy nginx
+Installs missing peers with apt-get (socat rinetd sslh haproxy nginx
 libnginx-mod-stream iperf3 wrk redis-server redis-tools python3-matplotlib,
 linux-perf for the profiles), builds portfwd with `cargo build --release` and
 the C reference from harness/reference/server.c (its row is skipped with a
@@ -63,6 +65,7 @@ log() { printf '[run.sh] %s\n' "$*"; }
 need=()
 command -v socat >/dev/null || need+=(socat)
 command -v rinetd >/dev/null || need+=(rinetd)
+[ -x /usr/sbin/sslh-fork ] || [ -x /usr/sbin/sslh ] || need+=(sslh)
 command -v haproxy >/dev/null || need+=(haproxy)
 command -v nginx >/dev/null || need+=(nginx)
 if ! [ -e /usr/lib/nginx/modules/ngx_stream_module.so ] && ! nginx -V 2>&1 | grep -q -- '--with-stream[^=]'; then

@@ -1,17 +1,19 @@
 //! Start-up: from the parsed command line to a running event loop. Every check that can fail on bad
 //! input happens before anything accepts, and comes back as text for one exit with status 2.
 //!
-//! Order matters: resolve and bind (in the foreground, so errors reach the terminal), then detach
-//! (`--daemonize`, while there is still a single thread), then the log file, the pid file, the
+//! Order matters: resolve and bind and choose the log (in the foreground, so errors reach the
+//! terminal), then detach (`--daemonize`, while there is still a single thread), then the log
+//! (descriptor 2, non-blocking, before anything is forked), the pid file, the
 //! privilege drop, the signal handlers and the accept threads. Main process.
 
-use crate::backends::Backends;
 use crate::cli::Cli;
 use crate::config::{self, Backend, Mapping, Resolved};
 use crate::daemon::{self, PidFile, Ready};
-use crate::event_loop::{EventLoop, Route, Service, Settings};
+use crate::event_loop::{EventLoop, Route, Routes, Service, Settings};
+use crate::grouping;
 use crate::listener;
 use crate::log;
+use crate::log_sink::{self, Destination};
 use crate::options::{self, Options};
 use crate::privileges::Identity;
 use crate::signals::Signals;
@@ -74,11 +76,14 @@ pub fn lean_malloc() {
     }
 }
 
-/// `--check-config FILE`: prints each mapping as a canonical line.
+/// `--check-config FILE`: prints each mapping as a canonical line, listener by listener (the
+/// lines of a routed listener together, in the order its routes are tried).
 pub fn check_config(path: &std::path::Path, base: &Options) -> Result<(), StartError> {
     let (mappings, _) = config::load(path, base).map_err(StartError::Located)?;
-    for m in &mappings {
-        println!("{}", m.canonical());
+    for listener in grouping::group(mappings, |m| m.bind) {
+        for m in &listener {
+            println!("{}", m.canonical());
+        }
     }
     Ok(())
 }
@@ -118,11 +123,56 @@ fn absolute(path: &Option<PathBuf>) -> Result<Option<PathBuf>, StartError> {
         .transpose()
 }
 
+/// Where a daemon logs when no `--log-file` says: this file, when there is no syslog socket.
+pub const DEFAULT_LOG_FILE: &str = "/var/log/portfwd.log";
+
+/// Where the log goes: `--syslog`, `--log-file`, or with `--daemonize` syslog when a syslog daemon
+/// listens on /dev/log, else [`DEFAULT_LOG_FILE`]; otherwise stderr. Decided in the foreground, so
+/// a destination that cannot be used is an error on the terminal.
+fn log_destination(cli: &Cli, log_file: Option<PathBuf>) -> Result<Destination, StartError> {
+    if cli.syslog {
+        let socket = log_sink::syslog_socket();
+        if !log_sink::syslog_listens(&socket) {
+            return Err(format!("--syslog: no syslog daemon takes datagrams at {}", socket.display()).into());
+        }
+        return Ok(Destination::Syslog(socket));
+    }
+    let file = match log_file {
+        Some(path) => path,
+        None if cli.daemonize => {
+            let socket = log_sink::syslog_socket();
+            if log_sink::syslog_listens(&socket) {
+                return Ok(Destination::Syslog(socket));
+            }
+            let path = PathBuf::from(DEFAULT_LOG_FILE);
+            open_for_appending(&path).map_err(|e| {
+                format!(
+                    "--daemonize: no syslog daemon at {} and {DEFAULT_LOG_FILE} cannot be opened ({e}); \
+                     pass --log-file PATH",
+                    socket.display()
+                )
+            })?;
+            return Ok(Destination::File(path));
+        }
+        None => return Ok(Destination::Stderr),
+    };
+    // Open it now, while errors still reach the terminal; it becomes stderr later.
+    open_for_appending(&file).map_err(|e| format!("--log-file {}: {e}", file.display()))?;
+    Ok(Destination::File(file))
+}
+
+fn open_for_appending(path: &std::path::Path) -> std::io::Result<std::fs::File> {
+    std::fs::OpenOptions::new().append(true).create(true).open(path)
+}
+
 /// Resolves, binds, and runs the forwarder until it is told to stop.
 pub fn run(cli: Cli) -> Result<(), StartError> {
     let base = cli.options();
     if let Some(path) = &cli.check_config {
         return check_config(path, &base);
+    }
+    if let Some(pid_file) = &cli.status {
+        return crate::status::show(pid_file).map_err(StartError::Plain);
     }
     let config_path = absolute(&cli.config)?;
     let log_file = absolute(&cli.log_file)?;
@@ -135,8 +185,13 @@ pub fn run(cli: Cli) -> Result<(), StartError> {
         .transpose()?;
 
     let (mappings, resolved) = mappings(&cli, &base)?;
+    let routes = mappings
+        .into_iter()
+        .zip(resolved)
+        .map(|(mapping, resolved)| Route::new(mapping, resolved));
     let mut services = Vec::new();
-    for (mapping, resolved) in mappings.into_iter().zip(resolved) {
+    for list in grouping::group(routes.collect(), |r| r.mapping.bind) {
+        let mapping = &list[0].mapping;
         let socket = listener::open(mapping.bind).map_err(|e| {
             let message = format!("cannot listen on {}: {e}", mapping.bind);
             match &cli.config {
@@ -145,20 +200,12 @@ pub fn run(cli: Cli) -> Result<(), StartError> {
                 None => StartError::Plain(message),
             }
         })?;
-        let backends = Backends::new(&mapping, resolved);
-        services.push(Service::new(socket, Route { mapping, backends }).map_err(|e| e.to_string())?);
+        services.push(Service::new(socket, Routes::new(list)).map_err(|e| e.to_string())?);
     }
-    if let Some(path) = &log_file {
-        // Open it now, while errors still reach the terminal; it becomes stderr below.
-        std::fs::OpenOptions::new()
-            .append(true)
-            .create(true)
-            .open(path)
-            .map_err(|e| format!("--log-file {}: {e}", path.display()))?;
-    }
+    let log_to = log_destination(&cli, log_file)?;
 
     let ready = if cli.daemonize {
-        Some(daemon::detach(log_file.is_some()).map_err(|e| format!("cannot daemonize: {e}"))?)
+        Some(daemon::detach(&log_to.describe()).map_err(|e| format!("cannot daemonize: {e}"))?)
     } else {
         None
     };
@@ -169,7 +216,9 @@ pub fn run(cli: Cli) -> Result<(), StartError> {
         drain_timeout_ms,
         global_rules: cli.rules.clone(),
         config: config_path.map(|p| (p, base)),
-        log_file,
+        log_to,
+        log_format: cli.log_format.unwrap_or(crate::log_format::Format::Logfmt),
+        status_file: pid_path.as_deref().map(crate::status::snapshot_path),
     };
     match serve(services, settings, pid_path, identity, ready) {
         Ok(()) => Ok(()),
@@ -195,11 +244,13 @@ fn serve(
     macro_rules! fail {
         ($($arg:tt)*) => { return Err((format!($($arg)*), ready)) };
     }
-    if let Some(path) = &settings.log_file
-        && let Err(e) = daemon::redirect_stderr(path)
-    {
-        fail!("--log-file {}: {e}", path.display());
+    if let Err(e) = log_sink::init(settings.log_format) {
+        fail!("cannot set up the log: {e}");
     }
+    let log_note = match log_sink::open(&settings.log_to) {
+        Ok(note) => note,
+        Err(e) => fail!("log {}: {e}", settings.log_to.describe()),
+    };
     let pid_file = match pid_path.as_deref().map(PidFile::write).transpose() {
         Ok(p) => p,
         Err(e) => fail!("--pid-file {}: {e}", pid_path.unwrap().display()),
@@ -213,29 +264,24 @@ fn serve(
         Ok(s) => s,
         Err(e) => fail!("cannot install signal handlers: {e}"),
     };
+    if let Some(note) = log_note {
+        log!("{note}");
+    }
     for s in &services {
-        let targets: Vec<String> = s
-            .route
-            .backends
-            .iter()
-            .map(|b| {
-                let labels: Vec<&str> = b.addrs.iter().map(|t| t.label()).collect();
-                format!("{} ({})", b.host, labels.join(","))
-            })
-            .collect();
         log!(
-            "listening on {} -> {} dispatch={} pid={}",
+            "event=listening listen={} {} dispatch={} pid={}",
             s.local,
-            targets.join(", "),
-            s.route.mapping.options.dispatch.name(),
+            s.routes.describe(),
+            s.routes.listener().options.dispatch.name(),
             std::process::id()
         );
     }
     if settings.verbose {
         log!(
-            "accept_threads={} user={}",
+            "event=settings accept_threads={} user={} log={}",
             settings.accept_threads,
-            identity.as_ref().map_or("-", |i| i.name.as_str())
+            log::Quoted(identity.as_ref().map_or("-", |i| i.name.as_str())),
+            log::Quoted(settings.log_to.describe())
         );
     }
     let mut event_loop = match EventLoop::new(services, signals, settings) {

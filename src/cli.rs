@@ -18,15 +18,16 @@ use std::path::PathBuf;
                   POP3, MySQL, VNC). A FIN is passed on as a FIN, a reset as a reset. One log line per\n\
                   finished connection goes to stderr (or --log-file).\n\n\
                   Signals: TERM/INT stop accepting (connections finish, or end after --drain-timeout);\n\
-                  QUIT ends everything now; HUP reloads --config and reopens --log-file; USR1 logs stats."
+                  QUIT ends everything now; HUP reloads --config and reopens the log; USR2 only reopens the\n\
+                  log (for logrotate); USR1 logs stats (and, with --pid-file, writes what --status shows)."
 )]
 pub struct Cli {
     /// Port to listen on (1-65535).
-    #[arg(value_name = "PORT", value_parser = parse_port, required_unless_present_any = ["config", "check_config", "completions", "man"])]
+    #[arg(value_name = "PORT", value_parser = parse_port, required_unless_present_any = ["config", "check_config", "completions", "man", "status"])]
     pub port: Option<u16>,
 
     /// Inward host: a name, an IPv4 address, or an IPv6 address (brackets optional).
-    #[arg(value_name = "HOSTNAME", required_unless_present_any = ["config", "check_config", "completions", "man"])]
+    #[arg(value_name = "HOSTNAME", required_unless_present_any = ["config", "check_config", "completions", "man", "status"])]
     pub hostname: Option<String>,
 
     /// Inward port (1-65535). May be left out when HOSTNAME is written `HOST:PORT` (`[::1]:PORT`
@@ -131,7 +132,7 @@ pub struct Cli {
     #[arg(long, value_name = "PATH")]
     pub pid_file: Option<PathBuf>,
 
-    /// Append log lines to PATH instead of stderr (reopened on SIGHUP).
+    /// Append log lines to PATH instead of stderr (reopened on SIGUSR2 and SIGHUP).
     #[arg(long, value_name = "PATH")]
     pub log_file: Option<PathBuf>,
 
@@ -158,6 +159,21 @@ pub struct Cli {
     /// Access rules in command-line order (filled from --allow/--deny after parsing).
     #[arg(skip)]
     pub rules: Vec<Rule>,
+
+    /// Send log lines to syslog (/dev/log, one datagram each) instead of stderr. With --daemonize
+    /// and no --log-file this is the default when /dev/log is there.
+    #[arg(long, conflicts_with = "log_file")]
+    pub syslog: bool,
+
+    /// Log lines as logfmt (`ts=... portfwd[PID]: key=value ...`) or as one JSON object each,
+    /// with the same keys [default: logfmt].
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    pub log_format: Option<crate::log_format::Format>,
+
+    /// Print the live connections and each mapping's figures of the portfwd whose pid file is
+    /// PIDFILE (it must run with --pid-file), and exit.
+    #[arg(long, value_name = "PIDFILE", exclusive = true)]
+    pub status: Option<PathBuf>,
 }
 
 /// The two forms of the command line, shown after an argument error so a user who swapped or

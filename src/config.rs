@@ -69,6 +69,9 @@ pub struct Mapping {
     pub line: usize,
     /// Column of the listen address, for errors about it (overlaps, a port that cannot be bound).
     bind_col: usize,
+    /// The keys of this line's `key=value` words with their columns, for the checks across the
+    /// lines of one listener (see `grouping`).
+    given: Vec<(String, usize)>,
 }
 
 impl Mapping {
@@ -79,6 +82,21 @@ impl Mapping {
             options,
             line: 0,
             bind_col: 0,
+            given: Vec::new(),
+        }
+    }
+
+    /// Where this line gives `key=`, if it does (the first such word's column).
+    pub fn given(&self, key: &str) -> Option<usize> {
+        self.given.iter().find(|(k, _)| k == key).map(|&(_, col)| col)
+    }
+
+    /// A problem with this line at column `col` (0: at its listen address).
+    pub fn error_at(&self, col: usize, message: String) -> Error {
+        Error {
+            line: self.line,
+            col: if col == 0 { self.bind_col } else { col },
+            message: escaped(&message),
         }
     }
 
@@ -196,7 +214,8 @@ impl Taken {
 }
 
 /// Parses a whole file's text. `defaults` are the options a line starts from (the command line's).
-/// Does not resolve host names; see [`resolve`].
+/// Lines with the same listen address are the routes of one listener, checked together (see
+/// `grouping`). Does not resolve host names; see [`resolve`].
 pub fn parse(text: &str, defaults: &Options) -> Result<Vec<Mapping>, Vec<Error>> {
     // A byte order mark is not part of line 1 (editors on Windows write one).
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
@@ -209,12 +228,17 @@ pub fn parse(text: &str, defaults: &Options) -> Result<Vec<Mapping>, Vec<Error>>
             Ok(None) => {}
             Ok(Some(mut m)) => {
                 m.line = line;
-                if let Some(prev) = taken.overlapped(m.bind).map(|i| &mappings[i]) {
-                    let message = format!("{} is already used by line {} ({})", m.bind, prev.line, prev.bind);
-                    errors.push(m.bind_error(message));
-                } else {
-                    taken.insert(m.bind, mappings.len());
-                    mappings.push(m);
+                match taken.overlapped(m.bind).map(|i| &mappings[i]) {
+                    Some(prev) if prev.bind != m.bind => {
+                        let message = format!("{} is already used by line {} ({})", m.bind, prev.line, prev.bind);
+                        errors.push(m.bind_error(message));
+                    }
+                    // Another route of the same listener.
+                    Some(_) => mappings.push(m),
+                    None => {
+                        taken.insert(m.bind, mappings.len());
+                        mappings.push(m);
+                    }
                 }
             }
             Err((col, message)) => errors.push(Error {
@@ -224,6 +248,8 @@ pub fn parse(text: &str, defaults: &Options) -> Result<Vec<Mapping>, Vec<Error>>
             }),
         }
     }
+    errors.extend(crate::grouping::check(&mut mappings));
+    errors.sort_by_key(|e| e.line);
     if errors.is_empty() { Ok(mappings) } else { Err(errors) }
 }
 
@@ -458,20 +484,21 @@ fn parse_line(raw: &str, defaults: &Options) -> LineResult {
     if rest.iter().any(|(_, w)| w.starts_with("proxy_from=")) {
         options.proxy_from.clear();
     }
+    let mut given = Vec::new();
     for &(col, word) in rest {
         let Some((key, value)) = word.split_once('=') else {
             return Err((col, format!("expected key=value, found '{}'", shown(word))));
         };
         echoing(echoing(options.set(key, value), key), value).map_err(|m| (col, m))?;
+        given.push((key.to_string(), col));
     }
-    let key_col = |key: &str| rest.iter().find(|(_, w)| w.starts_with(key)).map_or(first_col, |w| w.0);
-    options.check().map_err(|m| (key_col("accept_proxy="), m))?;
     Ok(Some(Mapping {
         bind,
         backends,
         options,
         line: 0,
         bind_col,
+        given,
     }))
 }
 
@@ -645,7 +672,7 @@ mod tests {
         assert_eq!(
             errs("1 -> h:1 colour=red"),
             [
-                "1:10: unknown option 'colour' (known: dispatch, connect_timeout, max_connections, max_per_source, first_byte_timeout, idle_timeout, keepalive, allow, deny, balance, max_fails, fail_timeout, proxy_protocol, accept_proxy, proxy_from, source)"
+                "1:10: unknown option 'colour' (known: dispatch, connect_timeout, max_connections, max_per_source, first_byte_timeout, idle_timeout, keepalive, allow, deny, when, balance, max_fails, fail_timeout, proxy_protocol, accept_proxy, proxy_from, source)"
             ]
         );
         assert_eq!(
@@ -668,7 +695,10 @@ mod tests {
         assert_eq!(errs("x y -> h:1"), ["1:3: unexpected 'y' before '->'"]);
         assert_eq!(
             errs("7005 -> a:1\n7005 -> b:2"),
-            ["2:1: [::]:7005 is already used by line 1 ([::]:7005)"]
+            [
+                "2:1: [::]:7005 is already used by line 1 ([::]:7005): further lines on one address are routes, \
+                 and this one (no when=, so when=any) can never be chosen"
+            ]
         );
         // An any-address listener overlaps a specific one on the same port, and vice versa.
         assert_eq!(errs("127.0.0.1:7 -> a:1\n7 -> b:2").len(), 1);
@@ -958,12 +988,27 @@ mod properties {
         fn the_overlap_check_is_the_pairwise_rule(binds in proptest::collection::vec(bind(), 0..12)) {
             // Reference: every line against each earlier line that was kept, naming the first that
             // overlaps (what the check did pairwise before it was made linear).
+            // Lines on the very same address are one listener's routes: all but the first are
+            // kept, and the first of them (each line here is `when=any`) is reported as one that
+            // can never be chosen.
             let mut kept: Vec<Mapping> = Vec::new();
             let mut expected = Vec::new();
+            let mut routed = Vec::new();
             for (i, b) in binds.iter().enumerate() {
                 let mut m = parse_line(&format!("{b} -> h:1"), &Options::default()).unwrap().unwrap();
                 m.line = i + 1;
                 match kept.iter().find(|p| p.overlaps(&m)) {
+                    Some(p) if p.bind == m.bind => {
+                        if !routed.contains(&m.bind) {
+                            routed.push(m.bind);
+                            expected.push(format!(
+                                "{}:1: {} is already used by line {} ({}): further lines on one address are routes, \
+                                 and this one (no when=, so when=any) can never be chosen",
+                                m.line, m.bind, p.line, p.bind
+                            ));
+                        }
+                        kept.push(m);
+                    }
                     Some(p) => expected.push(format!("{}:1: {} is already used by line {} ({})", m.line, m.bind, p.line, p.bind)),
                     None => kept.push(m),
                 }

@@ -2,8 +2,9 @@
 //!
 //! The launching command must not return before the daemon is listening, nor hide a start-up
 //! error in /dev/null. So the listeners are bound first, in the foreground; then [`detach`] forks,
-//! and the launching process waits on a pipe for the daemon's word: `ok`, or the error text, which
-//! it prints before exiting non-zero. Main process, at start-up (and `SIGHUP`'s log reopening).
+//! and the launching process waits on a pipe for the daemon's word: `ok PID`, after which it says
+//! on the terminal which pid runs and where its log goes, or the error text, which it prints
+//! before exiting non-zero. Main process, at start-up (and the log reopening of `SIGUSR2`/`SIGHUP`).
 
 use std::fs;
 use std::io::{self, Read, Write};
@@ -15,9 +16,9 @@ use std::path::{Path, PathBuf};
 pub struct Ready(fs::File);
 
 impl Ready {
-    /// Tells the launching process that start-up succeeded; it exits 0.
+    /// Tells the launching process that start-up succeeded (and the daemon's pid); it exits 0.
     pub fn ok(mut self) {
-        let _ = self.0.write_all(b"ok\n");
+        let _ = writeln!(self.0, "ok {}", std::process::id());
     }
 
     /// Tells the launching process what went wrong; it prints the text and exits 2.
@@ -26,18 +27,19 @@ impl Ready {
     }
 }
 
-/// Detaches: fork (the launching process waits for the word and exits), setsid, fork again (the
-/// daemon can never reacquire a terminal), chdir to `/`, stdin and stdout to /dev/null. Stderr
-/// stays as it is: the caller has pointed it at the log file, or it goes to /dev/null here.
+/// Detaches: fork (the launching process waits for the word, says `portfwd: running in the
+/// background as pid N; log: LOG` and exits), setsid, fork again (the daemon can never reacquire a
+/// terminal), chdir to `/`, stdin, stdout and stderr to /dev/null (the caller then points
+/// descriptor 2 at the log).
 ///
 /// Must be called while the process has a single thread.
-pub fn detach(keep_stderr: bool) -> io::Result<Ready> {
+pub fn detach(log: &str) -> io::Result<Ready> {
     let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
     // SAFETY: single-threaded at this point (before the accept pool and signal handlers exist).
     match unsafe { nix::unistd::fork() }? {
         nix::unistd::ForkResult::Parent { child } => {
             drop(write);
-            std::process::exit(wait_for_word(read, child));
+            std::process::exit(wait_for_word(read, child, log));
         }
         nix::unistd::ForkResult::Child => {}
     }
@@ -52,19 +54,24 @@ pub fn detach(keep_stderr: bool) -> io::Result<Ready> {
     let null = fs::OpenOptions::new().read(true).write(true).open("/dev/null")?;
     nix::unistd::dup2_stdin(&null)?;
     nix::unistd::dup2_stdout(&null)?;
-    if !keep_stderr {
-        nix::unistd::dup2_stderr(&null)?;
-    }
+    nix::unistd::dup2_stderr(&null)?;
     Ok(Ready(fs::File::from(write)))
 }
 
 /// In the launching process: what the daemon said decides the exit status.
-fn wait_for_word(read: OwnedFd, middle: nix::unistd::Pid) -> i32 {
+fn wait_for_word(read: OwnedFd, middle: nix::unistd::Pid, log: &str) -> i32 {
     let mut word = String::new();
     let _ = fs::File::from(read).read_to_string(&mut word);
     let _ = nix::sys::wait::waitpid(middle, None);
+    if let Some(pid) = word.strip_prefix("ok ").and_then(|w| w.strip_suffix('\n')) {
+        // Stderr, not stdout: stdout stays for what a command prints as its result.
+        let _ = writeln!(
+            io::stderr(),
+            "portfwd: running in the background as pid {pid}; log: {log}"
+        );
+        return 0;
+    }
     match word.as_str() {
-        "ok\n" => 0,
         "" => {
             eprintln!("portfwd: the daemon exited during start-up (see its log)");
             1
@@ -77,13 +84,15 @@ fn wait_for_word(read: OwnedFd, middle: nix::unistd::Pid) -> i32 {
 }
 
 /// Opens `path` for appending (creating it, mode 0640) and makes it the process's stderr, where
-/// every log line goes. Called again on SIGHUP, so a rotated log is reopened.
+/// every log line goes. Called again on SIGUSR2 and SIGHUP, so a rotated log is reopened.
+/// `O_NONBLOCK`: a FIFO given as the log file never blocks the open or a write (the description
+/// is ours alone; a regular file ignores the flag).
 pub fn redirect_stderr(path: &Path) -> io::Result<()> {
     let file = fs::OpenOptions::new()
         .append(true)
         .create(true)
         .mode(0o640)
-        .custom_flags(libc::O_CLOEXEC)
+        .custom_flags(libc::O_CLOEXEC | libc::O_NONBLOCK)
         .open(path)?;
     nix::unistd::dup2_stderr(&file)?;
     Ok(())

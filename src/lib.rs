@@ -4,9 +4,10 @@
 //! line and the two start-up helpers `main` calls first). docs/design.md maps every module, and
 //! says which run in the main process and which in a connection process after `fork()`.
 //!
-//! Main process: [`cli`], `config`, `options`, `target`, `listener`, `daemon`, `privileges`,
-//! `app`, `event_loop`, `accept_pool`, `access`, `signals`, `handoff` (its side of the fork).
-//! Connection process, after fork: `conn`. Both: `log`, `sys`, `handoff::plan`.
+//! Main process: [`cli`], `config`, `options`, `grouping`, `target`, `listener`, `daemon`,
+//! `privileges`, `app`, `event_loop`, `accept_pool`, `access`, `route`, `signals`, `status`,
+//! `handoff` (its side of the fork). Connection process, after fork: `conn`. Both: `log`,
+//! `log_format`, `log_sink`, `sys`, `handoff::plan`.
 
 mod accept_pool;
 mod access;
@@ -17,13 +18,18 @@ mod config;
 mod conn;
 mod daemon;
 mod event_loop;
+mod grouping;
 mod handoff;
 mod listener;
 mod log;
+mod log_format;
+mod log_sink;
 mod options;
 mod privileges;
 mod proxy_protocol;
+mod route;
 mod signals;
+mod status;
 mod sys;
 mod target;
 
@@ -95,7 +101,10 @@ mod design_doc {
         let design = read("docs/design.md");
         let readme = read("README.md");
         for outcome in crate::conn::Outcome::ALL {
-            let status = format!("{} {}", outcome.exit_code(), outcome.name());
+            let status = match outcome.exit_code() {
+                Some(code) => format!("{code} {}", outcome.name()),
+                None => format!("{} (main process, no exit status)", outcome.name()),
+            };
             assert!(
                 design.contains(&status),
                 "docs/design.md does not list exit status {status}"

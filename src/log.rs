@@ -1,47 +1,42 @@
-//! Log lines that never interleave: each line is built in a fixed buffer and leaves in one
-//! `write(2)` on stderr (which `--log-file` points at an `O_APPEND` file). Used by both processes:
-//! [`Line`] after fork too, [`log!`](crate::log!) and [`Throttle`] in the main process only.
+//! Log lines that never interleave: each line is built in a fixed buffer (its body, `key=value`
+//! pairs in logfmt) and leaves in one system call when it is emitted, stamped then: the time in a
+//! line is when it was written, so lines are in time order ([`log_sink`](crate::log_sink) says
+//! where they go and how, [`log_format`](crate::log_format) how they look there). Used by both
+//! processes: [`Line`] after fork too, [`log!`](crate::log!) and [`Throttle`] in the main process
+//! only.
 //!
-//! [`Line`] does no allocation and takes no lock, so a forked child can use it: the prefix of a
+//! [`Line`] does no allocation and takes no lock, so a forked child can use it: the start of a
 //! connection's line is formatted by the main process before the fork, and the child appends the
 //! numbers it learns (bytes, duration, outcome) with the integer formatting below.
 
-use crate::sys;
 use std::fmt;
 
 const CAP: usize = 512;
 
-/// One log line under construction, at most 512 bytes (longer content is cut, never overflowed).
+/// A line's bytes under construction in a fixed buffer of `N` bytes (longer content is cut, never
+/// overflowed; one byte is kept for the newline).
 #[derive(Clone, Copy)]
-pub struct Line {
-    buf: [u8; CAP],
+pub struct Buf<const N: usize> {
+    buf: [u8; N],
     len: usize,
 }
 
-impl Default for Line {
+/// One log line's body under construction, at most 512 bytes.
+pub type Line = Buf<CAP>;
+
+impl<const N: usize> Default for Buf<N> {
     fn default() -> Self {
-        Line::new()
+        Buf::new()
     }
 }
 
-impl Line {
+impl<const N: usize> Buf<N> {
     pub const fn new() -> Self {
-        Line { buf: [0; CAP], len: 0 }
-    }
-
-    /// Starts a line with the timestamp and the program name: `ts=... portfwd[PID]:`.
-    pub fn stamped() -> Self {
-        let mut line = Line::new();
-        line.push(b"ts=");
-        line.timestamp(sys::realtime_ms());
-        line.push(b" portfwd[");
-        line.num(sys::getpid() as u64);
-        line.push(b"]:");
-        line
+        Buf { buf: [0; N], len: 0 }
     }
 
     pub fn push(&mut self, bytes: &[u8]) -> &mut Self {
-        let n = bytes.len().min(CAP - 1 - self.len);
+        let n = bytes.len().min(N - 1 - self.len);
         self.buf[self.len..self.len + n].copy_from_slice(&bytes[..n]);
         self.len += n;
         self
@@ -67,7 +62,7 @@ impl Line {
         self.push(&digits[i..])
     }
 
-    fn padded(&mut self, n: u64, width: usize) -> &mut Self {
+    pub(crate) fn padded(&mut self, n: u64, width: usize) -> &mut Self {
         let mut digits = [b'0'; 20];
         let mut v = n;
         for d in digits[20 - width..].iter_mut().rev() {
@@ -98,18 +93,36 @@ impl Line {
             .push(b"Z")
     }
 
+    /// Appends `bytes` escaped for the inside of a quoted logfmt value: `"` and `\` escaped by a
+    /// backslash, control characters as `\u00XX` (the escapes JSON has too, so such a value can be
+    /// copied into a JSON string as it is).
+    pub fn escaped(&mut self, bytes: &[u8]) -> &mut Self {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        for &b in bytes {
+            match b {
+                b'"' | b'\\' => self.push(&[b'\\', b]),
+                0..0x20 | 0x7f => self.push(&[b'\\', b'u', b'0', b'0', HEX[(b >> 4) as usize], HEX[(b & 15) as usize]]),
+                _ => self.push(&[b]),
+            };
+        }
+        self
+    }
+
     pub fn as_bytes(&self) -> &[u8] {
         &self.buf[..self.len]
     }
+}
 
-    /// Ends the line and writes it to stderr in one `write(2)`.
-    pub fn emit(&mut self) {
-        self.buf[self.len] = b'\n';
-        let _ = sys::write_all(2, &self.buf[..=self.len]);
+impl Line {
+    /// Stamps the line with the time and the writing process, and sends it where the log goes, in
+    /// one system call that never blocks (a line the reader is not ready for is dropped and
+    /// counted: [`log_sink`](crate::log_sink)).
+    pub fn emit(&self) {
+        crate::log_sink::emit(self.as_bytes());
     }
 }
 
-impl fmt::Write for Line {
+impl<const N: usize> fmt::Write for Buf<N> {
     fn write_str(&mut self, s: &str) -> fmt::Result {
         self.push(s.as_bytes());
         Ok(())
@@ -117,7 +130,7 @@ impl fmt::Write for Line {
 }
 
 /// Days since 1970-01-01 to a (year, month, day) date, after Howard Hinnant's `civil_from_days`.
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
+pub(crate) fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let z = z + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z.rem_euclid(146_097);
@@ -132,13 +145,54 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 
 /// Logs one line from the main process: `ts=... portfwd[PID]: <message>`.
 pub fn info(args: fmt::Arguments<'_>) {
-    let mut line = Line::stamped();
-    line.push(b" ");
+    let mut line = Line::new();
     let _ = fmt::write(&mut line, args);
     line.emit();
 }
 
-/// `log!("...", args)`: one line on stderr in one write.
+/// A value written as a logfmt value: as it is when it is one word, else quoted (see
+/// [`Buf::escaped`]); for text that may hold spaces, quotes or `=`, such as an error message or a
+/// file's words. An empty value is `""`.
+pub struct Quoted<T>(pub T);
+
+impl<T: fmt::Display> fmt::Display for Quoted<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use fmt::Write as _;
+        /// Finds whether the value needs quotes (a first pass that writes nothing).
+        struct Plain(bool, bool);
+        impl fmt::Write for Plain {
+            fn write_str(&mut self, s: &str) -> fmt::Result {
+                self.1 |= !s.is_empty();
+                self.0 &= !s.chars().any(|c| matches!(c, ' ' | '"' | '=' | '\\') || c.is_control());
+                Ok(())
+            }
+        }
+        /// Escapes what passes through it, as [`Buf::escaped`] does.
+        struct Escape<'a, 'b>(&'a mut fmt::Formatter<'b>);
+        impl fmt::Write for Escape<'_, '_> {
+            fn write_str(&mut self, s: &str) -> fmt::Result {
+                for c in s.chars() {
+                    match c {
+                        '"' | '\\' => write!(self.0, "\\{c}")?,
+                        '\0'..='\x1f' | '\x7f' => write!(self.0, "\\u{:04x}", c as u32)?,
+                        _ => self.0.write_char(c)?,
+                    }
+                }
+                Ok(())
+            }
+        }
+        let mut plain = Plain(true, false);
+        write!(plain, "{}", self.0)?;
+        if plain.0 && plain.1 {
+            return write!(f, "{}", self.0);
+        }
+        f.write_str("\"")?;
+        write!(Escape(f), "{}", self.0)?;
+        f.write_str("\"")
+    }
+}
+
+/// `log!("...", args)`: one line (logfmt `key=value` pairs) in one write.
 #[macro_export]
 macro_rules! log {
     ($($arg:tt)*) => { $crate::log::info(format_args!($($arg)*)) };
@@ -224,6 +278,18 @@ mod tests {
         let mut l = Line::new();
         l.timestamp(951_782_400_000); // 2000-02-29, a leap day
         assert_eq!(l.as_bytes(), b"2000-02-29T00:00:00.000Z");
+    }
+
+    #[test]
+    fn quoted_values_only_where_needed() {
+        let shown = |v: &str| Quoted(v).to_string();
+        assert_eq!(shown("127.0.0.1:8005"), "127.0.0.1:8005");
+        assert_eq!(shown(""), "\"\"");
+        assert_eq!(shown("no such file"), "\"no such file\"");
+        assert_eq!(shown("a=\"b\"\\\n"), "\"a=\\\"b\\\"\\\\\\u000a\"");
+        let mut l = Line::new();
+        l.escaped("é \"\x01".as_bytes());
+        assert_eq!(l.as_bytes(), "é \\\"\\u0001".as_bytes());
     }
 
     #[test]

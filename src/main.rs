@@ -29,7 +29,10 @@ fn main() -> ExitCode {
     match portfwd::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("{}", e.text());
+            // Not eprintln!: stderr may be the log by now, non-blocking, and a full pipe must not
+            // turn this exit into a panic.
+            use std::io::Write;
+            let _ = writeln!(std::io::stderr(), "{}", e.text());
             ExitCode::from(2)
         }
     }

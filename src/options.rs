@@ -4,6 +4,7 @@
 
 use crate::access::{Rule, RuleKind};
 use crate::proxy_protocol::Version;
+use crate::route::Condition;
 use std::net::IpAddr;
 use std::time::Duration;
 
@@ -76,6 +77,8 @@ pub struct Options {
     pub keepalive: Option<Duration>,
     /// Access rules, first match wins (see `access`).
     pub rules: Vec<Rule>,
+    /// What this line's route matches among the routes of its listener (`when=`, see `route`).
+    pub when: Condition,
     /// Which backend a connection starts at.
     pub balance: Balance,
     /// Failed connects within `fail_timeout` that mark a backend down (0: never marked down).
@@ -103,6 +106,7 @@ impl Default for Options {
             idle_timeout: None,
             keepalive: Some(DEFAULT_KEEPALIVE),
             rules: Vec::new(),
+            when: Condition::Any,
             balance: Balance::First,
             max_fails: DEFAULT_MAX_FAILS,
             fail_timeout: DEFAULT_FAIL_TIMEOUT,
@@ -115,7 +119,7 @@ impl Default for Options {
 }
 
 /// The keys a `setup.config` line accepts, in the order `--check-config` prints them.
-pub const KEYS: [&str; 16] = [
+pub const KEYS: [&str; 17] = [
     "dispatch",
     "connect_timeout",
     "max_connections",
@@ -125,6 +129,7 @@ pub const KEYS: [&str; 16] = [
     "keepalive",
     "allow",
     "deny",
+    "when",
     "balance",
     "max_fails",
     "fail_timeout",
@@ -153,6 +158,7 @@ impl Options {
             "keepalive" => self.keepalive = parse_keepalive(value)?,
             "allow" => self.rules.push(Rule::parse(RuleKind::Allow, value)?),
             "deny" => self.rules.push(Rule::parse(RuleKind::Deny, value)?),
+            "when" => self.when = Condition::parse(value)?,
             "balance" => self.balance = parse_balance(value)?,
             "max_fails" => self.max_fails = parse_max_fails(value)?,
             "fail_timeout" => self.fail_timeout = parse_secs(value)?,
@@ -194,6 +200,9 @@ impl Options {
         }
         if self.rules != base.rules {
             out.extend(self.rules.iter().map(Rule::to_string));
+        }
+        if self.when != base.when {
+            out.push(format!("when={}", self.when));
         }
         if self.balance != base.balance {
             out.push(format!("balance={}", self.balance.name()));
@@ -363,6 +372,7 @@ mod tests {
             ("keepalive", "0"),
             ("allow", "127.0.0.0/8"),
             ("deny", "::/0"),
+            ("when", "tls:*.example.com"),
             ("balance", "source"),
             ("max_fails", "3"),
             ("fail_timeout", "2.5"),
@@ -376,8 +386,8 @@ mod tests {
         assert_eq!(
             o.diff(&Options::default()).join(" "),
             "dispatch=accept connect_timeout=0.5 max_connections=7 max_per_source=3 first_byte_timeout=off \
-             idle_timeout=30 keepalive=off allow=127.0.0.0/8 deny=::/0 balance=source max_fails=3 \
-             fail_timeout=2.5 proxy_protocol=v2 accept_proxy=on proxy_from=10.0.0.0/8 source=::1"
+             idle_timeout=30 keepalive=off allow=127.0.0.0/8 deny=::/0 when=tls:*.example.com balance=source \
+             max_fails=3 fail_timeout=2.5 proxy_protocol=v2 accept_proxy=on proxy_from=10.0.0.0/8 source=::1"
         );
         assert!(Options::default().diff(&Options::default()).is_empty());
     }
@@ -392,6 +402,7 @@ mod tests {
         assert!(o.set("allow", "10.0.0.0/33").is_err());
         assert!(o.set("keepalive", "40000").unwrap_err().contains("at most 32767"));
         assert!(o.set("keepalive", "32767").is_ok());
+        assert!(o.set("when", "tls:").unwrap_err().starts_with("invalid when 'tls:'"));
         assert!(o.set("balance", "leastconn").unwrap_err().contains("'leastconn'"));
         assert!(o.set("max_fails", "-1").unwrap_err().contains("whole number"));
         assert!(o.set("proxy_protocol", "v3").unwrap_err().contains("'v1', 'v2'"));

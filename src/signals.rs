@@ -3,7 +3,7 @@
 //! children included) in ordinary code, between two `epoll_wait` calls. Runs in the main process;
 //! a connection process only reads [`HANDLED_SIGNALS`], to put their dispositions back.
 
-use signal_hook::consts::{SIGCHLD, SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1};
+use signal_hook::consts::{SIGCHLD, SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2};
 use std::io::{self, Read};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
@@ -19,23 +19,26 @@ pub(crate) enum Signal {
     Terminate,
     /// SIGQUIT: stop accepting and end every connection now.
     Quit,
-    /// SIGHUP: reload the configuration.
+    /// SIGHUP: reopen the log and reload the configuration.
     Reload,
-    /// SIGUSR1: log statistics.
+    /// SIGUSR1: log statistics (and write the live view for `--status`).
     Stats,
+    /// SIGUSR2: reopen the log only (log rotation without applying configuration edits).
+    Reopen,
 }
 
-const HANDLED: [(libc::c_int, Signal); 6] = [
+const HANDLED: [(libc::c_int, Signal); 7] = [
     (SIGCHLD, Signal::Child),
     (SIGTERM, Signal::Terminate),
     (SIGINT, Signal::Terminate),
     (SIGQUIT, Signal::Quit),
     (SIGHUP, Signal::Reload),
     (SIGUSR1, Signal::Stats),
+    (SIGUSR2, Signal::Reopen),
 ];
 
 /// The signal numbers whose dispositions [`Signals::install`] changes.
-pub(crate) const HANDLED_SIGNALS: [libc::c_int; 6] = [SIGCHLD, SIGTERM, SIGINT, SIGQUIT, SIGHUP, SIGUSR1];
+pub(crate) const HANDLED_SIGNALS: [libc::c_int; 7] = [SIGCHLD, SIGTERM, SIGINT, SIGQUIT, SIGHUP, SIGUSR1, SIGUSR2];
 
 pub(crate) struct Signals {
     wake: UnixStream,

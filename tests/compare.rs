@@ -77,15 +77,7 @@ fn suite() -> &'static Report {
         let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("reference/server");
         let reference = reference::build(&out).expect("build the C reference with cc -fopenmp");
         let specs = vec![Spec::reference(reference), Spec::portfwd(PORTFWD.into())];
-        compare::run(specs, &[], Duration::from_millis(2500), |sc, spec, obs, took| {
-            eprintln!(
-                "[{:>6.1}s] {:28} {:12} {}",
-                took.as_secs_f64(),
-                sc.name,
-                spec.label,
-                obs.text
-            );
-        })
+        compare::run(specs, &[], Duration::from_millis(2500), compare::print_progress)
     })
 }
 
@@ -102,25 +94,11 @@ fn digest(id: ScenarioId, kind: Kind) -> u64 {
         .unwrap_or_else(|| panic!("no digest for {} / {kind:?}", id.name()))
 }
 
-const ALL: &[ScenarioId] = &[
-    HttpTwoMappings,
-    SeedCase2,
-    Echo1Mib,
-    Echo100Concurrent,
-    ClientHalfClose,
-    ServerClosesFirst,
-    BackendDown,
-    BackendReset,
-    Short200,
-    ServerSpeaksFirst,
-    ServerSpeaksFirstAccept,
-];
-
 fn portfwd_behaves_as_documented_in_every_scenario() {
-    let failed: Vec<&str> = ALL
+    let failed: Vec<&str> = compare::SCENARIOS
         .iter()
-        .filter(|s| !get(**s, Kind::Portfwd).ok)
-        .map(|s| s.name())
+        .filter(|s| !get(s.id, Kind::Portfwd).ok)
+        .map(|s| s.name)
         .collect();
     assert!(failed.is_empty(), "portfwd not as documented in: {failed:?}");
 }

@@ -336,6 +336,17 @@ impl Report {
 /// Runs the scenarios `only` (all when empty) against every spec, one binary at a time; `wait` is
 /// how long to wait for something that may never happen (EOF, a banner). `progress` hears of each
 /// result as it comes, with the time it took.
+/// The progress line both the tool and the tests print as each scenario ends.
+pub fn print_progress(sc: &Scenario, spec: &Spec, obs: &Obs, took: Duration) {
+    eprintln!(
+        "[{:>6.1}s] {:28} {:12} {}",
+        took.as_secs_f64(),
+        sc.name,
+        spec.label,
+        obs.text
+    );
+}
+
 pub fn run(
     specs: Vec<Spec>,
     only: &[ScenarioId],

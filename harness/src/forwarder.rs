@@ -35,7 +35,8 @@ impl Forwarder {
         .unwrap_or_else(|e| panic!("portfwd did not start: {e}"))
     }
 
-    /// Spawns `BIN` with exactly `args`; waits for "listening on". Err carries the log on failure.
+    /// Spawns `BIN` with exactly `args`; waits for its start-up line (`event=listening`, in logfmt or
+    /// JSON). Err carries the log on failure.
     pub fn spawn(bin: &str, args: &[String], port: u16) -> Result<Forwarder, String> {
         let mut cmd = Command::new(bin);
         cmd.args(args);
@@ -59,10 +60,14 @@ impl Forwarder {
             }
         });
         let mut f = Forwarder { child, port, log };
+        let listening = |f: &Forwarder| {
+            let log = f.log_text();
+            log.contains("event=listening") || log.contains("\"event\":\"listening\"")
+        };
         let ok = wait_until(Duration::from_secs(10), || {
-            f.log_text().contains("listening on") || f.child.try_wait().unwrap().is_some()
+            listening(&f) || f.child.try_wait().unwrap().is_some()
         });
-        if ok && f.log_text().contains("listening on") {
+        if ok && listening(&f) {
             Ok(f)
         } else {
             let _ = f.child.kill();
@@ -117,7 +122,7 @@ impl Forwarder {
 
     /// Sends SIGUSR1 and returns the stats line it produced.
     pub fn stats(&self) -> String {
-        let marker = " stats live=";
+        let marker = "event=stats live=";
         let before = self.count_lines(marker);
         self.signal(libc::SIGUSR1);
         assert!(

@@ -13,6 +13,7 @@ pub(crate) mod report;
 use crate::config::{Mapping, Resolved};
 use crate::handoff::plan::{Attempt, PLAN_ADDRS, Targets};
 use crate::log;
+use crate::log::Quoted;
 use crate::options::Options;
 use crate::target::{MAX_TARGETS, Target};
 use balance::Order;
@@ -26,8 +27,6 @@ use std::rc::Rc;
 pub(crate) struct Backend {
     /// `HOST:PORT` as written (IPv6 in brackets).
     pub(crate) label: String,
-    /// The host alone, without brackets.
-    pub(crate) host: String,
     pub(crate) addrs: Vec<Target>,
     /// Shared with the same backend of the mapping before and after a reload, so reports from
     /// connections that started under the old configuration still count.
@@ -49,7 +48,6 @@ impl Backends {
             .zip(resolved)
             .map(|(b, addrs)| Backend {
                 label: b.label(),
-                host: b.host.clone(),
                 addrs,
                 health: Rc::default(),
             })
@@ -99,8 +97,18 @@ impl Backends {
         }))
     }
 
-    /// Counts a connection process's report, and logs a backend going down or coming back.
-    pub(crate) fn apply(&self, reported: Reported, options: &Options, listen: SocketAddr, now: u64) {
+    /// Counts a connection process's report, and logs a backend going down or coming back:
+    /// `event=backend-down listen=ADDR [route=WHEN] backend=HOST:PORT failures=N within_s=S
+    /// skipped_s=S`, `event=backend-still-down ...`, `event=backend-up ...` (`route`: the route
+    /// of a routed listener these backends serve).
+    pub(crate) fn apply(
+        &self,
+        reported: Reported,
+        options: &Options,
+        listen: SocketAddr,
+        route: Option<&str>,
+        now: u64,
+    ) {
         let fail_timeout_ms = options.fail_timeout.as_millis() as u64;
         let secs = crate::options::secs(options.fail_timeout);
         for (i, b) in self.list.iter().enumerate() {
@@ -111,32 +119,32 @@ impl Backends {
             } else {
                 None
             };
+            let at = Where(listen, route, &b.label);
             match change {
                 Some(Change::Down(n)) => log!(
-                    "backend {} of {listen} is down: {n} failed connect(s) within {secs} s; \
-                     skipped for {secs} s while another backend is up",
-                    b.label
+                    "event=backend-down {at} failures={n} within_s={secs} skipped_s={secs} \
+                     note=\"skipped while another backend is up\""
                 ),
-                Some(Change::DownAgain) => log!(
-                    "backend {} of {listen} is still down: tried again and failed; skipped for {secs} s",
-                    b.label
-                ),
-                Some(Change::Up) => log!("backend {} of {listen} is up again", b.label),
+                Some(Change::DownAgain) => {
+                    log!("event=backend-still-down {at} skipped_s={secs} note=\"tried again and failed\"")
+                }
+                Some(Change::Up) => log!("event=backend-up {at}"),
                 None => {}
             }
         }
     }
 
-    /// One stats line per backend: `stats backend listen=... backend=... state=... served=N
-    /// failed=N downs=N`.
-    pub(crate) fn stats_lines(&self, listen: SocketAddr, now: u64) -> Vec<String> {
+    /// One line per backend for `SIGUSR1`, after its listener's `stats-mapping` line:
+    /// `event=stats-backend listen=ADDR [route=WHEN] backend=HOST:PORT state=up|down|retrying
+    /// served=N failed=N downs=N`.
+    pub(crate) fn stats_lines(&self, listen: SocketAddr, route: Option<&str>, now: u64) -> Vec<String> {
         self.list
             .iter()
             .map(|b| {
                 let h = b.health.borrow();
                 format!(
-                    "stats backend listen={listen} backend={} state={} served={} failed={} downs={}",
-                    b.label,
+                    "event=stats-backend {} state={} served={} failed={} downs={}",
+                    Where(listen, route, &b.label),
                     h.state(now).name(),
                     h.served,
                     h.failures,
@@ -144,6 +152,19 @@ impl Backends {
                 )
             })
             .collect()
+    }
+}
+
+/// `listen=ADDR [route=WHEN] backend=HOST:PORT`, the fields that name a backend in the log.
+struct Where<'a>(SocketAddr, Option<&'a str>, &'a str);
+
+impl std::fmt::Display for Where<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "listen={}", self.0)?;
+        if let Some(route) = self.1 {
+            write!(f, " route={}", Quoted(route))?;
+        }
+        write!(f, " backend={}", Quoted(self.2))
     }
 }
 
@@ -186,15 +207,16 @@ mod tests {
             },
             &o,
             listen,
+            None,
             1_000,
         );
         assert_eq!(b.order(&o, client, 1_000).as_slice(), [1, 2]);
         assert_eq!(b.order(&o, client, 5_999).as_slice(), [1, 2]);
         assert_eq!(b.order(&o, client, 6_000).as_slice(), [0, 1, 2], "tried again");
-        let stats = b.stats_lines(listen, 2_000);
+        let stats = b.stats_lines(listen, None, 2_000);
         assert_eq!(
             stats[0],
-            "stats backend listen=[::]:7 backend=127.0.0.1:1 state=down served=0 failed=1 downs=1"
+            "event=stats-backend listen=[::]:7 backend=127.0.0.1:1 state=down served=0 failed=1 downs=1"
         );
         assert!(stats[1].ends_with("backend=127.0.0.2:2 state=up served=1 failed=0 downs=0"));
         b.apply(
@@ -204,9 +226,10 @@ mod tests {
             },
             &o,
             listen,
+            None,
             7_000,
         );
-        assert!(b.stats_lines(listen, 7_000)[0].contains("state=up served=1"));
+        assert!(b.stats_lines(listen, None, 7_000)[0].contains("state=up served=1"));
         // Health survives a reload for the backends still listed.
         let (mut again, _) = backends("7 -> 127.0.0.2:2, 127.0.0.1:1");
         again.carry_over(&b);
@@ -218,9 +241,10 @@ mod tests {
             },
             &o,
             listen,
+            None,
             8_000,
         );
-        assert!(again.stats_lines(listen, 8_000)[1].contains("backend=127.0.0.1:1 state=down"));
+        assert!(again.stats_lines(listen, None, 8_000)[1].contains("backend=127.0.0.1:1 state=down"));
     }
 
     #[test]

@@ -68,7 +68,7 @@ fn connection_process(plan: &Plan) -> ! {
         // main process's close then sends the RST), log and go.
         sys::set_abortive_close(plan.client);
         plan.log_unconnected(Outcome::ForkFailed, e);
-        sys::exit(Outcome::ForkFailed.exit_code())
+        sys::exit(Outcome::ForkFailed.exit_status())
     }
     reset_signals();
     // Its own process group: a terminal's Ctrl-C for the main process does not cut connections,
@@ -301,6 +301,8 @@ fn connect_one(fd: RawFd, addr: &SocketAddr, deadline: u64) -> Result<(), Errno>
 /// Writes the connection's log line and exits with the outcome as status. Exiting closes the
 /// sockets: a FIN already sent, or a RST where an abortive close was armed.
 fn finish(line: &mut Line, plan: &Plan, c2s: u64, s2c: u64, outcome: Outcome, error: Option<Errno>) -> ! {
+    // The sockets first (their FIN or armed RST goes now): the log line may wait for a slow reader.
+    sys::close_from(CLIENT_FD);
     plan.log_end(line, c2s, s2c, outcome, error);
-    sys::exit(outcome.exit_code())
+    sys::exit(outcome.exit_status())
 }

@@ -1,12 +1,14 @@
 //! How a connection ended: one table gives each outcome its exit status (how the connection
 //! process tells the main process), its word in the log line and its name in the stats line.
 //! Both processes use it: the connection process exits with the status, the main process counts
-//! what it reaps. See docs/design.md ("Processes") for the list as users see it.
+//! what it reaps. An outcome the main process decides before any fork (`no-route`) has no exit
+//! status: no process ends with it. See docs/design.md ("Processes") for the list as users see it.
 
-/// Generates [`Outcome`] and its lookups from one table: `Variant = exit status, log word, stats
-/// name;`. The table's order is the stats line's order.
+/// Generates [`Outcome`] and its lookups from one table: `Variant = exit status (None: made by
+/// the main process, never an exit status), log word, stats name;`. The table's order is the stats
+/// line's order.
 macro_rules! outcomes {
-    ($( $(#[$doc:meta])* $variant:ident = $code:literal, $word:literal, $stat:literal; )*) => {
+    ($( $(#[$doc:meta])* $variant:ident = $code:expr, $word:literal, $stat:literal; )*) => {
         /// How a connection ended; the connection process's exit status.
         #[derive(Clone, Copy, Debug, PartialEq, Eq)]
         pub(crate) enum Outcome {
@@ -17,8 +19,9 @@ macro_rules! outcomes {
             /// Every outcome, in the table's order.
             pub(crate) const ALL: [Outcome; [$($code),*].len()] = [$(Outcome::$variant),*];
 
-            /// The connection process's exit status.
-            pub(crate) const fn exit_code(self) -> libc::c_int {
+            /// The connection process's exit status; `None` for an outcome only the main process
+            /// makes.
+            pub(crate) const fn exit_code(self) -> Option<libc::c_int> {
                 match self {
                     $( Outcome::$variant => $code, )*
                 }
@@ -43,18 +46,30 @@ macro_rules! outcomes {
 
 outcomes! {
     /// Both directions ended with a FIN.
-    Closed = 0, "closed", "closed";
+    Closed = Some(0), "closed", "closed";
     /// One side aborted (or failed) and both sides were reset.
-    Reset = 1, "reset", "reset";
+    Reset = Some(1), "reset", "reset";
     /// No byte moved either way for the idle timeout; both sides got a FIN.
-    IdleTimeout = 4, "idle-timeout", "idle_timeout";
+    IdleTimeout = Some(4), "idle-timeout", "idle_timeout";
     /// No inward address accepted the connection in time; the client was reset.
-    ConnectFailed = 2, "connect-failed", "connect_failed";
+    ConnectFailed = Some(2), "connect-failed", "connect_failed";
     /// A fork failed; the client (and the server, if connected) was reset.
-    ForkFailed = 3, "fork-failed", "fork_failed";
+    ForkFailed = Some(3), "fork-failed", "fork_failed";
+    /// What the client sent matched none of its listener's routes: the main process closed it,
+    /// no process was forked (so no exit status).
+    NoRoute = None, "no-route", "no_route";
 }
 
 impl Outcome {
+    /// The status a connection process exits with for this outcome. Connection processes only
+    /// end with outcomes that have one; an outcome without would read as a reset.
+    pub(crate) const fn exit_status(self) -> libc::c_int {
+        match self.exit_code() {
+            Some(code) => code,
+            None => 1,
+        }
+    }
+
     /// The outcome a connection process reported through its wait status. A process killed by a
     /// signal, or an exit status not in the table, counts as a reset: it never wrote its line, and
     /// its sockets closed with whatever their last state was.
@@ -62,7 +77,7 @@ impl Outcome {
         match libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status)) {
             Some(code) => Outcome::ALL
                 .into_iter()
-                .find(|o| o.exit_code() == code)
+                .find(|o| o.exit_code() == Some(code))
                 .unwrap_or(Outcome::Reset),
             None => Outcome::Reset,
         }
@@ -94,7 +109,9 @@ mod tests {
             assert_eq!(*a as usize, i, "counters are indexed by table position");
             assert_eq!(a.stat_name(), a.name().replace('-', "_"));
             for b in &Outcome::ALL[i + 1..] {
-                assert_ne!(a.exit_code(), b.exit_code());
+                if a.exit_code().is_some() {
+                    assert_ne!(a.exit_code(), b.exit_code());
+                }
                 assert_ne!(a.name(), b.name());
             }
         }
@@ -106,9 +123,14 @@ mod tests {
         // that killed the process in the low bits.
         let exited = |code: libc::c_int| code << 8;
         for o in Outcome::ALL {
-            assert!(libc::WIFEXITED(exited(o.exit_code())));
-            assert_eq!(Outcome::from_wait_status(exited(o.exit_code())), o);
+            let Some(code) = o.exit_code() else {
+                continue;
+            };
+            assert!(libc::WIFEXITED(exited(code)));
+            assert_eq!(Outcome::from_wait_status(exited(code)), o);
+            assert_eq!(o.exit_status(), code);
         }
+        assert_eq!(Outcome::NoRoute.exit_status(), Outcome::Reset.exit_status());
         assert_eq!(Outcome::from_wait_status(exited(99)), Outcome::Reset);
         assert!(libc::WIFSIGNALED(libc::SIGKILL));
         assert_eq!(Outcome::from_wait_status(libc::SIGKILL), Outcome::Reset);
@@ -128,7 +150,8 @@ mod tests {
                 ("reset", 0),
                 ("idle_timeout", 2),
                 ("connect_failed", 0),
-                ("fork_failed", 0)
+                ("fork_failed", 0),
+                ("no_route", 0)
             ]
         );
     }

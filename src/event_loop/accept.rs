@@ -4,7 +4,7 @@
 
 use super::launcher::BACKOFF_MS;
 use super::token::Token;
-use super::{Conn, EventLoop, Route, Service};
+use super::{Conn, EventLoop, Routes, Service};
 use crate::access;
 use crate::handoff;
 use crate::log;
@@ -45,9 +45,10 @@ impl EventLoop {
         if flags.intersects(EpollFlags::EPOLLERR | EpollFlags::EPOLLHUP) {
             let err = service.listener.take_error().ok().flatten();
             log!(
-                "listener {} reported {flags:?}: {}",
+                "event=listener-error listen={} flags={} error={}",
                 service.local,
-                err.map_or_else(|| "-".into(), |e| e.to_string())
+                log::Quoted(format!("{flags:?}")),
+                log::Quoted(err.map_or_else(|| "-".into(), |e| e.to_string()))
             );
         }
         self.accept_burst(slot);
@@ -65,7 +66,7 @@ impl EventLoop {
             return;
         }
         // At a cap, leave clients in the kernel's backlog: they are served as slots free up.
-        let cap = service.route.mapping.options.max_connections;
+        let cap = service.routes.listener().options.max_connections;
         let budget = self.admission.budget(&service.live, cap);
         service.retry_at = None;
         service.unfinished = false;
@@ -75,8 +76,8 @@ impl EventLoop {
                 service.capped = true;
                 let (live, total, max) = (service.live.count(), self.admission.total(), self.admission.max_total());
                 log!(
-                    "{}: at max_connections ({live} of {cap} here, {total} of {max} in all); \
-                     new clients wait in the backlog",
+                    "event=at-max-connections listen={} live={live} max_connections={cap} total={total} \
+                     max_total={max} note=\"new clients wait in the backlog\"",
                     service.local
                 );
             }
@@ -98,33 +99,38 @@ impl EventLoop {
                 if !self.starved {
                     self.starved = true;
                     log!(
-                        "accept on {}: {e}; pausing accepts, retrying every {BACKOFF_MS} ms",
-                        service.local
+                        "event=accept-paused listen={} error={} retry_ms={BACKOFF_MS}",
+                        service.local,
+                        log::Quoted(e)
                     );
                 }
             }
             Some(e) => {
                 service.retry_at = Some(now + BACKOFF_MS);
-                log!("accept on {} failed: {e}; retrying in {BACKOFF_MS} ms", service.local);
+                log!(
+                    "event=accept-failed listen={} error={} retry_ms={BACKOFF_MS}",
+                    service.local,
+                    log::Quoted(e)
+                );
             }
             None if self.starved && !burst.accepted.is_empty() => {
                 self.starved = false;
-                log!("accepting again on {}", service.local);
+                log!("event=accept-resumed listen={}", service.local);
             }
             None => {}
         }
-        let route = Rc::clone(&service.route);
+        let routes = Rc::clone(&service.routes);
         for (socket, peer) in burst.accepted {
-            self.admit(slot, &route, socket, peer, now);
+            self.admit(slot, &routes, socket, peer, now);
         }
     }
 
     /// Applies the access rules and the per-source limit to a newly accepted client, then hands it
     /// off at once or puts it in the epoll set to wait for its first byte.
-    fn admit(&mut self, slot: usize, route: &Rc<Route>, socket: Socket, peer: SocketAddr, now: u64) {
-        self.stats.accepted += 1;
-        let options = &route.mapping.options;
-        let service = self.services[slot].as_mut().expect("accepting service exists");
+    fn admit(&mut self, slot: usize, routes: &Rc<Routes>, socket: Socket, peer: SocketAddr, now: u64) {
+        self.tally(slot, |s| s.accepted += 1);
+        let options = &routes.listener().options;
+        let service = self.services[slot].as_ref().expect("accepting service exists");
         // Behind a load balancer the sender is checked against proxy_from only: access rules and
         // the per-source limit apply to the client its header names (`proxy_accept`).
         let verdict = if options.accept_proxy {
@@ -136,19 +142,22 @@ impl EventLoop {
                 .map_err(|r| r.name())
         };
         if let Err(reason) = verdict {
-            self.stats.refused += 1;
-            handoff::reset(&socket);
             let port = service.local.port();
+            self.tally(slot, |s| s.refused += 1);
+            handoff::reset(&socket);
             self.log_left_out_refusals(now);
             if self.refusals_log.admit(now) {
                 log!("client={peer} listen={port} outcome=refused reason={reason}");
             }
             return;
         }
+        let service = self.services[slot].as_mut().expect("accepting service exists");
         self.admission.enter(&mut service.live, peer.ip());
         let conn = Conn {
             slot,
-            route: Rc::clone(route),
+            routes: Rc::clone(routes),
+            chosen: 0,
+            seen: 0,
             peer,
             accepted_ms: now,
             awaiting_header: options.accept_proxy,
@@ -161,24 +170,30 @@ impl EventLoop {
         }
     }
 
-    /// Puts an accepted socket in the epoll set until its first byte (or its first-byte timeout).
+    /// Puts an accepted socket in the epoll set until its first byte (or its first-byte timeout;
+    /// on a routed listener, until its bytes select a route, or its timeout route is due).
+    /// Edge-triggered: an event comes for new bytes (or the FIN, flagged `EPOLLRDHUP`), so a
+    /// client that sent part of what routing needs and stopped costs nothing while it waits.
     pub(super) fn wait_for_data(&mut self, socket: Socket, conn: Conn) {
         let fd = socket.as_raw_fd();
-        let flags = EpollFlags::EPOLLIN | EpollFlags::EPOLLET;
+        let mut flags = EpollFlags::EPOLLIN | EpollFlags::EPOLLET;
+        if conn.routes.routed {
+            flags |= EpollFlags::EPOLLRDHUP;
+        }
         if let Err(e) = self
             .epoll
             .add(socket.as_fd(), EpollEvent::new(flags, Token::Waiting(fd).encode()))
         {
-            log!("client={} cannot wait for data: {e}", conn.peer);
+            log!(
+                "client={} listen={} event=wait-failed error={}",
+                conn.peer,
+                conn.routes.listener().bind.port(),
+                log::Quoted(e)
+            );
             self.release(&conn);
             return;
         }
-        let deadline = conn
-            .route
-            .mapping
-            .options
-            .first_byte_timeout
-            .map(|t| conn.accepted_ms + t.as_millis() as u64);
+        let deadline = conn.deadline();
         self.waiting.insert(fd, (socket, conn), deadline);
     }
 
@@ -186,8 +201,8 @@ impl EventLoop {
     pub(super) fn log_left_out_refusals(&mut self, now: u64) {
         if let Some(n) = self.refusals_log.take_left_out(now) {
             log!(
-                "outcome=refused for {n} more client(s) in the second before, not logged one by one \
-                 (at most {REFUSALS_LOGGED_PER_SEC} a second)"
+                "event=refusals-not-logged outcome=refused count={n} max_per_second={REFUSALS_LOGGED_PER_SEC} \
+                 note=\"refusals of the second before, past those logged one by one\""
             );
         }
     }

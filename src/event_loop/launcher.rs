@@ -1,7 +1,7 @@
 //! Launching connection processes: the launch pad, the hand-off slots, the memory the children do
 //! not get, and the back-off after a fork fails. Main process; what runs after the fork is `conn`.
 
-use super::{Conn, Route};
+use super::{Conn, Routes};
 use crate::backends::report::{Reported, Reports};
 use crate::conn::Outcome;
 use crate::handoff::fork_fds::HandoffSlots;
@@ -35,8 +35,8 @@ pub(crate) struct Launcher {
     reports: Reports,
     /// Words handed out and not read yet: the word, the connection process that writes it (a
     /// word read is free again at once, so its index alone may already name another
-    /// connection's), and the route whose backends it reports on.
-    unread: Vec<(u32, libc::pid_t, Rc<Route>)>,
+    /// connection's), and the route whose backends it reports on (its routes, and which one).
+    unread: Vec<(u32, libc::pid_t, Rc<Routes>, usize)>,
 }
 
 impl Launcher {
@@ -56,28 +56,29 @@ impl Launcher {
     }
 
     /// The reports written since last time (the eventfd said so), each with its route.
-    pub(crate) fn take_reports(&mut self) -> Vec<(Rc<Route>, Reported)> {
+    pub(crate) fn take_reports(&mut self) -> Vec<(Rc<Routes>, usize, Reported)> {
         let mut out = Vec::new();
         let reports = &mut self.reports;
-        self.unread.retain(|(index, _, route)| match reports.read(*index) {
-            Some(reported) => {
-                out.push((Rc::clone(route), reported));
-                reports.release(*index);
-                false
-            }
-            None => true,
-        });
+        self.unread
+            .retain(|(index, _, routes, chosen)| match reports.read(*index) {
+                Some(reported) => {
+                    out.push((Rc::clone(routes), *chosen, reported));
+                    reports.release(*index);
+                    false
+                }
+                None => true,
+            });
         out
     }
 
     /// Connection process `pid` was reaped: its report if it wrote one that was not read yet;
     /// its word is free again either way.
-    pub(crate) fn report_ended(&mut self, pid: libc::pid_t) -> Option<(Rc<Route>, Reported)> {
-        let at = self.unread.iter().position(|(_, p, _)| *p == pid)?;
-        let (index, _, route) = self.unread.swap_remove(at);
+    pub(crate) fn report_ended(&mut self, pid: libc::pid_t) -> Option<(Rc<Routes>, usize, Reported)> {
+        let at = self.unread.iter().position(|(_, p, _, _)| *p == pid)?;
+        let (index, _, routes, chosen) = self.unread.swap_remove(at);
         let reported = self.reports.read(index);
         self.reports.release(index);
-        reported.map(|r| (route, r))
+        reported.map(|r| (routes, chosen, r))
     }
 
     pub(crate) fn totals(&self) -> &Totals {
@@ -102,8 +103,9 @@ impl Launcher {
     /// Forks the connection process for `socket` (blocking now) and returns its pid. On failure
     /// the client is reset, the failure logged, and forking pauses for [`BACKOFF_MS`].
     pub(crate) fn launch(&mut self, socket: &Socket, conn: &Conn) -> Result<libc::pid_t, Errno> {
-        let route = &conn.route;
+        let route = conn.route();
         let options = &route.mapping.options;
+        let name = conn.routes.name(conn.chosen);
         let now = sys::monotonic_ms();
         let order = route.backends.order(options, conn.peer.ip(), now);
         // The header names the client and the address it connected to: as a PROXY header that
@@ -121,7 +123,7 @@ impl Launcher {
             ticket: None,
             targets: route.backends.attempts(&order),
             connect_timeout_ms: options.connect_timeout.as_millis().max(1) as u64,
-            line: Plan::describe(&conn.peer, route.mapping.bind.port(), conn.via),
+            line: Plan::describe(&conn.peer, route.mapping.bind.port(), conn.via, name.as_deref()),
             accepted_ms: conn.accepted_ms,
             idle_timeout_ms: options.idle_timeout.map_or(0, |t| t.as_millis().max(1) as u64),
             keepalive_secs: options.keepalive.map_or(0, |t| t.as_secs().max(1) as u32),
@@ -134,7 +136,7 @@ impl Launcher {
         match hand_off(&mut self.pad, &mut self.slots, socket, plan) {
             Ok(pid) => {
                 if let Some((index, _)) = issued {
-                    self.unread.push((index, pid, Rc::clone(route)));
+                    self.unread.push((index, pid, Rc::clone(&conn.routes), conn.chosen));
                 }
                 Ok(pid)
             }

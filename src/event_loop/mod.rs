@@ -15,8 +15,10 @@
 mod accept;
 mod admission;
 mod launcher;
+mod live_view;
 mod proxy_accept;
 mod reload;
+mod routing;
 mod stats;
 mod token;
 mod waiting;
@@ -29,7 +31,9 @@ use crate::config::Mapping;
 use crate::conn::Outcome;
 use crate::listener;
 use crate::log;
+use crate::log::Quoted;
 use crate::options::Options;
+use crate::route::Condition;
 use crate::signals::{Signal, Signals};
 use crate::sys;
 use admission::{Admission, Live};
@@ -44,22 +48,110 @@ use std::net::SocketAddr;
 use std::os::fd::{AsFd, RawFd};
 use std::path::PathBuf;
 use std::rc::Rc;
-use std::sync::atomic::Ordering;
 use token::Token;
 use waiting::WaitingSet;
 
-/// Where one mapping's connections go, and how: shared by its listener, its waiting sockets and
-/// its connection processes, so a reload can replace it without touching those in flight.
+/// Where one route's connections go, and how: one line of the configuration (its condition is
+/// `mapping.options.when`, its per-route options are the line's) and its backends (their
+/// resolved addresses, health and balancer state).
 pub(crate) struct Route {
     pub(crate) mapping: Mapping,
     pub(crate) backends: Backends,
+}
+
+impl Route {
+    pub(crate) fn new(mapping: Mapping, resolved: crate::config::Resolved) -> Route {
+        let backends = Backends::new(&mapping, resolved);
+        Route { mapping, backends }
+    }
+}
+
+/// A listener's routes, in file order: shared by its listener, its waiting sockets and its
+/// connection processes, so a reload can replace them without touching those in flight (a
+/// waiting client keeps the route set it was accepted with).
+pub(crate) struct Routes {
+    /// At least one. Listener-wide options agree on every line (see `grouping`), so the first
+    /// line speaks for the listener.
+    pub(crate) list: Vec<Route>,
+    /// Each route's `when=`, for `route::decide`.
+    conditions: Vec<Condition>,
+    /// Whether clients are routed by what they send; if not, the one route takes every client
+    /// on its first byte, as a plain listener always did.
+    routed: bool,
+    /// The route a silent client gets, and after how many ms.
+    timeout: Option<(usize, u64)>,
+}
+
+impl Routes {
+    /// `list` holds the lines of one listen address, in file order (at least one).
+    pub(crate) fn new(list: Vec<Route>) -> Routes {
+        let lines: Vec<&Mapping> = list.iter().map(|r| &r.mapping).collect();
+        let routed = crate::grouping::routed(&lines);
+        let conditions: Vec<Condition> = list.iter().map(|r| r.mapping.options.when.clone()).collect();
+        let timeout = crate::route::timeout_route(&conditions).map(|(i, d)| (i, d.as_millis() as u64));
+        Routes {
+            list,
+            conditions,
+            routed,
+            timeout,
+        }
+    }
+
+    /// Keeps the health and balancer state of `old` (the same listener before a reload): each
+    /// route takes those of the old route with the same `when=`.
+    pub(crate) fn carry_over(&mut self, old: &Routes) {
+        for route in &mut self.list {
+            let when = &route.mapping.options.when;
+            if let Some(o) = old.list.iter().find(|o| o.mapping.options.when == *when) {
+                route.backends.carry_over(&o.backends);
+            }
+        }
+    }
+
+    /// The listener's own settings (address, dispatch, caps, access rules, PROXY header
+    /// accepted): its first line's.
+    pub(crate) fn listener(&self) -> &Mapping {
+        &self.list[0].mapping
+    }
+
+    /// Route `i`'s name for the log and the stats line (`tls:*.example.com`), if the listener
+    /// is routed.
+    pub(crate) fn name(&self, i: usize) -> Option<String> {
+        self.routed.then(|| self.conditions[i].to_string())
+    }
+
+    /// `target="HOST:PORT" addrs=ADDR,...` (several backends: `target="HOST:PORT, HOST:PORT"`,
+    /// the addresses of all of them in that order), or for a routed listener `routes="when=WHEN -> HOST:PORT (ADDR,...); ..."`.
+    pub(crate) fn describe(&self) -> String {
+        let addrs = |r: &Route| {
+            let all = r.backends.iter().flat_map(|b| b.addrs.iter().map(|t| t.label()));
+            all.collect::<Vec<_>>().join(",")
+        };
+        if !self.routed {
+            let r = &self.list[0];
+            return format!("target={} addrs={}", Quoted(r.mapping.target_label()), addrs(r));
+        }
+        let routes: Vec<String> = self
+            .list
+            .iter()
+            .map(|r| {
+                format!(
+                    "when={} -> {} ({})",
+                    r.mapping.options.when,
+                    r.mapping.target_label(),
+                    addrs(r)
+                )
+            })
+            .collect();
+        format!("routes={}", Quoted(routes.join("; ")))
+    }
 }
 
 /// A listening port and its live connections.
 pub(crate) struct Service {
     pub(crate) listener: Socket,
     pub(crate) local: SocketAddr,
-    pub(crate) route: Rc<Route>,
+    pub(crate) routes: Rc<Routes>,
     /// Waiting sockets and connection processes of this listener.
     live: Live,
     /// The last accept burst stopped before `EAGAIN`: no new edge will come, so the loop must come
@@ -68,19 +160,22 @@ pub(crate) struct Service {
     retry_at: Option<u64>,
     /// At a connection cap: logged once when it starts.
     capped: bool,
+    /// This listener's share of the counters (the per-mapping lines of `SIGUSR1`).
+    stats: Stats,
 }
 
 impl Service {
-    pub(crate) fn new(listener: Socket, route: Route) -> io::Result<Service> {
+    pub(crate) fn new(listener: Socket, routes: Routes) -> io::Result<Service> {
         let local = listener::local_addr(&listener)?;
         Ok(Service {
             listener,
             local,
-            route: Rc::new(route),
+            routes: Rc::new(routes),
             live: Live::default(),
             unfinished: false,
             retry_at: None,
             capped: false,
+            stats: Stats::default(),
         })
     }
 }
@@ -90,7 +185,12 @@ impl Service {
 pub(crate) struct Conn {
     /// Its listener's slot.
     slot: usize,
-    route: Rc<Route>,
+    routes: Rc<Routes>,
+    /// The route taken (0 until a routed listener decides).
+    chosen: usize,
+    /// While waiting on a routed listener: how many bytes the last peek saw, so that the
+    /// decision (which reads from the start) is made again only when more have come.
+    seen: usize,
     /// The client: the peer of the socket, or the address its PROXY header carried.
     peer: SocketAddr,
     accepted_ms: u64,
@@ -100,6 +200,13 @@ pub(crate) struct Conn {
     via: Option<SocketAddr>,
     /// The address the client connected to, as the PROXY header carried it.
     destination: Option<SocketAddr>,
+}
+
+impl Conn {
+    /// The route this connection takes.
+    fn route(&self) -> &Route {
+        &self.routes.list[self.chosen]
+    }
 }
 
 /// Settings of the process as a whole (the command line's, not a mapping's).
@@ -116,8 +223,11 @@ pub(crate) struct Settings {
     pub(crate) global_rules: Vec<access::Rule>,
     /// The file SIGHUP re-reads, and the command line's options each line starts from.
     pub(crate) config: Option<(PathBuf, Options)>,
-    /// The file SIGHUP reopens (for log rotation).
-    pub(crate) log_file: Option<PathBuf>,
+    /// Where the log goes; SIGUSR2 and SIGHUP reopen it (for log rotation).
+    pub(crate) log_to: crate::log_sink::Destination,
+    pub(crate) log_format: crate::log_format::Format,
+    /// Where SIGUSR1 writes the live view `--status` shows (beside the pid file), if anywhere.
+    pub(crate) status_file: Option<PathBuf>,
 }
 
 pub(crate) struct EventLoop {
@@ -138,6 +248,8 @@ pub(crate) struct EventLoop {
     settings: Settings,
     stats: Stats,
     refusals_log: log::Throttle,
+    /// The one buffer waiting clients of routed listeners are peeked into.
+    peek_buf: Box<[u8]>,
     /// Where PROXY headers are peeked into.
     header_buf: Vec<u8>,
 }
@@ -167,6 +279,7 @@ impl EventLoop {
             settings,
             stats: Stats::default(),
             refusals_log: log::Throttle::new(accept::REFUSALS_LOGGED_PER_SEC),
+            peek_buf: vec![0; crate::route::PEEK_LIMIT].into_boxed_slice(),
             header_buf: proxy_accept::buffer(),
         };
         let notify = EpollEvent::new(EpollFlags::EPOLLIN, Token::Handoff.encode());
@@ -193,14 +306,14 @@ impl EventLoop {
                     Token::Waiting(fd) if flags.intersects(EpollFlags::EPOLLHUP | EpollFlags::EPOLLERR) => {
                         self.close_waiting(fd)
                     }
-                    Token::Waiting(fd) => self.on_active(fd),
+                    Token::Waiting(fd) => self.on_active(fd, flags),
                     Token::Signals => self.on_signals(),
                     // Connection processes left the shared descriptor table (free their slots),
                     // or reported which backends they reached.
                     Token::Handoff => {
                         self.launcher.reclaim();
-                        for (route, reported) in self.launcher.take_reports() {
-                            self.apply_report(&route, reported);
+                        for (routes, chosen, reported) in self.launcher.take_reports() {
+                            self.apply_report(&routes, chosen, reported);
                         }
                     }
                 }
@@ -245,18 +358,27 @@ impl EventLoop {
             return;
         };
         let _ = self.epoll.delete(socket.as_fd());
-        self.stats.closed_waiting += 1;
+        self.tally(conn.slot, |s| s.closed_waiting += 1);
         if self.settings.verbose {
-            log!("client={} closed before sending", conn.peer);
+            log!(
+                "client={} listen={} event=closed-before-data",
+                conn.peer,
+                conn.routes.listener().bind.port()
+            );
         }
         self.release(&conn);
         // Dropping the socket closes it.
     }
 
-    /// A waiting socket became active (its first byte, or a FIN): out of the epoll set, hand off.
-    fn on_active(&mut self, fd: RawFd) {
+    /// A waiting socket became active (its first byte, or a FIN): out of the epoll set, hand off
+    /// (after its PROXY header, see `proxy_accept`; on a routed listener: once its bytes select a
+    /// route, see `routing`).
+    fn on_active(&mut self, fd: RawFd, flags: EpollFlags) {
         if self.waiting.get(fd).is_some_and(|(_, conn)| conn.awaiting_header) {
             return self.on_header_bytes(fd);
+        }
+        if self.waiting.get_mut(fd).is_some_and(|(_, conn)| conn.routes.routed) {
+            return self.on_routed_active(fd, flags.contains(EpollFlags::EPOLLRDHUP));
         }
         let Some((socket, conn)) = self.waiting.remove(fd) else {
             return;
@@ -280,7 +402,7 @@ impl EventLoop {
             }
             Err(_) => {
                 // Reset and logged by the launcher.
-                self.stats.outcomes.add(Outcome::ForkFailed);
+                self.tally(conn.slot, |s| s.outcomes.add(Outcome::ForkFailed));
                 self.release(&conn);
             }
         }
@@ -300,20 +422,32 @@ impl EventLoop {
     fn on_timers(&mut self) {
         let now = sys::monotonic_ms();
         self.log_left_out_refusals(now);
-        // Silent clients past their first-byte timeout.
-        while let Some((_, (socket, conn))) = self.waiting.pop_expired(now) {
-            let _ = self.epoll.delete(socket.as_fd());
+        // Silent clients past their first-byte timeout (or a routed listener's timeout route).
+        while let Some((fd, (socket, conn))) = self.waiting.pop_expired(now) {
             if conn.awaiting_header {
                 // A refusal (counted and logged as one), not a silent client.
+                let _ = self.epoll.delete(socket.as_fd());
                 self.header_timed_out(&socket, &conn);
                 self.release(&conn);
                 continue;
             }
-            self.stats.first_byte_timeouts += 1;
-            if self.settings.verbose {
+            let Some((socket, conn)) = self.on_routed_deadline(fd, socket, conn, now) else {
+                continue;
+            };
+            let _ = self.epoll.delete(socket.as_fd());
+            self.tally(conn.slot, |s| s.first_byte_timeouts += 1);
+            if self.settings.verbose && conn.seen > 0 {
                 log!(
-                    "client={} closed: nothing sent within the first-byte timeout",
-                    conn.peer
+                    "client={} listen={} event=first-byte-timeout seen={} reason=no-route-chosen",
+                    conn.peer,
+                    conn.routes.listener().bind.port(),
+                    conn.seen
+                );
+            } else if self.settings.verbose {
+                log!(
+                    "client={} listen={} event=first-byte-timeout",
+                    conn.peer,
+                    conn.routes.listener().bind.port()
                 );
             }
             self.release(&conn);
@@ -328,7 +462,7 @@ impl EventLoop {
                     Some(t) => t <= now,
                     None => self
                         .admission
-                        .has_room(&s.live, s.route.mapping.options.max_connections),
+                        .has_room(&s.live, s.routes.listener().options.max_connections),
                 },
                 _ => false,
             };
@@ -345,7 +479,11 @@ impl EventLoop {
                 Signal::Terminate => self.stop(self.settings.drain_timeout_ms),
                 Signal::Quit => self.stop(Some(0)),
                 Signal::Reload => self.reload(),
-                Signal::Stats => self.log_stats(),
+                Signal::Stats => {
+                    self.log_stats();
+                    self.write_live_view();
+                }
+                Signal::Reopen => self.reopen_log(),
             }
         }
     }
@@ -370,11 +508,17 @@ impl EventLoop {
         let live = self.children.len();
         match drain_ms {
             None => {
-                log!("stopping: listeners closed; {live} connection(s) go on in their own processes");
+                log!(
+                    "event=stopping live={live} drain=none note=\"listeners closed; connections go on in their own processes\""
+                );
                 self.children.clear(); // not ours to wait for
             }
-            Some(0) => log!("stopping now: listeners closed; ending {live} connection(s)"),
-            Some(ms) => log!("stopping: listeners closed; waiting up to {ms} ms for {live} connection(s)"),
+            Some(0) => {
+                log!("event=stopping live={live} drain_ms=0 note=\"listeners closed; ending the connections now\"")
+            }
+            Some(ms) => {
+                log!("event=stopping live={live} drain_ms={ms} note=\"listeners closed; waiting for the connections\"")
+            }
         }
         self.draining = Some(self.draining.map_or(deadline, |d| d.min(deadline)));
     }
@@ -387,7 +531,7 @@ impl EventLoop {
         if self.children.is_empty() {
             return;
         }
-        log!("ending {} connection(s) still open", self.children.len());
+        log!("event=ending-connections live={}", self.children.len());
         for &pid in self.children.keys() {
             let _ = killpg(Pid::from_raw(pid), SIGTERM);
         }
@@ -411,10 +555,10 @@ impl EventLoop {
                 continue;
             };
             // A report not read yet (its eventfd write still to come), or none: free its word.
-            if let Some((route, reported)) = self.launcher.report_ended(pid) {
-                self.apply_report(&route, reported);
+            if let Some((routes, chosen, reported)) = self.launcher.report_ended(pid) {
+                self.apply_report(&routes, chosen, reported);
             }
-            self.stats.outcomes.add(Outcome::from_wait_status(status));
+            self.tally(conn.slot, |s| s.outcomes.add(Outcome::from_wait_status(status)));
             if libc::WIFSIGNALED(status) {
                 // It died before it could write its own line (a crash, the OOM killer, an
                 // operator's kill, or `end_connections`): say which connection it was.
@@ -422,39 +566,28 @@ impl EventLoop {
                 let name = nix::sys::signal::Signal::try_from(sig)
                     .map_or_else(|_| format!("signal-{sig}"), |s| s.as_str().to_string());
                 log!(
-                    "client={} listen={} outcome=reset error={name} (connection process killed)",
+                    "client={} listen={} ms={} outcome=reset error={name} reason=connection-process-killed",
                     conn.peer,
-                    conn.route.mapping.bind.port()
+                    conn.routes.listener().bind.port(),
+                    sys::monotonic_ms().saturating_sub(conn.accepted_ms)
                 );
             }
             self.release(&conn);
         }
     }
 
-    fn log_stats(&self) {
-        let totals = self.launcher.totals();
-        log!(
-            "{}",
-            self.stats.line(
-                self.children.len(),
-                self.waiting.len(),
-                totals.c2s.load(Ordering::Relaxed),
-                totals.s2c.load(Ordering::Relaxed),
-            )
+    /// A connection process said which backends of its route it could not reach and which one
+    /// it used.
+    fn apply_report(&self, routes: &Routes, chosen: usize, reported: Reported) {
+        let route = &routes.list[chosen];
+        let name = routes.name(chosen);
+        let now = sys::monotonic_ms();
+        route.backends.apply(
+            reported,
+            &route.mapping.options,
+            route.mapping.bind,
+            name.as_deref(),
+            now,
         );
-        let now = sys::monotonic_ms();
-        for service in self.services.iter().flatten() {
-            for line in service.route.backends.stats_lines(service.local, now) {
-                log!("{line}");
-            }
-        }
-    }
-
-    /// A connection process said which backends it could not reach and which one it used.
-    fn apply_report(&self, route: &Route, reported: Reported) {
-        let now = sys::monotonic_ms();
-        route
-            .backends
-            .apply(reported, &route.mapping.options, route.mapping.bind, now);
     }
 }

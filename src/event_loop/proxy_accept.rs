@@ -2,7 +2,8 @@
 //! read by the main process while the socket waits in the epoll set (in both dispatch modes), so
 //! that the address it carries is the client for everything decided before the fork: access
 //! rules, the per-source limit, the balancer's source hash, the log line and a header sent on.
-//! Main process.
+//! On a routed listener it is read before the route is chosen: the header is taken off the
+//! socket, so the route matchers peek at the client's own bytes after it. Main process.
 //!
 //! The header is peeked (`MSG_PEEK`, never blocking) each time bytes arrive, until [`parse`]
 //! says it is whole; then exactly its length is taken off the socket, and the client's own bytes
@@ -13,6 +14,7 @@
 use super::admission::Live;
 use super::{Conn, EventLoop};
 use crate::handoff;
+use crate::log::Quoted;
 use crate::options::Dispatch;
 use crate::proxy_protocol::{Command, DEFAULT_MAX_HEADER_LEN, Invalid, Parse, parse};
 use crate::sys;
@@ -74,7 +76,7 @@ pub(super) enum Read {
 
 /// Peeks at what `fd` holds and, once it is a whole header, takes exactly the header off it.
 pub(super) fn read(fd: RawFd, buf: &mut [u8]) -> Read {
-    let n = match sys::peek_queued(fd, buf) {
+    let n = match sys::peek_waiting(fd, buf) {
         Ok(0) => return Read::Refuse(Problem::Missing),
         Ok(n) => n,
         Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => return Read::Wait,
@@ -148,8 +150,8 @@ impl EventLoop {
         conn.peer = source;
         conn.destination = Some(destination);
         conn.awaiting_header = false;
-        let route = Rc::clone(&conn.route);
-        let options = &route.mapping.options;
+        let routes = Rc::clone(&conn.routes);
+        let options = &routes.listener().options;
         let verdict = match self.services.get_mut(conn.slot).and_then(Option::as_mut) {
             Some(service) => {
                 self.admission.leave(Some(&mut service.live), proxy.ip());
@@ -169,12 +171,20 @@ impl EventLoop {
             }
         };
         if let Err(refusal) = verdict {
-            self.stats.refused += 1;
+            self.tally(conn.slot, |s| s.refused += 1);
             handoff::reset(&socket);
             self.log_refusal(&conn, refusal.name(), "");
             return;
         }
-        if more || options.dispatch == Dispatch::Accept {
+        if routes.routed {
+            // The route is chosen on what the client sends after the header (taken off the
+            // socket, so the matchers see the client's own first bytes), as for any client.
+            self.wait_for_data(socket, conn);
+            if more {
+                // Already queued: no new edge will say so.
+                self.on_routed_active(fd, false);
+            }
+        } else if more || options.dispatch == Dispatch::Accept {
             self.dispatch(socket, conn);
         } else {
             self.wait_for_data(socket, conn);
@@ -183,10 +193,10 @@ impl EventLoop {
 
     /// Closes a connection whose header was refused (`problem=`), with its log line.
     fn refuse_header(&mut self, socket: &Socket, conn: &Conn, problem: Problem) {
-        self.stats.refused += 1;
+        self.tally(conn.slot, |s| s.refused += 1);
         handoff::reset(socket);
         let detail = match problem {
-            Problem::Malformed(why) => format!(" detail=\"{why}\""),
+            Problem::Malformed(why) => format!(" detail={}", Quoted(why)),
             _ => String::new(),
         };
         self.log_refusal(conn, "proxy-header", &format!(" problem={}{detail}", problem.word()));
@@ -206,7 +216,7 @@ impl EventLoop {
             crate::log!(
                 "client={} listen={}{via} outcome=refused reason={reason}{rest}",
                 conn.peer,
-                conn.route.mapping.bind.port()
+                conn.routes.listener().bind.port()
             );
         }
     }

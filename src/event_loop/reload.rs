@@ -1,13 +1,17 @@
-//! `SIGHUP`: reopen the log file, re-read the configuration and apply it, old listeners against
-//! new mappings. Main process.
+//! `SIGHUP`: reopen the log, re-read the configuration and apply it, old listeners against new
+//! mappings; `SIGUSR2`: reopen the log only (what logrotate needs, without applying configuration
+//! edits not meant to be live yet). Main process.
 //!
 //! New listeners are opened, removed ones closed, unchanged ones kept (no connection refused
 //! meanwhile). All or nothing: a file with errors, or a listener that cannot be opened, leaves
-//! every mapping as it was. Connections in flight keep the route they started with.
+//! every mapping as it was. Connections in flight keep the route they started with, and a client
+//! still waiting on a routed listener keeps the route set it was accepted with (it is decided
+//! against those routes, and its timeouts are theirs); new clients get the new routes.
 
-use super::{EventLoop, Route, Service};
-use crate::backends::Backends;
-use crate::{config, listener, log};
+use super::{EventLoop, Route, Routes, Service};
+use crate::log::Quoted;
+use crate::log_sink::{self, Destination};
+use crate::{config, grouping, listener, log};
 use socket2::Socket;
 use std::net::SocketAddr;
 use std::os::fd::AsFd;
@@ -46,21 +50,34 @@ pub(crate) fn compare<R>(current: &[Option<SocketAddr>], new: Vec<(SocketAddr, R
 }
 
 impl EventLoop {
-    pub(super) fn reload(&mut self) {
-        if let Some(path) = &self.settings.log_file
-            && let Err(e) = crate::daemon::redirect_stderr(path)
-        {
-            log!("cannot reopen log file {}: {e}", path.display());
+    /// Reopens the log file (a rotated one is created anew) or reconnects the syslog socket; stderr
+    /// as given is left as it is.
+    pub(super) fn reopen_log(&mut self) {
+        let dest = &self.settings.log_to;
+        if *dest == Destination::Stderr {
+            return;
         }
+        match log_sink::open(dest) {
+            Ok(_) => log!("event=log-reopened log={}", Quoted(dest.describe())),
+            Err(e) => log!(
+                "event=log-reopen-failed log={} error={}",
+                Quoted(dest.describe()),
+                Quoted(e)
+            ),
+        }
+    }
+
+    pub(super) fn reload(&mut self) {
+        self.reopen_log();
         let Some((path, base)) = &self.settings.config else {
-            log!("SIGHUP: no configuration file to reload (started without --config)");
+            log!("event=reload-skipped reason=no-config note=\"started without --config\"");
             return;
         };
         let (mappings, resolved) = match config::load(path, base) {
             Ok(found) => found,
             Err(errors) => {
                 for line in errors.lines() {
-                    log!("reload rejected: {line}");
+                    log!("event=reload-rejected error={}", Quoted(line));
                 }
                 self.log_kept();
                 return;
@@ -69,63 +86,68 @@ impl EventLoop {
         let current: Vec<Option<SocketAddr>> = self
             .services
             .iter()
-            .map(|s| s.as_ref().map(|s| s.route.mapping.bind))
+            .map(|s| s.as_ref().map(|s| s.routes.listener().bind))
             .collect();
-        let routes = mappings.into_iter().zip(resolved).map(|(mapping, resolved)| {
-            let backends = Backends::new(&mapping, resolved);
-            (mapping.bind, Route { mapping, backends })
-        });
-        let changes = compare(&current, routes.collect());
+        let routes = mappings
+            .into_iter()
+            .zip(resolved)
+            .map(|(mapping, resolved)| Route::new(mapping, resolved));
+        let listeners = grouping::group(routes.collect(), |r| r.mapping.bind)
+            .into_iter()
+            .map(|list| (list[0].mapping.bind, Routes::new(list)));
+        let changes = compare(&current, listeners.collect());
         // Open what is new before changing anything.
-        let mut opened: Vec<(Route, Socket)> = Vec::new();
-        for route in changes.added {
-            match listener::open(route.mapping.bind) {
-                Ok(socket) => opened.push((route, socket)),
+        let mut opened: Vec<(Routes, Socket)> = Vec::new();
+        for routes in changes.added {
+            match listener::open(routes.listener().bind) {
+                Ok(socket) => opened.push((routes, socket)),
                 Err(e) => {
-                    let m = &route.mapping;
+                    let m = routes.listener();
                     let error = m.bind_error(format!("cannot listen on {}: {e}", m.bind));
-                    log!("reload rejected: {}", error.located(path));
+                    log!("event=reload-rejected error={}", Quoted(error.located(path)));
                     self.log_kept();
                     return;
                 }
             }
         }
         let kept = changes.kept.len();
-        for (slot, mut route) in changes.kept {
-            // New connections take the new target and options; those in flight keep theirs.
-            // The backends still listed keep their health.
+        for (slot, mut routes) in changes.kept {
+            // New connections take the new targets, routes and options; those in flight (and
+            // those still waiting) keep theirs. The backends still listed keep their health.
             let service = self.services[slot].as_mut().expect("compared as open");
-            route.backends.carry_over(&service.route.backends);
-            service.route = Rc::new(route);
+            routes.carry_over(&service.routes);
+            service.routes = Rc::new(routes);
         }
         let removed = changes.removed.len();
         for slot in changes.removed {
             if let Some(service) = self.services[slot].take() {
                 let _ = self.epoll.delete(service.listener.as_fd());
                 log!(
-                    "reload: closed {} -> {}",
+                    "event=reload-closed listen={} target={}",
                     service.local,
-                    service.route.mapping.target_label()
+                    Quoted(service.routes.listener().target_label())
                 );
             }
         }
         let added = opened.len();
-        for (route, socket) in opened {
-            let label = route.mapping.target_label();
-            match Service::new(socket, route).and_then(|s| self.add_service(s)) {
+        for (routes, socket) in opened {
+            let label = routes.listener().target_label();
+            match Service::new(socket, routes).and_then(|s| self.add_service(s)) {
                 Ok(()) => log!(
-                    "reload: listening on {} -> {label}",
-                    self.services.last().unwrap().as_ref().unwrap().local
+                    "event=reload-listening listen={} target={}",
+                    self.services.last().unwrap().as_ref().unwrap().local,
+                    Quoted(label)
                 ),
-                Err(e) => log!("reload: cannot add a listener: {e}"),
+                Err(e) => log!("event=reload-add-failed target={} error={}", Quoted(label), Quoted(e)),
             }
         }
-        log!("reload done: {added} added, {removed} removed, {kept} kept");
+        log!("event=reload-done added={added} removed={removed} kept={kept}");
     }
+
     /// The last line of a rejected reload: what goes on being served.
     fn log_kept(&self) {
         log!(
-            "reload rejected: keeping the {} current mapping(s)",
+            "event=reload-rejected kept={} note=\"keeping the current mappings\"",
             self.services.iter().flatten().count()
         );
     }

@@ -39,6 +39,11 @@ impl<T> WaitingSet<T> {
         self.entries.remove(&fd).map(|(item, _)| item)
     }
 
+    /// The socket `fd`'s entry, left in place.
+    pub(crate) fn get_mut(&mut self, fd: RawFd) -> Option<&mut T> {
+        self.entries.get_mut(&fd).map(|(item, _)| item)
+    }
+
     /// Takes out one socket whose deadline is at or before `now`, if there is one.
     pub(crate) fn pop_expired(&mut self, now: u64) -> Option<(RawFd, T)> {
         while let Some(&Reverse((deadline, fd))) = self.deadlines.peek() {
@@ -60,6 +65,11 @@ impl<T> WaitingSet<T> {
 
     pub(crate) fn len(&self) -> usize {
         self.entries.len()
+    }
+
+    /// Every socket still waiting.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &T> {
+        self.entries.values().map(|(item, _)| item)
     }
 
     /// Takes every socket out.

@@ -17,6 +17,9 @@ use std::net::IpAddr;
 use std::os::fd::RawFd;
 use std::sync::atomic::AtomicU64;
 
+/// The longest route name a log line shows whole.
+pub(crate) const ROUTE_SHOWN: usize = 64;
+
 /// Inward addresses a plan holds at most (all backends together).
 pub(crate) const PLAN_ADDRS: usize = 32;
 
@@ -89,22 +92,37 @@ pub(crate) struct Totals {
 unsafe impl SharedZeroed for Totals {}
 
 impl Plan {
-    /// Formats the middle of a connection's log line (`client=... listen=...`, then `via=...`
-    /// for a client whose address came in a PROXY header from `via`), in the parent.
-    pub(crate) fn describe(peer: &std::net::SocketAddr, listen_port: u16, via: Option<std::net::SocketAddr>) -> Line {
+    /// Formats the middle of a connection's log line (`client=... listen=... [via=...]
+    /// [route=...]`: `via`, the sender of the PROXY header that carried the client's address), in
+    /// the parent. A route's name is cut to [`ROUTE_SHOWN`] bytes (a `prefix:` can be long), so
+    /// that the rest of the line always fits.
+    pub(crate) fn describe(
+        peer: &std::net::SocketAddr,
+        listen_port: u16,
+        via: Option<std::net::SocketAddr>,
+        route: Option<&str>,
+    ) -> Line {
         let mut line = Line::new();
         let _ = write!(line, "client={peer} listen={listen_port}");
         if let Some(proxy) = via {
             let _ = write!(line, " via={proxy}");
         }
+        if let Some(name) = route {
+            // Names are ASCII (`Condition`'s Display escapes everything else).
+            let cut = &name.as_bytes()[..name.len().min(ROUTE_SHOWN)];
+            line.key("route").push(cut);
+            if cut.len() < name.len() {
+                line.push("…".as_bytes());
+            }
+        }
         line
     }
 
-    /// A connection's log line up to its target: `ts=... portfwd[PID]: client=... listen=...`.
+    /// A connection's log line up to its target: `client=... listen=...`. It is stamped when it
+    /// is written, at the connection's end (`ms=` keeps the duration), so lines of all processes
+    /// are in time order.
     pub(crate) fn line_start(&self) -> Line {
-        let mut line = Line::stamped();
-        line.push(b" ").push(self.line.as_bytes());
-        line
+        self.line
     }
 
     /// The target named in the log line of a connection that never reached one.
@@ -113,7 +131,8 @@ impl Plan {
     }
 
     /// Completes and writes a connection's log line:
-    /// `... client=ADDR listen=PORT target=ADDR c2s=N s2c=N ms=N outcome=WORD [error=ERRNO]`.
+    /// `ts=END portfwd[PID]: client=ADDR listen=PORT target=ADDR c2s=N s2c=N ms=N outcome=WORD
+    /// [error=ERRNO]`.
     /// Async-signal-safe: no allocation, one `write(2)`.
     pub(crate) fn log_end(&self, line: &mut Line, c2s: u64, s2c: u64, outcome: Outcome, error: Option<Errno>) {
         line.key("c2s").num(c2s).key("s2c").num(s2c);

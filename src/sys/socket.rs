@@ -1,5 +1,5 @@
 //! Socket and pipe system calls of a connection process (after fork): connecting inward, moving
-//! bytes, passing an end on.
+//! bytes, passing an end on; and the main process's peek at a waiting client.
 
 use super::{SysResult, check, check_size};
 use std::os::fd::RawFd;
@@ -18,20 +18,6 @@ pub(crate) fn peek(fd: RawFd) -> SysResult<usize> {
     check_size(unsafe { libc::recv(fd, probe.as_mut_ptr().cast(), 1, libc::MSG_PEEK) })
 }
 
-/// `recv(fd, buf, MSG_PEEK | MSG_DONTWAIT)`: what is queued on a socket, left queued, without
-/// waiting (`EAGAIN` when nothing is). Returns 0 at end-of-file.
-pub(crate) fn peek_queued(fd: RawFd, buf: &mut [u8]) -> SysResult<usize> {
-    // SAFETY: `buf` is a live, writable slice of `buf.len()` bytes.
-    check_size(unsafe {
-        libc::recv(
-            fd,
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-            libc::MSG_PEEK | libc::MSG_DONTWAIT,
-        )
-    })
-}
-
 /// `recv(fd, buf, MSG_DONTWAIT)`: takes at most `buf.len()` queued bytes off a socket.
 pub(crate) fn recv_queued(fd: RawFd, buf: &mut [u8]) -> SysResult<usize> {
     // SAFETY: `buf` is a live, writable slice of `buf.len()` bytes.
@@ -40,6 +26,16 @@ pub(crate) fn recv_queued(fd: RawFd, buf: &mut [u8]) -> SysResult<usize> {
 
 /// `TCP_CLOSE_WAIT` of the kernel's TCP states: the peer's FIN is in, no more bytes will come.
 pub(crate) const TCP_CLOSE_WAIT: u8 = 8;
+
+/// `recv(MSG_PEEK | MSG_DONTWAIT)` into `buf`: what a waiting client has sent so far, left queued
+/// for its connection process (the main process's look before routing). 0 at end-of-file,
+/// `EAGAIN` when nothing is queued. (socket2's `peek` takes an uninitialised buffer, which the
+/// caller would then have to assume initialised: this keeps that reasoning here.)
+pub(crate) fn peek_waiting(fd: RawFd, buf: &mut [u8]) -> SysResult<usize> {
+    let flags = libc::MSG_PEEK | libc::MSG_DONTWAIT;
+    // SAFETY: `buf` is a live, writable buffer of `buf.len()` bytes.
+    check_size(unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), flags) })
+}
 
 /// `pipe2(O_CLOEXEC)`, then asks for `size` bytes of capacity; a refused resize (the per-user pipe
 /// quota, `fs.pipe-max-size`) keeps the default size, which is still correct, only slower.
@@ -196,4 +192,19 @@ pub(crate) fn poll_one(fd: RawFd, events: libc::c_short, timeout_ms: libc::c_int
     // SAFETY: `pfd` is one live pollfd.
     let n = check(unsafe { libc::poll(&mut pfd, 1, timeout_ms) })?;
     Ok(if n == 0 { 0 } else { pfd.revents })
+}
+
+/// `send(2)` with `MSG_DONTWAIT | MSG_NOSIGNAL`: never waits for the reader, whatever the
+/// descriptor's own flags (which other holders of it share), and a gone reader is an `EPIPE`
+/// error, not a signal.
+pub(crate) fn send_nowait(fd: RawFd, buf: &[u8]) -> SysResult<usize> {
+    // SAFETY: `buf` is a live slice; the kernel reads at most `buf.len()` bytes.
+    check_size(unsafe {
+        libc::send(
+            fd,
+            buf.as_ptr().cast(),
+            buf.len(),
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+        )
+    })
 }

@@ -47,7 +47,11 @@ fn failover_with_the_first_backend_down_serves_every_client() {
         fwd.log_text()
     );
     assert!(
-        fwd.wait_log_count(&format!("backend {} of ", at(dead)), 1, Duration::from_secs(5)),
+        fwd.wait_log_count(
+            &format!("listen=[::]:{} backend={}", fwd.port, at(dead)),
+            1,
+            Duration::from_secs(5)
+        ),
         "{}",
         fwd.log_text()
     );
@@ -181,14 +185,15 @@ fn the_backend_marked_down_is_the_one_that_failed_whatever_the_order() {
     for _ in 0..6 {
         assert_eq!(ask(&fwd, None), "A");
     }
-    let down = format!("backend {} of ", at(dead));
+    let down = format!("event=backend-down listen=[::]:{} backend={} ", fwd.port, at(dead));
     assert!(
         fwd.wait_log_count(&down, 1, Duration::from_secs(5)),
         "{}",
         fwd.log_text()
     );
     assert_eq!(
-        fwd.count_lines(&format!("backend {} of ", at(a.port))),
+        // No health line of any kind (down, still down, up) names A.
+        fwd.count_lines(&format!("listen=[::]:{} backend={}", fwd.port, at(a.port))),
         0,
         "{}",
         fwd.log_text()
@@ -223,7 +228,7 @@ fn a_killed_backend_goes_down_is_skipped_and_comes_back() {
     assert_eq!(ask(&fwd, None), "A");
     assert_eq!(ask(&fwd, None), "B");
     drop(a); // A's listener closes: connects to it are refused
-    let down = format!("backend {} of ", at(a_port));
+    let down = format!("event=backend-down listen=[::]:{} backend={} ", fwd.port, at(a_port));
     let started = Instant::now();
     while fwd.count_lines(&down) == 0 {
         assert!(started.elapsed() < Duration::from_secs(10), "{}", fwd.log_text());
@@ -232,7 +237,8 @@ fn a_killed_backend_goes_down_is_skipped_and_comes_back() {
     }
     let marked = Instant::now();
     assert!(
-        fwd.log_text().contains("is down: 1 failed connect(s) within 3 s"),
+        fwd.log_text()
+            .contains(&format!("backend={} failures=1 within_s=3 skipped_s=3", at(a_port))),
         "{}",
         fwd.log_text()
     );
@@ -240,7 +246,7 @@ fn a_killed_backend_goes_down_is_skipped_and_comes_back() {
     assert!(stats.contains("live="), "{stats}");
     let health = |state: &str| {
         format!(
-            "stats backend listen=[::]:{} backend={} state={state}",
+            "event=stats-backend listen=[::]:{} backend={} state={state}",
             fwd.port,
             at(a_port)
         )
@@ -266,7 +272,7 @@ fn a_killed_backend_goes_down_is_skipped_and_comes_back() {
     );
     assert!(
         fwd.wait_log_count(
-            &format!("backend {} of [::]:{} is up again", at(a_port), fwd.port),
+            &format!("event=backend-up listen=[::]:{} backend={}", fwd.port, at(a_port)),
             1,
             Duration::from_secs(5)
         ),

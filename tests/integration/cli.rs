@@ -2,15 +2,16 @@
 //! each kind of bad input, with nothing left listening.
 
 use crate::util::*;
-use std::net::TcpListener;
-use std::process::{Command, Output};
+use std::io::Write;
+use std::net::{Ipv6Addr, SocketAddr, TcpListener};
+use std::process::{Command, Output, Stdio};
 
 fn run(args: &[&str]) -> Output {
     Command::new(BIN).args(args).output().expect("run portfwd")
 }
 
-/// Asserts exit status 2 and exactly one line on stderr that contains `needle`.
-fn fails_with(args: &[&str], needle: &str) {
+/// Asserts exit status 2 and exactly one line on stderr that contains `needle`; returns the line.
+fn fails_with(args: &[&str], needle: &str) -> String {
     let out = run(args);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
@@ -18,6 +19,7 @@ fn fails_with(args: &[&str], needle: &str) {
     assert!(err.starts_with("portfwd: "), "{err}");
     assert!(err.contains(needle), "{args:?}: expected '{needle}' in: {err}");
     assert!(out.stdout.is_empty());
+    err.into_owned()
 }
 
 #[test]
@@ -122,8 +124,80 @@ fn start_up_line_names_the_mapping_and_pid() {
     let backend = Backend::start(echo);
     let fwd = Forwarder::start(BIN, &["--bind", "127.0.0.1"], "localhost", backend.port);
     let log = fwd.log_text();
-    let expect = format!("listening on 127.0.0.1:{} -> localhost (", fwd.port);
+    let expect = format!(
+        "event=listening listen=127.0.0.1:{} target=localhost:{} addrs=",
+        fwd.port, backend.port
+    );
     assert!(log.contains(&expect), "{log}");
     assert!(log.contains(&format!("pid={}", fwd.pid())), "{log}");
     assert!(log.contains(&format!("127.0.0.1:{}", backend.port)), "{log}");
+}
+
+#[test]
+fn a_misspelt_option_and_a_misplaced_address_get_a_hint() {
+    fails_with(
+        &["--max-conections", "5", "7000", "127.0.0.1", "80"],
+        "did you mean '--max-connections'?",
+    );
+    let err = fails_with(&["127.0.0.1", "25001", "25112"], "use --bind 127.0.0.1");
+    assert!(
+        err.contains("expected: portfwd [OPTIONS] PORT HOSTNAME HOST_PORT"),
+        "{err}"
+    );
+}
+
+/// Starts `portfwd --bind 127.0.0.1 PORT TARGET` on a fresh port, TARGET in the HOST:PORT form.
+fn start_with_target(target: &str) -> Forwarder {
+    retry_ports(|| {
+        let port = free_port();
+        let args = ["--bind", "127.0.0.1", &port.to_string(), target].map(String::from);
+        Forwarder::spawn(BIN, &args, port)
+    })
+    .unwrap_or_else(|e| panic!("portfwd with target {target} did not start: {e}"))
+}
+
+#[test]
+fn host_colon_port_target_forwards() {
+    let backend = Backend::start(echo);
+    let fwd = start_with_target(&format!("127.0.0.1:{}", backend.port));
+    let mut s = fwd.connect();
+    round_trip(&mut s, b"through 127.0.0.1:PORT");
+
+    if !ipv6_loopback() {
+        return skip("the [::1]:PORT target: no IPv6 loopback here");
+    }
+    let v6 = Backend::bind(SocketAddr::from((Ipv6Addr::LOCALHOST, 0)), echo).unwrap();
+    let fwd = start_with_target(&format!("[::1]:{}", v6.port));
+    let mut s = fwd.connect();
+    round_trip(&mut s, b"through [::1]:PORT");
+}
+
+#[test]
+fn man_page_and_completions() {
+    let out = run(&["--man"]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let man = String::from_utf8_lossy(&out.stdout);
+    assert!(man.lines().any(|l| l.starts_with(".TH portfwd 1")), "{man}");
+
+    let out = run(&["--completions", "bash"]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let script = String::from_utf8_lossy(&out.stdout);
+    assert!(script.contains("complete -F"), "{script}");
+    // bash -n reads the script from stdin and only parses it.
+    let mut bash = Command::new("bash")
+        .arg("-n")
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run bash");
+    bash.stdin.take().unwrap().write_all(&out.stdout).unwrap();
+    let checked = bash.wait_with_output().unwrap();
+    assert!(
+        checked.status.success(),
+        "bash rejects the completion script: {}",
+        String::from_utf8_lossy(&checked.stderr)
+    );
+
+    // --man prints the page and nothing else: it takes no other argument.
+    fails_with(&["--man", "1", "h", "2"], "--man");
 }

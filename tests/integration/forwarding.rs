@@ -447,7 +447,7 @@ fn a_client_that_leaves_before_sending_costs_no_process() {
         abort(fwd.connect());
     }
     assert!(
-        fwd.wait_log_count("closed before sending", 20, Duration::from_secs(5)),
+        fwd.wait_log_count("event=closed-before-data", 20, Duration::from_secs(5)),
         "{}",
         fwd.log_text()
     );

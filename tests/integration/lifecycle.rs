@@ -107,7 +107,7 @@ fn one_process_serves_every_mapping_of_a_config() {
     );
     let fwd = Forwarder::spawn(BIN, &["--config".into(), file.display().to_string()], p1).expect("start");
     assert!(
-        fwd.wait_log_count("listening on", 2, Duration::from_secs(5)),
+        fwd.wait_log_count("event=listening", 2, Duration::from_secs(5)),
         "{}",
         fwd.log_text()
     );
@@ -189,7 +189,10 @@ fn daemon_returns_once_listening_and_cleans_up_on_sigterm() {
     .unwrap()
     .contains("outcome=closed")));
     let log = std::fs::read_to_string(&log_file).unwrap();
-    assert!(log.contains(&format!("listening on 127.0.0.1:{port}")), "{log}");
+    assert!(
+        log.contains(&format!("event=listening listen=127.0.0.1:{port}")),
+        "{log}"
+    );
     assert!(log.contains(&format!("pid={pid}")), "{log}");
     // A second daemon on the same port fails loudly, in the foreground.
     let (code, err, _) = daemonize(&args, &dir.join("second.pid"));
@@ -296,7 +299,7 @@ fn drain_timeout_ends_connections_still_open() {
     assert!(len < 2_000_000, "cut short");
     assert!(fwd.descendants().is_empty());
     assert!(
-        fwd.log_text().contains("ending 1 connection(s) still open"),
+        fwd.log_text().contains("event=ending-connections live=1"),
         "{}",
         fwd.log_text()
     );
@@ -381,7 +384,7 @@ fn sighup_reload_adds_removes_and_keeps_mappings_while_a_transfer_runs() {
         ),
     );
     let fwd = Forwarder::spawn(BIN, &["--config".into(), file.display().to_string()], kept).expect("start");
-    assert!(fwd.wait_log_count("listening on", 2, Duration::from_secs(5)));
+    assert!(fwd.wait_log_count("event=listening", 2, Duration::from_secs(5)));
     let download = slow_download(kept);
     assert!(wait_until(Duration::from_secs(5), || fwd.descendants().len() == 2));
 
@@ -407,7 +410,7 @@ fn sighup_reload_adds_removes_and_keeps_mappings_while_a_transfer_runs() {
     );
     fwd.signal(libc::SIGHUP);
     assert!(
-        fwd.wait_log_count("reload done: 1 added, 1 removed, 1 kept", 1, Duration::from_secs(5)),
+        fwd.wait_log_count("event=reload-done added=1 removed=1 kept=1", 1, Duration::from_secs(5)),
         "{}",
         fwd.log_text()
     );
@@ -430,7 +433,7 @@ fn sighup_reload_adds_removes_and_keeps_mappings_while_a_transfer_runs() {
     );
     fwd.signal(libc::SIGHUP);
     assert!(
-        fwd.wait_log_count("reload rejected", 2, Duration::from_secs(5)),
+        fwd.wait_log_count("event=reload-rejected", 2, Duration::from_secs(5)),
         "{}",
         fwd.log_text()
     );

@@ -12,6 +12,8 @@ mod cli;
 mod forwarding;
 mod lifecycle;
 mod limits;
+mod logging;
 mod proxy;
 mod real_peers;
+mod routing;
 mod scripts;

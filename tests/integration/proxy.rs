@@ -346,3 +346,90 @@ fn with_dispatch_accept_a_server_that_speaks_first_is_reached_after_the_header()
         fwd.log_text()
     );
 }
+
+/// A backend that reads the client's bytes up to a newline, then answers `name` and closes.
+fn answers(name: &'static str) -> Backend {
+    Backend::start(move |mut s: TcpStream| {
+        let mut b = [0u8; 1];
+        while s.read_exact(&mut b).is_ok() && b[0] != b'\n' {}
+        let _ = s.write_all(name.as_bytes());
+    })
+}
+
+#[test]
+fn on_a_routed_listener_the_header_comes_off_first_and_each_route_has_its_backends() {
+    // Route ssh: a dead backend, then S (failover); route any: O. The header is read before the
+    // route is chosen, so `prefix:SSH-` sees the client's own first bytes.
+    let s = answers("S");
+    let o = answers("O");
+    let dead = free_port();
+    let dir = TempDir::new("proxy-routes");
+    let file = dir.join("routes.config");
+    let fwd = retry_ports(|| {
+        let port = free_port();
+        let text = format!(
+            "{port} -> 127.0.0.1:{dead}, 127.0.0.1:{} when=prefix:SSH- accept_proxy=on\n\
+             {port} -> 127.0.0.1:{} proxy_from=127.0.0.0/8\n",
+            s.port, o.port
+        );
+        std::fs::write(&file, text).unwrap();
+        Forwarder::spawn(BIN, &["--config".into(), file.display().to_string()], port)
+    })
+    .unwrap_or_else(|e| panic!("portfwd did not start: {e}"));
+    let ask = |client: [u8; 4], sport: u16, first: &[u8]| {
+        let mut c = fwd.connect();
+        let mut bytes = v2_header(client, sport, [127, 0, 0, 1], fwd.port);
+        bytes.extend_from_slice(first);
+        c.write_all(&bytes).unwrap();
+        let (got, end) = read_to_end_or_err(&mut c);
+        assert!(end.is_ok(), "{end:?}\n{}", fwd.log_text());
+        String::from_utf8(got).unwrap()
+    };
+    assert_eq!(ask([10, 1, 2, 3], 4444, b"SSH-2.0-test\r\n"), "S");
+    assert_eq!(ask([10, 1, 2, 4], 5555, b"GET / HTTP/1.0\r\n"), "O");
+    assert_eq!(ask([10, 1, 2, 5], 6666, b"SSH-2.0-test\r\n"), "S");
+    let line = |client: &str| {
+        assert!(
+            fwd.wait_log_count(client, 1, Duration::from_secs(10)),
+            "{}",
+            fwd.log_text()
+        );
+        fwd.log_text().lines().find(|l| l.contains(client)).unwrap().to_string()
+    };
+    let first = line("client=10.1.2.3:4444 ");
+    assert!(
+        first.contains(" via=[::ffff:127.0.0.1]:")
+            && first.contains(" route=prefix:SSH- ")
+            && first.contains(&format!(
+                " target=127.0.0.1:{} failed=127.0.0.1:{dead}/ECONNREFUSED ",
+                s.port
+            )),
+        "{first}"
+    );
+    let other = line("client=10.1.2.4:5555 ");
+    assert!(
+        other.contains(" route=any ") && other.contains(&format!(" target=127.0.0.1:{} ", o.port)),
+        "{other}"
+    );
+    // The dead backend is the ssh route's, marked down after its first failure: the second ssh
+    // client went straight to S.
+    let down = format!(
+        "event=backend-down listen=[::]:{} route=prefix:SSH- backend=127.0.0.1:{dead} failures=1 ",
+        fwd.port
+    );
+    assert_eq!(fwd.count_lines(&down), 1, "{}", fwd.log_text());
+    let third = line("client=10.1.2.5:6666 ");
+    assert!(!third.contains(" failed="), "{third}");
+    fwd.stats();
+    for (route, port, served) in [("prefix:SSH-", s.port, 2), ("any", o.port, 1)] {
+        let stats = format!(
+            "event=stats-backend listen=[::]:{} route={route} backend=127.0.0.1:{port} state=up served={served} ",
+            fwd.port
+        );
+        assert!(
+            fwd.wait_log_count(&stats, 1, Duration::from_secs(5)),
+            "{stats}\n{}",
+            fwd.log_text()
+        );
+    }
+}

@@ -69,15 +69,32 @@ impl Sandbox {
     /// Starts a script; output goes to files, not pipes: a daemon that kept a pipe open would
     /// hang the test.
     fn spawn(&self, name: &str, args: &[&str]) -> Running {
+        self.spawn_in(name, args, &self.dir, &[])
+    }
+
+    /// Runs a script from the directory `cwd`, with the environment of `spawn` changed by `env`
+    /// (a value of `None` removes that variable).
+    fn run_in(&self, name: &str, args: &[&str], cwd: &Path, env: &[(&str, Option<&str>)]) -> Out {
+        self.spawn_in(name, args, cwd, env).finish()
+    }
+
+    fn spawn_in(&self, name: &str, args: &[&str], cwd: &Path, env: &[(&str, Option<&str>)]) -> Running {
         static RUNS: AtomicUsize = AtomicUsize::new(0);
         let n = RUNS.fetch_add(1, Ordering::SeqCst);
         let out_path = self.dir.join(format!("out.{n}"));
         let err_path = self.dir.join(format!("err.{n}"));
-        let child = Command::new(script(name))
-            .args(args)
-            .current_dir(&self.dir)
+        let mut cmd = Command::new(script(name));
+        cmd.args(args)
+            .current_dir(cwd)
             .env("PORTFWD_BIN", BIN)
-            .env_remove("PORTFWD_RUN_DIR")
+            .env_remove("PORTFWD_RUN_DIR");
+        for (key, value) in env {
+            match value {
+                Some(v) => cmd.env(key, v),
+                None => cmd.env_remove(key),
+            };
+        }
+        let child = cmd
             .stdin(Stdio::null())
             .stdout(fs::File::create(&out_path).unwrap())
             .stderr(fs::File::create(&err_path).unwrap())
@@ -134,9 +151,10 @@ impl Sandbox {
     }
 
     /// Live processes of this test's daemons: main processes and connection processes (which are
-    /// forks and carry the same command line, naming this run directory).
+    /// forks and carry the same command line, naming this sandbox: its run directory, or another
+    /// one in it when a launcher picked the wrong one).
     fn processes(&self) -> Vec<(u32, String)> {
-        let needle = self.run.to_str().unwrap().to_string();
+        let needle = self.dir.to_str().unwrap().to_string();
         let mut found: Vec<(u32, String)> = procs::scan()
             .into_iter()
             .filter(|p| p.state != 'Z' && p.comm.starts_with("portfwd") && cmdline(p.pid).contains(&needle))
@@ -181,8 +199,13 @@ struct Running {
 
 impl Running {
     /// Waits for the script (bounded) and returns what it printed.
-    fn finish(mut self) -> Out {
-        let status = wait_child(&mut self.child, SCRIPT_LIMIT);
+    fn finish(self) -> Out {
+        self.finish_within(SCRIPT_LIMIT)
+    }
+
+    /// Like `finish`, for a script that may take longer than `SCRIPT_LIMIT` (a release build).
+    fn finish_within(mut self, limit: Duration) -> Out {
+        let status = wait_child(&mut self.child, limit);
         let out = Out {
             code: status.unwrap_or(-1),
             stdout: fs::read_to_string(&self.out_path).unwrap_or_default(),
@@ -190,7 +213,7 @@ impl Running {
         };
         assert!(
             status.is_some(),
-            "{} still running after {SCRIPT_LIMIT:?}:\n{}",
+            "{} still running after {limit:?}:\n{}",
             self.what,
             out.all()
         );
@@ -281,8 +304,8 @@ fn launch_two_mappings_forward_refuse_a_second_launch_and_stop() {
     let mut expected = vec![p1, p2];
     expected.sort();
     assert_eq!(daemons, expected);
-    assert!(sb.log(&n1).contains("listening on"), "{}", sb.log(&n1));
-    assert!(sb.log(&n2).contains("listening on"), "{}", sb.log(&n2));
+    assert!(sb.log(&n1).contains("event=listening"), "{}", sb.log(&n1));
+    assert!(sb.log(&n2).contains("event=listening"), "{}", sb.log(&n2));
 
     // Forward through both.
     for port in &ports {
@@ -702,11 +725,11 @@ fn demo_runs_end_to_end() {
         "hello from the backend on 127.0.0.1:8006",
         "started 127.0.0.1_7005: 127.0.0.1:7005 -> 127.0.0.1:8005",
         "started 127.0.0.1_7006: 127.0.0.1:7006 -> 127.0.0.1:8006",
-        "listening on 127.0.0.1:7005",
+        "event=listening listen=127.0.0.1:7005",
         "portfwd-c2s",
         "portfwd-s2c",
         "HTTP/1.0 200",
-        "listening on",
+        "event=listening",
         "outcome=closed",
         "stopped 127.0.0.1_7005",
         "stopped 127.0.0.1_7006",
@@ -813,7 +836,7 @@ fn every_interface_and_ipv6_names_and_a_reload_of_one_daemon() {
         "the reload did not take: {}",
         sb.log(&any)
     );
-    assert!(sb.log(&any).contains("reload done"), "{}", sb.log(&any));
+    assert!(sb.log(&any).contains("event=reload-done"), "{}", sb.log(&any));
     assert_eq!(sb.pid_of(&any), Some(pid), "a reload keeps the daemon");
 
     // A relaunch of the original file says that the running daemon's mapping differs.
@@ -952,4 +975,294 @@ fn two_launches_at_once_start_each_mapping_once() {
     assert_eq!(stop.code, 0, "{}", stop.all());
     assert!(stop.stdout.contains("2 stopped"), "{}", stop.all());
     sb.assert_nothing_left();
+}
+
+/// Writes `sb.dir/setup.config` with one mapping `127.0.0.1:P -> 127.0.0.1:BACKEND` on a fresh
+/// port P and runs `port-forward.sh ARGS...` from `cwd` with `env` (ARGS name the config as the
+/// test wants: relative, absolute, with or without --run-dir); retries with another port if one
+/// was taken meanwhile. Returns P and what the launcher printed.
+fn launch_one_in(sb: &Sandbox, backend: u16, args: &[&str], cwd: &Path, env: &[(&str, Option<&str>)]) -> (u16, Out) {
+    retry_ports(|| {
+        let port = free_port();
+        sb.write("setup.config", &format!("127.0.0.1:{port} -> 127.0.0.1:{backend}\n"));
+        let out = sb.run_in("port-forward.sh", args, cwd, env);
+        if out.code != 0 && port_taken(&out.stderr) {
+            sb.stop(&["--now"]);
+            return Err(out.stderr);
+        }
+        Ok((port, out))
+    })
+    .unwrap_or_else(|e| panic!("{e}"))
+}
+
+#[test]
+fn launcher_and_stop_agree_from_any_directory() {
+    let sb = Sandbox::new("anydir");
+    let b = Backend::start(echo);
+    let elsewhere = sb.dir.join("elsewhere");
+    fs::create_dir(&elsewhere).unwrap();
+
+    // No --run-dir, no PORTFWD_RUN_DIR (spawn removes it): the run directory is run/ beside the
+    // config, not in the current directory.
+    let (port, out) = launch_one_in(&sb, b.port, &["../setup.config"], &elsewhere, &[]);
+    assert_eq!(out.code, 0, "{}", out.all());
+    assert!(
+        out.stdout.contains(&format!("(run directory {})", sb.run.display())),
+        "{}",
+        out.all()
+    );
+    assert!(
+        !elsewhere.join("run").exists(),
+        "a run directory in the current directory"
+    );
+    let n = name(port);
+    assert!(sb.pid_file(&n).is_file(), "{:?}\n{}", sb.pid_files(), out.all());
+    let pid = sb.pid_of(&n).unwrap();
+    let started = out
+        .stdout
+        .lines()
+        .find(|l| l.starts_with(&format!("started {n}: 127.0.0.1:{port} -> 127.0.0.1:{}", b.port)))
+        .unwrap_or_else(|| panic!("no started line for {n}:\n{}", out.all()));
+    let log = started
+        .split_once(&format!("(pid {pid}, log "))
+        .and_then(|(_, rest)| rest.strip_suffix(')'))
+        .unwrap_or_else(|| panic!("no '(pid {pid}, log PATH)' in: {started}"));
+    assert!(Path::new(log).is_file(), "the log named in '{started}' does not exist");
+    assert_eq!(Path::new(log), sb.run.join(format!("{n}.log")));
+    round_trip_to(port, b"launched from elsewhere");
+
+    // The stop, from /, with the config's absolute path: the same run directory.
+    let config = sb.dir.join("setup.config");
+    let stop = sb.run_in("stop-script.sh", &[config.to_str().unwrap()], Path::new("/"), &[]);
+    assert_eq!(stop.code, 0, "{}", stop.all());
+    assert!(
+        stop.stdout.contains(&format!("stopped {n} (pid {pid}")),
+        "{}",
+        stop.all()
+    );
+    assert!(sb.pid_files().is_empty(), "{:?}", sb.pid_files());
+    assert!(!alive(pid));
+    sb.assert_nothing_left();
+
+    let missing = sb.dir.join("missing.config");
+    let out = sb.run_in("stop-script.sh", &[missing.to_str().unwrap()], Path::new("/"), &[]);
+    assert_eq!(out.code, 2, "{}", out.all());
+    assert!(out.stderr.contains("not found"), "{}", out.all());
+}
+
+/// The `--status` line of the running daemon `name`.
+fn status_line<'a>(out: &'a Out, name: &str) -> &'a str {
+    out.stdout
+        .lines()
+        .find(|l| l.starts_with(&format!("running {name} (pid ")))
+        .unwrap_or_else(|| panic!("no status line for {name}:\n{}", out.all()))
+}
+
+#[test]
+fn status_shows_daemons_listeners_connections_and_stale_pid_files() {
+    let sb = Sandbox::new("status");
+    let b = Backend::start(echo);
+    let (ports, config, out) = launch(&sb, &[b.port, b.port], &[]);
+    assert_eq!(out.code, 0, "{}", out.all());
+    let (n1, n2) = (name(ports[0]), name(ports[1]));
+    let (d1, d2) = (sb.pid_of(&n1).unwrap(), sb.pid_of(&n2).unwrap());
+    let run = sb.run.to_str().unwrap();
+    let status = || sb.run("port-forward.sh", &["--status", "--run-dir", run]);
+    let check = |out: &Out, conns: [usize; 2]| {
+        for ((n, d), (p, c)) in [(&n1, d1), (&n2, d2)].into_iter().zip(ports.iter().zip(conns)) {
+            let line = status_line(out, n);
+            for needle in [
+                format!("running {n} (pid {d}): 127.0.0.1:{p} -> 127.0.0.1:{}", b.port),
+                format!("listening on 127.0.0.1:{p};"),
+                format!("; {c} live connection(s);"),
+                format!("(from {})", config.display()),
+            ] {
+                assert!(line.contains(&needle), "'{needle}' not in: {line}\n{}", out.all());
+            }
+        }
+    };
+
+    let out = status();
+    assert_eq!(out.code, 0, "{}", out.all());
+    check(&out, [0, 0]);
+    assert!(
+        out.stdout
+            .contains("2 running, 0 stale pid file(s), 0 live connection(s)"),
+        "{}",
+        out.all()
+    );
+
+    // Two connections through the first mapping, each past its first byte: handed off, each with
+    // its two processes.
+    let held: Vec<TcpStream> = (0..2).map(|_| round_trip_to(ports[0], b"held")).collect();
+    assert!(
+        wait_until(WAIT, || connection_processes(d1).len() >= 4),
+        "connection processes: {:?}",
+        connection_processes(d1)
+    );
+    let out = status();
+    assert_eq!(out.code, 0, "{}", out.all());
+    check(&out, [2, 0]);
+    assert!(
+        out.stdout
+            .contains("2 running, 0 stale pid file(s), 2 live connection(s)"),
+        "{}",
+        out.all()
+    );
+
+    // From a subdirectory, with the config's relative path and the default run directory (run/
+    // beside the config, the one launched into): the same report.
+    let sub = sb.dir.join("sub");
+    fs::create_dir(&sub).unwrap();
+    let rel = sb.run_in("port-forward.sh", &["--status", "../setup.config"], &sub, &[]);
+    assert_eq!(rel.code, 0, "{}", rel.all());
+    assert_eq!(rel.stdout, out.stdout, "{}", rel.all());
+
+    // A daemon killed with SIGKILL leaves its pid file: reported as stale, kept.
+    // SAFETY: a daemon this test launched.
+    unsafe { libc::kill(d2 as i32, libc::SIGKILL) };
+    assert!(wait_until(WAIT, || !alive(d2)));
+    let out = status();
+    assert_eq!(out.code, 1, "{}", out.all());
+    assert!(out.stdout.contains(&format!("stale {n2}: ")), "{}", out.all());
+    assert!(
+        status_line(&out, &n1).contains("; 2 live connection(s);"),
+        "{}",
+        out.all()
+    );
+    assert!(
+        out.stdout
+            .contains("1 running, 1 stale pid file(s), 2 live connection(s)"),
+        "{}",
+        out.all()
+    );
+    assert!(sb.pid_file(&n2).is_file(), "--status must not remove a stale pid file");
+
+    let stop = sb.stop(&["--now"]);
+    assert_eq!(stop.code, 0, "{}", stop.all());
+    drop(held);
+    let out = status();
+    assert_eq!(out.code, 3, "{}", out.all());
+    assert!(out.stdout.contains("nothing running: no pid file in"), "{}", out.all());
+    let none = sb.dir.join("none");
+    let out = sb.run("port-forward.sh", &["--status", "--run-dir", none.to_str().unwrap()]);
+    assert_eq!(out.code, 3, "{}", out.all());
+    assert!(out.stdout.contains("no run directory"), "{}", out.all());
+    let out = sb.run("port-forward.sh", &["--status", "--run-dir", run, "--", "--verbose"]);
+    assert_eq!(out.code, 2, "{}", out.all());
+    assert!(out.stdout.is_empty(), "{}", out.all());
+    sb.assert_nothing_left();
+}
+
+#[test]
+fn binary_found_in_cargo_target_dir_and_errors_name_portfwd_bin() {
+    let sb = Sandbox::new("bin");
+    let b = Backend::start(echo);
+    let tgt = sb.dir.join("tgt");
+    let copy = tgt.join("release").join("portfwd");
+    fs::create_dir_all(copy.parent().unwrap()).unwrap();
+    fs::copy(BIN, &copy).unwrap();
+
+    // No PORTFWD_BIN: the release binary of the target directory cargo reports, which honours
+    // CARGO_TARGET_DIR (the repository's own target/ holds another portfwd).
+    let run = sb.run.to_str().unwrap();
+    let env = [("PORTFWD_BIN", None), ("CARGO_TARGET_DIR", tgt.to_str())];
+    let (port, out) = launch_one_in(&sb, b.port, &["--run-dir", run, "setup.config"], &sb.dir, &env);
+    assert_eq!(out.code, 0, "{}", out.all());
+    assert!(!out.stderr.contains("building it"), "{}", out.all());
+    let pid = sb.pid_of(&name(port)).unwrap();
+    assert_eq!(fs::read_link(format!("/proc/{pid}/exe")).unwrap(), copy);
+    round_trip_to(port, b"the copy forwards");
+    let stop = sb.stop(&[]);
+    assert_eq!(stop.code, 0, "{}", stop.all());
+    sb.assert_nothing_left();
+
+    // A PORTFWD_BIN that is not there: the error names the variable; nothing starts.
+    let none = sb.dir.join("none");
+    let env = [("PORTFWD_BIN", none.to_str())];
+    let out = sb.run_in("port-forward.sh", &["--run-dir", run, "setup.config"], &sb.dir, &env);
+    assert_eq!(out.code, 2, "{}", out.all());
+    assert!(out.stderr.contains("PORTFWD_BIN="), "{}", out.all());
+    assert!(sb.pid_files().is_empty(), "{:?}", sb.pid_files());
+
+    if Command::new("python3").arg("--version").output().is_err()
+        || Command::new("curl").arg("--version").output().is_err()
+    {
+        return skip("the demo part: the demo needs python3 and curl");
+    }
+    let out = sb.run_in("demo.sh", &[], &sb.dir, &env);
+    assert_eq!(out.code, 1, "{}", out.all());
+    assert!(out.stderr.contains("PORTFWD_BIN="), "{}", out.all());
+    assert!(!out.stdout.contains("started"), "{}", out.all());
+    sb.assert_nothing_left();
+}
+
+/// `scripts/package-deb.sh` builds (`cargo build --release`) and packages with `cargo deb`: opt-in,
+/// run only where cargo-deb is installed.
+#[test]
+fn package_deb_holds_the_binary_man_page_completions_and_unit() {
+    let works = |cmd: &str, args: &[&str]| Command::new(cmd).args(args).output().is_ok_and(|o| o.status.success());
+    if !works("cargo", &["deb", "--version"]) {
+        return skip("cargo-deb is not installed (cargo install --locked cargo-deb)");
+    }
+    if !works("dpkg-deb", &["--version"]) {
+        return skip("no dpkg-deb to list the package");
+    }
+    // A release build loads the machine: take turns with the other heavy tests.
+    let _turn = serial();
+    let sb = Sandbox::new("deb");
+    // Its own target directory, beside the one this test was built in: the build neither waits
+    // for nor replaces the binary under test, and later runs reuse what it built.
+    let target = Path::new(BIN)
+        .parent()
+        .and_then(Path::parent)
+        .expect("BIN is TARGET/PROFILE/portfwd")
+        .join("package-deb-test");
+    let env = [("CARGO_TARGET_DIR", target.to_str())];
+    let out = sb
+        .spawn_in("package-deb.sh", &[], &sb.dir, &env)
+        .finish_within(Duration::from_secs(900));
+    assert_eq!(out.code, 0, "{}", out.all());
+    let deb = out.stdout.lines().last().unwrap_or("").trim();
+    assert!(
+        deb.ends_with(".deb") && Path::new(deb).is_file(),
+        "the last line is not the .deb:\n{}",
+        out.all()
+    );
+    assert!(
+        Path::new(deb).starts_with(&target),
+        "{deb} is not in {}",
+        target.display()
+    );
+    let list = Command::new("dpkg-deb").arg("-c").arg(deb).output().unwrap();
+    assert!(list.status.success(), "{}", String::from_utf8_lossy(&list.stderr));
+    let list = String::from_utf8_lossy(&list.stdout);
+    let paths: Vec<&str> = list.lines().filter_map(|l| l.split_whitespace().last()).collect();
+    for want in [
+        "./usr/bin/portfwd",
+        "./usr/share/man/man1/portfwd.1.gz",
+        "./usr/share/bash-completion/completions/portfwd",
+        "./usr/lib/systemd/system/portfwd.service",
+    ] {
+        assert!(paths.contains(&want), "{want} not in the package:\n{list}");
+    }
+    // The generated files are those of this source (not stale ones left in target/assets).
+    let unpack = |path: &str, filter: &str| {
+        let pipeline = format!("dpkg-deb --fsys-tarfile \"$1\" | tar -xOf - \"$2\" {filter}");
+        let out = Command::new("sh")
+            .args(["-c", &pipeline, "sh", deb, path])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{path}: {}", String::from_utf8_lossy(&out.stderr));
+        out.stdout
+    };
+    let printed = |arg: &[&str]| Command::new(BIN).args(arg).output().unwrap().stdout;
+    assert!(
+        unpack("./usr/share/man/man1/portfwd.1.gz", "| gzip -dc") == printed(&["--man"]),
+        "the packaged manual page is not what portfwd --man prints"
+    );
+    assert!(
+        unpack("./usr/share/bash-completion/completions/portfwd", "") == printed(&["--completions", "bash"]),
+        "the packaged bash completion is not what portfwd --completions bash prints"
+    );
 }

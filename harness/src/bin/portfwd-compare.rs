@@ -111,15 +111,7 @@ fn main() {
         specs,
         &only,
         Duration::from_millis(args.wait_ms),
-        |sc, spec, obs, took| {
-            eprintln!(
-                "[{:>6.1}s] {:28} {:12} {}",
-                took.as_secs_f64(),
-                sc.name,
-                spec.label,
-                obs.text
-            );
-        },
+        compare::print_progress,
     );
     if args.format != "table" {
         print_kv(&report);
