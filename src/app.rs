@@ -8,7 +8,7 @@
 
 use crate::activation::Activation;
 use crate::cli::Cli;
-use crate::config::{self, Mapping};
+use crate::config::{self, Backend, Mapping, Resolved};
 use crate::daemon::{self, PidFile, Ready};
 use crate::event_loop::{EventLoop, Route, Routes, Service, Settings};
 use crate::grouping;
@@ -20,7 +20,7 @@ use crate::metrics::MetricsServer;
 use crate::options::{self, Options};
 use crate::privileges::Identity;
 use crate::signals::Signals;
-use crate::target::{self, Target};
+use crate::target;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -111,23 +111,31 @@ pub fn check_config(path: &std::path::Path, base: &Options) -> Result<(), StartE
 }
 
 /// The mappings to serve, from `--config` or from the positional arguments, with their targets.
-fn mappings(cli: &Cli, base: &Options) -> Result<(Vec<Mapping>, Vec<Vec<Target>>), StartError> {
+fn mappings(cli: &Cli, base: &Options) -> Result<(Vec<Mapping>, Vec<Resolved>), StartError> {
     if let Some(path) = &cli.config {
         return config::load(path, base).map_err(StartError::Located);
     }
-    let (port, host, host_port) = match (cli.port, &cli.hostname, cli.host_port) {
-        (Some(p), Some(h), Some(hp)) => (p, h, hp),
+    let (port, targets) = match (cli.port, cli.targets()) {
+        (Some(p), Some(t)) => (p, t),
         _ => return Err("PORT HOSTNAME HOST_PORT or --config FILE is needed".to_string().into()),
     };
+    if targets.len() > config::MAX_BACKENDS {
+        return Err(format!("more than {} targets", config::MAX_BACKENDS).into());
+    }
+    base.check()?;
+    if let Some(source) = base.source {
+        target::check_source(source)?;
+    }
     let bind: SocketAddr = match &cli.bind {
         None => listener::any_address(port),
         Some(addr) => target::resolve(addr, port).map_err(|e| format!("--bind: {e}"))?[0],
     };
-    let targets = target::resolve_targets(host, host_port)?;
-    Ok((
-        vec![Mapping::new(bind, host.clone(), host_port, base.clone())],
-        vec![targets],
-    ))
+    let resolved = targets
+        .iter()
+        .map(|(host, port)| target::resolve_targets(host, *port))
+        .collect::<Result<Resolved, String>>()?;
+    let backends = targets.into_iter().map(|(h, p)| Backend::new(h, p)).collect();
+    Ok((vec![Mapping::new(bind, backends, base.clone())], vec![resolved]))
 }
 
 /// Makes a path absolute against the current directory (the daemon changes to `/`).
@@ -204,11 +212,11 @@ pub fn run(cli: Cli) -> Result<(), StartError> {
     // however many there are.
     let mut activation = Activation::take()?;
     let slots = HandoffSlots::reserve().map_err(|e| format!("cannot reserve hand-off descriptors: {e}"))?;
-    let (mappings, targets) = mappings(&cli, &base)?;
+    let (mappings, resolved) = mappings(&cli, &base)?;
     let routes = mappings
         .into_iter()
-        .zip(targets)
-        .map(|(mapping, targets)| Route { mapping, targets });
+        .zip(resolved)
+        .map(|(mapping, resolved)| Route::new(mapping, resolved));
     let mut services = Vec::new();
     for list in grouping::group(routes.collect(), |r| r.mapping.bind) {
         let mapping = &list[0].mapping;

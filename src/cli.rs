@@ -86,6 +86,41 @@ pub struct Cli {
     #[arg(long, value_name = "CIDR", value_parser = checked(|s| Rule::parse(RuleKind::Deny, s)))]
     pub deny: Vec<String>,
 
+    /// Another inward target HOST:PORT (`[ADDR]:PORT` for IPv6), tried after HOSTNAME HOST_PORT
+    /// (repeatable; see --balance).
+    #[arg(long = "backend", value_name = "HOST:PORT", conflicts_with = "config", value_parser = checked(parse_host_port))]
+    pub backends: Vec<String>,
+
+    /// Which backend a connection tries first: in the order given (failover), the next one for
+    /// each connection, or by a hash of the client's address [default: first].
+    #[arg(long, value_name = "HOW", value_parser = ["first", "roundrobin", "source"])]
+    pub balance: Option<String>,
+
+    /// Failed connects within --fail-timeout that mark a backend down, or 0 for never [default: 1].
+    #[arg(long, value_name = "N", value_parser = checked(options::parse_max_fails))]
+    pub max_fails: Option<String>,
+
+    /// The window in which failures count, and how long a backend then stays down [default: 10].
+    #[arg(long, value_name = "SECS", value_parser = checked(options::parse_secs))]
+    pub fail_timeout: Option<String>,
+
+    /// Send a PROXY protocol header (v1 text or v2 binary) to the backend before any client byte.
+    #[arg(long, value_name = "VERSION", value_parser = ["v1", "v2", "off"])]
+    pub proxy_protocol: Option<String>,
+
+    /// Expect a PROXY protocol header (v1 or v2) first on each client connection; its address is
+    /// the client's from then on. Needs --proxy-from.
+    #[arg(long)]
+    pub accept_proxy: bool,
+
+    /// Who may send that header: a load balancer's address or range (repeatable).
+    #[arg(long, value_name = "CIDR", value_parser = checked(|s| Rule::parse(RuleKind::Allow, s)))]
+    pub proxy_from: Vec<String>,
+
+    /// Make inward connections from this local address.
+    #[arg(long, value_name = "ADDR", value_parser = checked(options::parse_source))]
+    pub source: Option<String>,
+
     /// Threads that accept in parallel on a burst [default: the number of CPUs].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub accept_threads: Option<u16>,
@@ -232,6 +267,11 @@ impl Cli {
             ("idle_timeout", &self.idle_timeout),
             ("keepalive", &self.keepalive),
             ("max_rate", &self.max_rate),
+            ("balance", &self.balance),
+            ("max_fails", &self.max_fails),
+            ("fail_timeout", &self.fail_timeout),
+            ("proxy_protocol", &self.proxy_protocol),
+            ("source", &self.source),
         ];
         for (key, value) in flags {
             if let Some(v) = value {
@@ -239,8 +279,32 @@ impl Cli {
             }
         }
         o.reuseport |= self.reuseport;
+        o.accept_proxy = self.accept_proxy;
+        for cidr in &self.proxy_from {
+            o.set("proxy_from", cidr).expect("validated by clap");
+        }
         o
     }
+
+    /// The targets of the command line's mapping: HOSTNAME HOST_PORT, then each --backend.
+    pub fn targets(&self) -> Option<Vec<(String, u16)>> {
+        let first = (self.hostname.clone()?, self.host_port?);
+        let more = self
+            .backends
+            .iter()
+            .map(|b| parse_host_port(b).expect("validated by clap"));
+        Some(std::iter::once(first).chain(more).collect())
+    }
+}
+
+/// `HOST:PORT` or `[ADDR]:PORT`: a host and a port.
+fn parse_host_port(text: &str) -> Result<(String, u16), String> {
+    let (host, port) = match text.rsplit_once(':') {
+        Some((h, p)) if h.starts_with('[') && h.ends_with(']') => (crate::target::unbracket(h), p),
+        Some((h, p)) if !h.contains(':') && !h.is_empty() => (h, p),
+        _ => return Err(format!("expected HOST:PORT ([ADDR]:PORT for IPv6), found '{text}'")),
+    };
+    Ok((host.to_string(), parse_port(port)?))
 }
 
 /// --allow and --deny in the order they were given.
@@ -436,5 +500,52 @@ mod tests {
         assert!(text.starts_with(".ie") && text.contains("\\-\\-dispatch"), "{text}");
         assert!(generated_text(&parse(&["1", "h", "2"]).unwrap()).is_none());
         assert!(parse(&["--man", "1", "h", "2"]).is_err());
+    }
+
+    #[test]
+    fn more_backends_and_their_options() {
+        let cli = parse(&[
+            "--backend",
+            "10.0.0.2:8005",
+            "7005",
+            "10.0.0.1:8005",
+            "--backend",
+            "[::1]:9",
+            "--balance",
+            "source",
+            "--proxy-protocol",
+            "v2",
+            "--accept-proxy",
+            "--proxy-from",
+            "10.0.0.0/8",
+            "--source",
+            "127.0.0.9",
+        ])
+        .unwrap();
+        assert_eq!(
+            cli.targets().unwrap(),
+            [
+                ("10.0.0.1".to_string(), 8005),
+                ("10.0.0.2".to_string(), 8005),
+                ("::1".to_string(), 9)
+            ]
+        );
+        let o = cli.options();
+        assert_eq!(
+            o.diff(&Options::for_this_host()).join(" "),
+            "balance=source proxy_protocol=v2 accept_proxy=on proxy_from=10.0.0.0/8 source=127.0.0.9"
+        );
+        assert!(
+            parse(&["--backend", "::1:9", "1", "h", "2"])
+                .unwrap_err()
+                .contains("[ADDR]:PORT")
+        );
+        assert!(
+            parse(&["--backend", "h:0", "1", "h", "2"])
+                .unwrap_err()
+                .contains("1 to 65535")
+        );
+        assert!(parse(&["--config", "x", "--backend", "h:1"]).is_err());
+        assert!(parse(&["--balance", "random", "1", "h", "2"]).is_err());
     }
 }

@@ -1,8 +1,9 @@
 //! `setup.config`: one mapping per line, in the seed's form `7005 -> 192.168.0.1:8005`, with an
-//! optional bind address (`127.0.0.1:7005`, `[::]:7005`), host names as targets, `#` comments and
-//! per-line options (`dispatch=accept`, see `options`). A line may map a range of ports:
-//! `7000-7099 -> host:8000-8099` port by port, or `7000-7099 -> host:8000` many to one; it becomes
-//! one mapping per listen port, each with the line's number.
+//! optional bind address (`127.0.0.1:7005`, `[::]:7005`), host names as targets, several targets
+//! separated by `, ` (`7005 -> 10.0.0.1:8005, 10.0.0.2:8005`), `#` comments and per-line options
+//! (`dispatch=accept`, see `options`). A line may map a range of ports: `7000-7099 ->
+//! host:8000-8099` port by port, or `7000-7099 -> host:8000` many to one; it becomes one mapping
+//! per listen port, each with the line's number.
 //!
 //! Every error of the file is reported at once as `FILE:LINE:COL: message`, and nothing starts.
 //! Words of the file that a message echoes are cut and escaped (see [`shown`]).
@@ -23,35 +24,66 @@ pub const MAX_FILE_BYTES: usize = 16 << 20;
 /// How many characters of a word a message echoes; the rest is shown as `…`.
 const SHOWN_CHARS: usize = 64;
 
+/// The most targets one mapping may list (a connection's plan carries their order by value).
+pub const MAX_BACKENDS: usize = 16;
+
+/// One target of a mapping as written: a host (name or address, without brackets) and a port.
+/// Two are equal when they name the same host and port, wherever they were written.
+#[derive(Clone, Debug)]
+pub struct Backend {
+    pub host: String,
+    pub port: u16,
+    /// Column of the target, for resolution errors.
+    col: usize,
+}
+
+impl PartialEq for Backend {
+    fn eq(&self, other: &Backend) -> bool {
+        (&self.host, self.port) == (&other.host, other.port)
+    }
+}
+
+impl Backend {
+    pub fn new(host: String, port: u16) -> Backend {
+        Backend { host, port, col: 0 }
+    }
+
+    /// `HOST:PORT` with IPv6 literals in brackets.
+    pub fn label(&self) -> String {
+        let host = target::unbracket(&self.host);
+        if host.contains(':') {
+            format!("[{host}]:{}", self.port)
+        } else {
+            format!("{host}:{}", self.port)
+        }
+    }
+}
+
 /// One line of the file, parsed.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Mapping {
     /// Where to listen; `[::]` (dual-stack, every interface) when the line names no address.
     pub bind: SocketAddr,
-    pub host: String,
-    pub port: u16,
+    /// The targets, in the order written (at least one, at most [`MAX_BACKENDS`]).
+    pub backends: Vec<Backend>,
     pub options: Options,
     /// 1-based line number in its file (0 for a mapping from the command line).
     pub line: usize,
     /// Column of the listen address, for errors about it (overlaps, a port that cannot be bound).
     bind_col: usize,
-    /// Column of the target, for resolution errors.
-    target_col: usize,
     /// The keys of this line's `key=value` words with their columns, for the checks across the
     /// lines of one listener (see `grouping`).
     given: Vec<(String, usize)>,
 }
 
 impl Mapping {
-    pub fn new(bind: SocketAddr, host: String, port: u16, options: Options) -> Mapping {
+    pub fn new(bind: SocketAddr, backends: Vec<Backend>, options: Options) -> Mapping {
         Mapping {
             bind,
-            host,
-            port,
+            backends,
             options,
             line: 0,
             bind_col: 0,
-            target_col: 0,
             given: Vec::new(),
         }
     }
@@ -70,14 +102,9 @@ impl Mapping {
         }
     }
 
-    /// `HOST:PORT` with IPv6 literals in brackets.
+    /// The targets as written, `HOST:PORT, HOST:PORT` (IPv6 literals in brackets).
     pub fn target_label(&self) -> String {
-        let host = target::unbracket(&self.host);
-        if host.contains(':') {
-            format!("[{host}]:{}", self.port)
-        } else {
-            format!("{host}:{}", self.port)
-        }
+        self.backends.iter().map(Backend::label).collect::<Vec<_>>().join(", ")
     }
 
     /// The mapping as a config line that parses back to itself (options that differ from this
@@ -264,50 +291,73 @@ pub fn parse(text: &str, defaults: &Options) -> Result<Vec<Mapping>, Vec<Error>>
     if errors.is_empty() { Ok(mappings) } else { Err(errors) }
 }
 
-/// Resolves every mapping's target; returns them in order, or every failure, located.
-pub fn resolve(mappings: &[Mapping]) -> Result<Vec<Vec<Target>>, Vec<Error>> {
-    let mut out: Vec<Vec<Target>> = Vec::new();
+/// A mapping's targets resolved: one list of addresses for each target, in the order written.
+pub type Resolved = Vec<Vec<Target>>;
+
+/// Resolves every mapping's targets; returns them in order, or every failure, located.
+pub fn resolve(mappings: &[Mapping]) -> Result<Vec<Resolved>, Vec<Error>> {
+    let mut out: Vec<Resolved> = Vec::new();
     let mut errors = Vec::new();
     // The mappings of one line (a port range) share their host: resolved once, for the first;
     // a host that fails is reported once for its line.
     let mut previous: Option<(usize, &Mapping)> = None;
     let mut failed_line = None;
     for m in mappings {
+        if m.line != 0 && failed_line == Some(m.line) {
+            continue;
+        }
+        // The other ports of a range: its targets' addresses, moved to this port's target ports.
         if let Some((i, p)) = previous
+            && m.line != 0
             && p.line == m.line
-            && p.host == m.host
         {
-            let moved = out[i]
+            let moved: Resolved = out[i]
                 .iter()
-                .map(|t: &Target| Target::new(SocketAddr::new(t.addr.ip(), m.port)));
-            let moved = moved.collect();
+                .zip(&m.backends)
+                .map(|(addrs, b): (&Vec<Target>, &Backend)| {
+                    addrs
+                        .iter()
+                        .map(|t| Target::new(SocketAddr::new(t.addr.ip(), b.port)))
+                        .collect()
+                })
+                .collect();
             out.push(moved);
             continue;
         }
-        if failed_line == Some(m.line) && m.line != 0 {
-            continue;
+        let before = errors.len();
+        if let Some(source) = m.options.source
+            && let Err(message) = target::check_source(source)
+        {
+            errors.push(Error {
+                line: m.line,
+                col: m.bind_col,
+                message,
+            });
         }
-        match echoing(target::resolve_targets(&m.host, m.port), &m.host) {
-            Ok(t) => {
-                previous = Some((out.len(), m));
-                out.push(t);
-            }
-            Err(message) => {
-                failed_line = Some(m.line);
-                errors.push(Error {
+        let mut resolved = Vec::new();
+        for b in &m.backends {
+            match echoing(target::resolve_targets(&b.host, b.port), &b.host) {
+                Ok(t) => resolved.push(t),
+                Err(message) => errors.push(Error {
                     line: m.line,
-                    col: m.target_col,
+                    col: b.col,
                     message: escaped(&message),
-                })
+                }),
             }
         }
+        if errors.len() > before {
+            failed_line = Some(m.line);
+        } else {
+            previous = Some((out.len(), m));
+        }
+        out.push(resolved);
     }
     if errors.is_empty() { Ok(out) } else { Err(errors) }
 }
 
 /// Reads, parses and resolves a file. Errors come back as text, one `FILE:LINE:COL: message` per
 /// line (or one `FILE: message` line for a file that cannot be read as text).
-pub fn load(path: impl AsRef<Path>, defaults: &Options) -> Result<(Vec<Mapping>, Vec<Vec<Target>>), String> {
+pub fn load(path: impl AsRef<Path>, defaults: &Options) -> Result<(Vec<Mapping>, Vec<Resolved>), String> {
     let path = path.as_ref();
     let mappings = load_unresolved(path, defaults)?;
     let targets = resolve(&mappings).map_err(|errs| located(path, &errs))?;
@@ -477,6 +527,19 @@ fn words(text: &str, base: usize) -> Vec<(usize, &str)> {
     out
 }
 
+/// A word of a line and its column.
+type Word<'a> = (usize, &'a str);
+
+/// A target as written: its host, its port or range of ports, and its column.
+struct TargetWord {
+    host: String,
+    ports: Ports,
+    col: usize,
+}
+
+/// The targets of a line, and the words after them.
+type Targets<'a> = (Vec<TargetWord>, &'a [Word<'a>]);
+
 /// A line's mappings: none for a blank or comment line, one per listen port of a range.
 type LineResult = Result<Vec<Mapping>, (usize, String)>;
 
@@ -499,30 +562,38 @@ fn parse_line(raw: &str, defaults: &Options) -> LineResult {
         [_, (col, word), ..] => return Err((*col, format!("unexpected '{}' before '->'", shown(word)))),
     };
     let right = words(&text[arrow + 2..], arrow + 3);
-    let Some(&(target_col, target)) = right.first() else {
+    if right.is_empty() {
         return Err((arrow + 1, "missing 'HOST:PORT' after '->'".into()));
-    };
-    let (host, ports) = parse_target(target).map_err(|m| (target_col, m))?;
-    let step = match (listen.len(), ports.len()) {
-        (_, 1) => 0,
-        (a, b) if a == b => 1,
-        (1, b) => {
-            return Err((
-                target_col,
-                format!("a range of {b} target ports needs a range of {b} listen ports"),
-            ));
-        }
-        (a, b) => {
-            return Err((
-                target_col,
-                format!("port ranges of different lengths: {a} listen ports, {b} target ports"),
-            ));
-        }
-    };
+    }
+    let (targets, rest) = parse_targets(&right)?;
+    // Each target's ports: one (every listen port goes there) or as many as the listen ports.
+    let mut steps = Vec::with_capacity(targets.len());
+    for t in &targets {
+        steps.push(match (listen.len(), t.ports.len()) {
+            (_, 1) => 0,
+            (a, b) if a == b => 1,
+            (1, b) => {
+                return Err((
+                    t.col,
+                    format!("a range of {b} target ports needs a range of {b} listen ports"),
+                ));
+            }
+            (a, b) => {
+                return Err((
+                    t.col,
+                    format!("port ranges of different lengths: {a} listen ports, {b} target ports"),
+                ));
+            }
+        });
+    }
     let mut options = defaults.clone();
     options.rules.clear();
+    // A line that names who may send a PROXY header names all of them.
+    if rest.iter().any(|(_, w)| w.starts_with("proxy_from=")) {
+        options.proxy_from.clear();
+    }
     let mut given = Vec::new();
-    for &(col, word) in &right[1..] {
+    for &(col, word) in rest {
         let Some((key, value)) = word.split_once('=') else {
             return Err((col, format!("expected key=value, found '{}'", shown(word))));
         };
@@ -531,15 +602,56 @@ fn parse_line(raw: &str, defaults: &Options) -> LineResult {
     }
     let mapping = |i: u16| Mapping {
         bind: SocketAddr::new(ip, listen.first + i),
-        host: host.clone(),
-        port: ports.first + i * step,
+        backends: targets
+            .iter()
+            .zip(&steps)
+            .map(|(t, step)| Backend {
+                host: t.host.clone(),
+                port: t.ports.first + i * step,
+                col: t.col,
+            })
+            .collect(),
         options: options.clone(),
         line: 0,
         bind_col,
-        target_col,
         given: given.clone(),
     };
     Ok((0..listen.len()).map(mapping).collect())
+}
+
+/// The targets after `->`: words ending in `,` are followed by another target. Returns them and
+/// the words after the last one (the options).
+fn parse_targets<'a>(right: &'a [Word<'a>]) -> Result<Targets<'a>, (usize, String)> {
+    let mut targets = Vec::new();
+    let mut i = 0;
+    loop {
+        let Some(&(col, word)) = right.get(i) else {
+            let (col, last) = right[i - 1];
+            return Err((col + last.len(), "missing 'HOST:PORT' after ','".into()));
+        };
+        let (target, more) = match word.strip_suffix(',') {
+            Some(t) => (t, true),
+            None => (word, false),
+        };
+        if target.contains(',') {
+            return Err((
+                col,
+                format!("targets are separated by ', ' (a comma and a space): '{}'", shown(word)),
+            ));
+        }
+        if target.contains('=') {
+            return Err((col, format!("expected HOST:PORT after ',', found '{}'", shown(word))));
+        }
+        let (host, ports) = parse_target(target).map_err(|m| (col, m))?;
+        if targets.len() == MAX_BACKENDS {
+            return Err((col, format!("more than {MAX_BACKENDS} targets")));
+        }
+        targets.push(TargetWord { host, ports, col });
+        i += 1;
+        if !more {
+            return Ok((targets, &right[i..]));
+        }
+    }
 }
 
 /// `PORT` or `FIRST-LAST` (both included).
@@ -642,11 +754,55 @@ mod tests {
         );
         let again = again.unwrap();
         for (a, b) in m.iter().zip(&again) {
-            assert_eq!(
-                (a.bind, &a.host, a.port, &a.options),
-                (b.bind, &b.host, b.port, &b.options)
-            );
+            assert_eq!((a.bind, &a.backends, &a.options), (b.bind, &b.backends, &b.options));
         }
+    }
+
+    #[test]
+    fn several_targets_and_their_options() {
+        let text = "7005 -> 10.0.0.1:8005, 10.0.0.2:8005, db.internal:8005 balance=roundrobin\n\
+                    7006 -> [::1]:1,  127.0.0.1:2 accept_proxy=on proxy_from=10.0.0.0/8 proxy_protocol=v1\n";
+        // Printed against this host's defaults, as --check-config does.
+        let m = parse(text, &Options::for_this_host()).unwrap();
+        assert_eq!(
+            m[0].canonical(),
+            "[::]:7005 -> 10.0.0.1:8005, 10.0.0.2:8005, db.internal:8005 balance=roundrobin"
+        );
+        assert_eq!(m[0].backends.len(), 3);
+        assert_eq!(
+            m[1].canonical(),
+            "[::]:7006 -> [::1]:1, 127.0.0.1:2 proxy_protocol=v1 accept_proxy=on proxy_from=10.0.0.0/8"
+        );
+        // Each target that does not resolve is located at its own column.
+        let m = parse("7 -> localhost:1, no-such-host.invalid:2", &Options::default()).unwrap();
+        let e = resolve(&m).unwrap_err();
+        assert_eq!((e.len(), e[0].line, e[0].col), (1, 1, 19));
+        assert_eq!(errs("7 -> a:1,"), ["1:10: missing 'HOST:PORT' after ','"]);
+        assert_eq!(
+            errs("7 -> a:1,b:2"),
+            ["1:6: targets are separated by ', ' (a comma and a space): 'a:1,b:2'"]
+        );
+        assert_eq!(
+            errs("7 -> a:1, dispatch=accept"),
+            ["1:11: expected HOST:PORT after ',', found 'dispatch=accept'"]
+        );
+        assert_eq!(errs("7 -> a:1, b"), ["1:11: expected HOST:PORT after '->', found 'b'"]);
+        let many: Vec<String> = (1..=17).map(|p| format!("h:{p}")).collect();
+        assert_eq!(
+            errs(&format!("7 -> {}", many.join(", "))),
+            [format!("1:{}: more than 16 targets", 6 + 5 * 9 + 6 * 7)]
+        );
+        assert_eq!(
+            errs("7 -> a:1 dispatch=accept accept_proxy=on"),
+            ["1:26: accept_proxy=on needs proxy_from=CIDR (who may send the PROXY header)"]
+        );
+        // A line's proxy_from replaces the command line's; without one it inherits them.
+        let mut base = Options::default();
+        base.set("proxy_from", "10.0.0.1").unwrap();
+        let m = parse("7 -> a:1 accept_proxy=on\n8 -> a:1 proxy_from=10.0.0.2", &base).unwrap();
+        assert_eq!(m[0].options.proxy_from, base.proxy_from);
+        assert_eq!(m[1].options.proxy_from.len(), 1);
+        assert_ne!(m[1].options.proxy_from, base.proxy_from);
     }
 
     #[test]
@@ -666,7 +822,7 @@ mod tests {
         assert_eq!(
             errs("1 -> h:1 colour=red"),
             [
-                "1:10: unknown option 'colour' (known: dispatch, connect_timeout, max_connections, max_per_source, first_byte_timeout, idle_timeout, keepalive, allow, deny, when, reuseport, max_rate)"
+                "1:10: unknown option 'colour' (known: dispatch, connect_timeout, max_connections, max_per_source, first_byte_timeout, idle_timeout, keepalive, allow, deny, when, reuseport, max_rate, balance, max_fails, fail_timeout, proxy_protocol, accept_proxy, proxy_from, source)"
             ]
         );
         assert_eq!(
@@ -786,7 +942,8 @@ mod tests {
         assert_eq!(e.len(), 1, "{e:?}");
         assert_eq!((e[0].line, e[0].col), (2, 9));
         let t = resolve(&m[..3]).unwrap();
-        let ports: Vec<Vec<u16>> = t.iter().map(|t| t.iter().map(|t| t.addr.port()).collect()).collect();
+        // One target each: its addresses' ports.
+        let ports: Vec<Vec<u16>> = t.iter().map(|t| t[0].iter().map(|t| t.addr.port()).collect()).collect();
         assert!(
             ports
                 .iter()
@@ -1125,7 +1282,7 @@ mod properties {
                     // Whatever parses prints back to a line that parses to the same mapping.
                     for m in mappings {
                         let again = parse(&m.canonical(), &Options::default()).expect("canonical parses");
-                        prop_assert_eq!((again[0].bind, &again[0].host, again[0].port), (m.bind, &m.host, m.port));
+                        prop_assert_eq!((again[0].bind, &again[0].backends), (m.bind, &m.backends));
                     }
                 }
                 Err(errors) => {

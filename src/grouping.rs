@@ -1,10 +1,12 @@
 //! Lines of a configuration with the same listen address are one listener; its lines are its
 //! routes, tried in file order (`when=` says what each matches, see `route`).
 //!
-//! The settings of the listener as a whole (dispatch, caps, the first-byte timeout, access rules)
+//! The settings of the listener as a whole (dispatch, caps, the first-byte timeout, access rules,
+//! and whether and from whom a PROXY header comes first: it is read before any route is chosen)
 //! may be written on any of its lines but must not disagree; once checked, every line carries
-//! them, so any line of a listener speaks for it. Per-route settings (the target, timeouts,
-//! keepalive) stay with their line. Main process (start-up and reload).
+//! them, so any line of a listener speaks for it. Per-route settings (the targets with their
+//! balance, health, PROXY header sent and source address; timeouts, keepalive) stay with their
+//! line. Main process (start-up and reload).
 
 use crate::config::{Error, Mapping};
 use crate::options::{Dispatch, Options, secs};
@@ -14,12 +16,14 @@ use std::net::SocketAddr;
 
 /// The keys that belong to a listener rather than to one of its routes. `allow` and `deny` are
 /// one setting, the list of rules, in order.
-const LISTENER_KEYS: [&[&str]; 5] = [
+const LISTENER_KEYS: [&[&str]; 7] = [
     &["dispatch"],
     &["max_connections"],
     &["max_per_source"],
     &["first_byte_timeout"],
     &["allow", "deny"],
+    &["accept_proxy"],
+    &["proxy_from"],
 ];
 
 /// Items grouped by listen address, in the order each address first appears, each group in its
@@ -88,6 +92,15 @@ fn check_listener(mappings: &mut [Mapping], indices: &[usize]) -> Vec<Error> {
         return errors;
     }
     let lines: Vec<&Mapping> = indices.iter().map(|&i| &mappings[i]).collect();
+    // Checked once the listener's lines agree: accept_proxy= and proxy_from= may be on different
+    // lines of it.
+    if let Err(message) = lines[0].options.check() {
+        let m = lines
+            .iter()
+            .find(|m| m.given("accept_proxy").is_some())
+            .unwrap_or(&lines[0]);
+        return vec![m.error_at(m.given("accept_proxy").unwrap_or(0), message)];
+    }
     if !routed(&lines) {
         return errors;
     }
@@ -141,6 +154,13 @@ fn shown_value(keys: &[&str], o: &Options) -> String {
             o.max_per_source.map_or("off".into(), |n| n.to_string())
         ),
         "first_byte_timeout" => format!("first_byte_timeout={}", o.first_byte_timeout.map_or("off".into(), secs)),
+        "accept_proxy" => format!("accept_proxy={}", if o.accept_proxy { "on" } else { "off" }),
+        "proxy_from" => o
+            .proxy_from
+            .iter()
+            .map(|r| format!("proxy_from={}/{}", r.net, r.prefix))
+            .collect::<Vec<_>>()
+            .join(" "),
         _ => o.rules.iter().map(ToString::to_string).collect::<Vec<_>>().join(" "),
     }
 }
@@ -152,6 +172,8 @@ fn copy(keys: &[&str], from: &Options, to: &mut Options) {
         "max_connections" => to.max_connections = from.max_connections,
         "max_per_source" => to.max_per_source = from.max_per_source,
         "first_byte_timeout" => to.first_byte_timeout = from.first_byte_timeout,
+        "accept_proxy" => to.accept_proxy = from.accept_proxy,
+        "proxy_from" => to.proxy_from = from.proxy_from.clone(),
         _ => to.rules = from.rules.clone(),
     }
 }
@@ -169,8 +191,9 @@ mod tests {
             .collect()
     }
 
+    /// The canonical lines, printed against this host's defaults as --check-config does.
     fn lines(text: &str) -> Vec<String> {
-        parse(text, &Options::default())
+        parse(text, &Options::for_this_host())
             .unwrap()
             .iter()
             .map(Mapping::canonical)
@@ -221,6 +244,39 @@ mod tests {
         assert_eq!(
             lines("443 -> h:22 when=ssh max_connections=7\n443 -> h:80 max_connections=7\n").len(),
             2
+        );
+    }
+
+    #[test]
+    fn the_proxy_header_is_the_listeners_and_each_route_has_its_backends() {
+        // accept_proxy= and proxy_from= on different lines of one listener: checked together,
+        // carried by every line; backends, balance, proxy_protocol and source stay per route.
+        let got = lines(
+            "443 -> h:22, h:23 when=ssh accept_proxy=on balance=roundrobin\n\
+             443 -> h:80 proxy_from=10.0.0.0/8 proxy_protocol=v2 source=127.0.0.1\n",
+        );
+        assert_eq!(
+            got,
+            [
+                "[::]:443 -> h:22, h:23 when=ssh balance=roundrobin accept_proxy=on proxy_from=10.0.0.0/8",
+                "[::]:443 -> h:80 proxy_protocol=v2 accept_proxy=on proxy_from=10.0.0.0/8 source=127.0.0.1",
+            ]
+        );
+        assert_eq!(
+            errs("443 -> h:22 when=ssh accept_proxy=on proxy_from=10.0.0.0/8\n443 -> h:80 accept_proxy=off\n"),
+            [
+                "2:13: 'accept_proxy=off' disagrees with line 1 ('accept_proxy=on'): a listener's lines must agree on its accept_proxy"
+            ]
+        );
+        assert_eq!(
+            errs("443 -> h:22 when=ssh proxy_from=10.0.0.1 accept_proxy=on\n443 -> h:80 proxy_from=10.0.0.2\n"),
+            [
+                "2:13: 'proxy_from=10.0.0.2/32' disagrees with line 1 ('proxy_from=10.0.0.1/32'): a listener's lines must agree on its proxy_from"
+            ]
+        );
+        assert_eq!(
+            errs("443 -> h:22 when=ssh\n443 -> h:80 accept_proxy=on\n"),
+            ["2:13: accept_proxy=on needs proxy_from=CIDR (who may send the PROXY header)"]
         );
     }
 

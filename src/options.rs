@@ -3,7 +3,9 @@
 //! which override the defaults.
 
 use crate::access::{Rule, RuleKind};
+use crate::proxy_protocol::Version;
 use crate::route::Condition;
+use std::net::IpAddr;
 use std::time::Duration;
 
 /// When a waiting client socket is handed to a connection process.
@@ -25,6 +27,27 @@ impl Dispatch {
     }
 }
 
+/// Which backend a connection tries first (then the others, in turn).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Balance {
+    /// The order written: the first backend that is up takes every connection (failover).
+    First,
+    /// Each connection starts at the next backend.
+    RoundRobin,
+    /// A hash of the client's address picks the backend (the same client, the same backend).
+    Source,
+}
+
+impl Balance {
+    pub fn name(self) -> &'static str {
+        match self {
+            Balance::First => "first",
+            Balance::RoundRobin => "roundrobin",
+            Balance::Source => "source",
+        }
+    }
+}
+
 /// The most `max_connections` is by default: on a host with room for more (see
 /// [`default_max_connections`]), a larger cap is for the operator to choose.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
@@ -41,6 +64,9 @@ pub const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(60);
 /// The longest keepalive idle time the kernel takes (`MAX_TCP_KEEPIDLE`): `setsockopt` refuses a
 /// longer one, and the socket would silently keep the system default (`tcp_keepalive_time`).
 pub const MAX_KEEPALIVE_SECS: u64 = 32_767;
+/// Passive health defaults, nginx's: one failure within 10 s marks a backend down for 10 s.
+pub const DEFAULT_MAX_FAILS: u32 = 1;
+pub const DEFAULT_FAIL_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Options {
@@ -65,6 +91,20 @@ pub struct Options {
     pub reuseport: bool,
     /// Bytes per second at most, each direction of each connection (`None`: no cap).
     pub max_rate: Option<u64>,
+    /// Which backend a connection starts at.
+    pub balance: Balance,
+    /// Failed connects within `fail_timeout` that mark a backend down (0: never marked down).
+    pub max_fails: u32,
+    /// The window failures are counted in, and how long a backend stays down.
+    pub fail_timeout: Duration,
+    /// Send a PROXY protocol header of this version to the backend first (`None`: no header).
+    pub proxy_protocol: Option<Version>,
+    /// Expect a PROXY protocol header (v1 or v2) first on every client connection.
+    pub accept_proxy: bool,
+    /// Who may send that header (required with `accept_proxy`); stored as allow rules.
+    pub proxy_from: Vec<Rule>,
+    /// The local address inward connections are made from.
+    pub source: Option<IpAddr>,
 }
 
 impl Default for Options {
@@ -79,6 +119,13 @@ impl Default for Options {
             keepalive: Some(DEFAULT_KEEPALIVE),
             rules: Vec::new(),
             when: Condition::Any,
+            balance: Balance::First,
+            max_fails: DEFAULT_MAX_FAILS,
+            fail_timeout: DEFAULT_FAIL_TIMEOUT,
+            proxy_protocol: None,
+            accept_proxy: false,
+            proxy_from: Vec::new(),
+            source: None,
             reuseport: false,
             max_rate: None,
         }
@@ -97,7 +144,7 @@ impl Options {
 }
 
 /// The keys a `setup.config` line accepts, in the order `--check-config` prints them.
-pub const KEYS: [&str; 12] = [
+pub const KEYS: [&str; 19] = [
     "dispatch",
     "connect_timeout",
     "max_connections",
@@ -110,6 +157,13 @@ pub const KEYS: [&str; 12] = [
     "when",
     "reuseport",
     "max_rate",
+    "balance",
+    "max_fails",
+    "fail_timeout",
+    "proxy_protocol",
+    "accept_proxy",
+    "proxy_from",
+    "source",
 ];
 
 impl Options {
@@ -134,6 +188,13 @@ impl Options {
             "when" => self.when = Condition::parse(value)?,
             "reuseport" => self.reuseport = parse_on_off("reuseport", value)?,
             "max_rate" => self.max_rate = parse_rate_or_off(value)?,
+            "balance" => self.balance = parse_balance(value)?,
+            "max_fails" => self.max_fails = parse_max_fails(value)?,
+            "fail_timeout" => self.fail_timeout = parse_secs(value)?,
+            "proxy_protocol" => self.proxy_protocol = parse_proxy_version(value)?,
+            "accept_proxy" => self.accept_proxy = parse_on_off("accept_proxy", value)?,
+            "proxy_from" => self.proxy_from.push(Rule::parse(RuleKind::Allow, value)?),
+            "source" => self.source = Some(parse_source(value)?),
             _ => return Err(format!("unknown option '{key}' (known: {})", KEYS.join(", "))),
         }
         Ok(())
@@ -178,8 +239,90 @@ impl Options {
         if self.max_rate != base.max_rate {
             out.push(format!("max_rate={}", self.max_rate.map_or("off".into(), rate)));
         }
+        if self.balance != base.balance {
+            out.push(format!("balance={}", self.balance.name()));
+        }
+        if self.max_fails != base.max_fails {
+            out.push(format!("max_fails={}", self.max_fails));
+        }
+        if self.fail_timeout != base.fail_timeout {
+            out.push(format!("fail_timeout={}", secs(self.fail_timeout)));
+        }
+        if self.proxy_protocol != base.proxy_protocol {
+            out.push(format!("proxy_protocol={}", proxy_version_name(self.proxy_protocol)));
+        }
+        if self.accept_proxy != base.accept_proxy {
+            out.push(format!("accept_proxy={}", if self.accept_proxy { "on" } else { "off" }));
+        }
+        if self.proxy_from != base.proxy_from {
+            out.extend(
+                self.proxy_from
+                    .iter()
+                    .map(|r| format!("proxy_from={}/{}", r.net, r.prefix)),
+            );
+        }
+        if self.source != base.source {
+            out.push(format!(
+                "source={}",
+                self.source.map_or("off".into(), |a| a.to_string())
+            ));
+        }
         out
     }
+
+    /// What no single key can check: `accept_proxy=on` needs at least one `proxy_from=`.
+    pub fn check(&self) -> Result<(), String> {
+        if self.accept_proxy && self.proxy_from.is_empty() {
+            return Err("accept_proxy=on needs proxy_from=CIDR (who may send the PROXY header)".into());
+        }
+        Ok(())
+    }
+}
+
+/// `first`, `roundrobin` or `source`.
+pub fn parse_balance(text: &str) -> Result<Balance, String> {
+    match text {
+        "first" => Ok(Balance::First),
+        "roundrobin" => Ok(Balance::RoundRobin),
+        "source" => Ok(Balance::Source),
+        _ => Err(format!(
+            "invalid balance '{text}': expected 'first', 'roundrobin' or 'source'"
+        )),
+    }
+}
+
+/// A count of failures, `0` (or `off`) for no passive health at all.
+pub fn parse_max_fails(text: &str) -> Result<u32, String> {
+    if text == "off" {
+        return Ok(0);
+    }
+    text.parse::<u32>()
+        .map_err(|_| format!("invalid max_fails '{text}': expected a whole number (0: never mark down)"))
+}
+
+/// `v1`, `v2`, or `off`.
+pub fn parse_proxy_version(text: &str) -> Result<Option<Version>, String> {
+    match text {
+        "v1" => Ok(Some(Version::V1)),
+        "v2" => Ok(Some(Version::V2)),
+        "off" => Ok(None),
+        _ => Err(format!("invalid proxy_protocol '{text}': expected 'v1', 'v2' or 'off'")),
+    }
+}
+
+fn proxy_version_name(version: Option<Version>) -> &'static str {
+    match version {
+        Some(Version::V1) => "v1",
+        Some(Version::V2) => "v2",
+        None => "off",
+    }
+}
+
+/// An IP address (IPv6 with or without brackets) to make inward connections from.
+pub fn parse_source(text: &str) -> Result<IpAddr, String> {
+    crate::target::unbracket(text)
+        .parse()
+        .map_err(|_| format!("invalid source '{text}': expected an IP address"))
 }
 
 /// The default `max_connections` of this host, and why: a quarter of the fewest tasks it may run
@@ -344,6 +487,13 @@ mod tests {
             ("when", "tls:*.example.com"),
             ("reuseport", "on"),
             ("max_rate", "2500K"),
+            ("balance", "source"),
+            ("max_fails", "3"),
+            ("fail_timeout", "2.5"),
+            ("proxy_protocol", "v2"),
+            ("accept_proxy", "on"),
+            ("proxy_from", "10.0.0.0/8"),
+            ("source", "[::1]"),
         ] {
             o.set(k, v).unwrap();
         }
@@ -351,7 +501,8 @@ mod tests {
             o.diff(&Options::default()).join(" "),
             "dispatch=accept connect_timeout=0.5 max_connections=7 max_per_source=3 first_byte_timeout=off \
              idle_timeout=30 keepalive=off allow=127.0.0.0/8 deny=::/0 when=tls:*.example.com reuseport=on \
-             max_rate=2500K"
+             max_rate=2500K balance=source max_fails=3 fail_timeout=2.5 proxy_protocol=v2 accept_proxy=on \
+             proxy_from=10.0.0.0/8 source=::1"
         );
         assert!(Options::default().diff(&Options::default()).is_empty());
     }
@@ -386,6 +537,12 @@ mod tests {
         assert!(o.set("keepalive", "40000").unwrap_err().contains("at most 32767"));
         assert!(o.set("keepalive", "32767").is_ok());
         assert!(o.set("when", "tls:").unwrap_err().starts_with("invalid when 'tls:'"));
+        assert!(o.set("balance", "leastconn").unwrap_err().contains("'leastconn'"));
+        assert!(o.set("max_fails", "-1").unwrap_err().contains("whole number"));
+        assert!(o.set("proxy_protocol", "v3").unwrap_err().contains("'v1', 'v2'"));
+        assert!(o.set("accept_proxy", "yes").unwrap_err().contains("'on' or 'off'"));
+        assert!(o.set("source", "host.example").unwrap_err().contains("IP address"));
+        assert!(o.set("proxy_from", "10.0.0.0/40").is_err());
         assert!(o.set("reuseport", "yes").unwrap_err().contains("'on' or 'off'"));
         for bad in ["", "M", "-1M", "1.5M", "2T", "99999999999G"] {
             assert!(
@@ -410,5 +567,14 @@ mod tests {
         }
         assert_eq!(parse_rate_or_off("off"), Ok(None));
         assert_eq!(parse_rate_or_off("0"), Ok(None));
+    }
+
+    #[test]
+    fn accept_proxy_needs_proxy_from() {
+        let mut o = Options::default();
+        o.set("accept_proxy", "on").unwrap();
+        assert!(o.check().unwrap_err().contains("proxy_from"));
+        o.set("proxy_from", "127.0.0.1").unwrap();
+        assert_eq!(o.check(), Ok(()));
     }
 }

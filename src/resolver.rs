@@ -12,7 +12,6 @@
 //! connection process never resolves: it runs on targets resolved before its fork.
 
 use crate::config::{self, Mapping};
-use crate::target::Target;
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use nix::sys::signal::{SigSet, SigmaskHow, pthread_sigmask};
 use std::io;
@@ -34,7 +33,7 @@ pub(crate) struct Request {
 pub(crate) struct Answer {
     pub(crate) id: u64,
     pub(crate) mappings: Vec<Mapping>,
-    pub(crate) targets: Result<Vec<Vec<Target>>, Vec<config::Error>>,
+    pub(crate) targets: Result<Vec<config::Resolved>, Vec<config::Error>>,
 }
 
 pub(crate) struct Resolver {
@@ -124,7 +123,8 @@ mod tests {
     use crate::options::Options;
 
     fn mapping(host: &str) -> Mapping {
-        Mapping::new("127.0.0.1:7005".parse().unwrap(), host.into(), 8005, Options::default())
+        let backends = vec![crate::config::Backend::new(host.into(), 8005)];
+        Mapping::new("127.0.0.1:7005".parse().unwrap(), backends, Options::default())
     }
 
     fn wait_answer(resolver: &Resolver) -> Answer {
@@ -151,7 +151,7 @@ mod tests {
         assert_eq!(answer.id, 7);
         assert_eq!(answer.mappings.len(), 2);
         let targets = answer.targets.unwrap();
-        assert_eq!(targets[1][0].label(), "[::1]:8005");
+        assert_eq!(targets[1][0][0].label(), "[::1]:8005");
         resolver
             .ask(Request {
                 id: 8,

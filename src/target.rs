@@ -97,6 +97,17 @@ pub fn resolve_targets(host: &str, port: u16) -> Result<Vec<Target>, String> {
         .collect())
 }
 
+/// Whether inward connections can be made from `source`: it must be an address of this host
+/// (checked by binding a socket to it, any port), or every connect would fail.
+pub fn check_source(source: IpAddr) -> Result<(), String> {
+    let addr = SocketAddr::new(source, 0);
+    let socket = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)
+        .map_err(|e| format!("source={source}: {e}"))?;
+    socket
+        .bind(&addr.into())
+        .map_err(|e| format!("source={source}: cannot make connections from it: {e}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -118,5 +129,15 @@ mod tests {
         assert_eq!(resolve("127.0.0.1", 8).unwrap(), vec!["127.0.0.1:8".parse().unwrap()]);
         assert!(resolve("", 8).is_err());
         assert!(resolve("no-such-host.invalid", 8).is_err());
+    }
+
+    #[test]
+    fn a_source_address_must_be_local() {
+        assert_eq!(check_source("127.0.0.9".parse().unwrap()), Ok(()));
+        let e = check_source("192.0.2.1".parse().unwrap()).unwrap_err();
+        assert!(
+            e.starts_with("source=192.0.2.1: cannot make connections from it"),
+            "{e}"
+        );
     }
 }

@@ -15,17 +15,21 @@ mod pump;
 
 pub(crate) use outcome::{Outcome, OutcomeCounts};
 
-use crate::handoff::plan::{Plan, Targets};
+use crate::backends::report::Reported;
+use crate::handoff::plan::{Attempt, PLAN_ADDRS, Plan};
 use crate::log::Line;
 use crate::sys;
-use crate::target::Target;
 use directions::Shared;
 use nix::errno::Errno;
+use std::fmt::Write as _;
+use std::net::{IpAddr, SocketAddr};
 use std::os::fd::RawFd;
 use std::sync::atomic::Ordering;
 
 /// The client socket's descriptor number in a connection process.
 const CLIENT_FD: RawFd = 3;
+/// The hand-off eventfd's number while the connection process has a report to send.
+const REPORT_FD: RawFd = 4;
 
 /// Where a connection process starts, on its launch pad's stack (`handoff::hand_off`).
 pub(crate) extern "C" fn entry(plan: *mut libc::c_void) -> libc::c_int {
@@ -72,12 +76,21 @@ fn connection_process(plan: &Plan) -> ! {
     sys::own_process_group();
     sys::set_process_name(c"portfwd-conn");
 
-    // Keep only the client socket (moved to fd 3) and stderr (the log). The main process made sure
-    // descriptors 0-2 are open, so the client socket (in the hand-off slot) is not among them.
+    // Keep only the client socket (moved to fd 3), the hand-off eventfd while there is a report
+    // to send (moved to fd 4) and stderr (the log). The main process made sure descriptors 0-2 are
+    // open, and reserved the eventfd before the slots, so the client socket (in its hand-off
+    // slot, above the eventfd) is none of 0-4. The eventfd moves first: it may be fd 3.
+    let notify = plan.ticket.map(|t| t.notify_fd()).filter(|_| plan.report.is_some());
+    let report = match notify {
+        Some(fd) if plan.client > REPORT_FD => (fd == REPORT_FD || sys::dup2(fd, REPORT_FD).is_ok())
+            .then_some(plan.report)
+            .flatten(),
+        _ => None,
+    };
     if plan.client != CLIENT_FD {
         let _ = sys::dup2(plan.client, CLIENT_FD);
     }
-    sys::close_from(CLIENT_FD + 1);
+    sys::close_from(if report.is_some() { REPORT_FD + 1 } else { CLIENT_FD + 1 });
     sys::close(0);
     sys::close(1);
     let client = CLIENT_FD;
@@ -85,15 +98,30 @@ fn connection_process(plan: &Plan) -> ! {
 
     let mut line = plan.line_start();
 
-    let (server, target) = match connect_any(&plan.targets, plan.connect_timeout_ms) {
+    let mut failures = Failures::new();
+    let found = connect_any(plan, &mut failures);
+    if let Some(report) = report {
+        let used = found.as_ref().ok().map(|(_, a)| a.backend);
+        report.send(
+            REPORT_FD,
+            Reported {
+                used,
+                failed: failures.backends(used),
+            },
+        );
+        sys::close(REPORT_FD);
+    }
+    let (server, attempt) = match found {
         Ok(found) => found,
         Err(e) => {
             sys::set_abortive_close(client);
             line.key("target").push(plan.first_target_label());
+            failures.log(&mut line, plan);
             finish(&mut line, plan, 0, 0, Outcome::ConnectFailed, Some(e))
         }
     };
-    line.key("target").push(target.label().as_bytes());
+    line.key("target").push(attempt.target.label().as_bytes());
+    failures.log(&mut line, plan);
     let _ = sys::setsockopt_int(server, libc::IPPROTO_TCP, libc::TCP_NODELAY, 1);
     if plan.keepalive_secs > 0 {
         set_keepalive(client, plan.keepalive_secs);
@@ -148,24 +176,72 @@ fn connection_process(plan: &Plan) -> ! {
 
 extern "C" fn on_sigchld(_: libc::c_int) {}
 
-/// Tries each address in turn, within `timeout_ms` in all. Returns the blocking socket.
-fn connect_any(targets: &Targets, timeout_ms: u64) -> Result<(RawFd, &Target), Errno> {
-    let deadline = sys::monotonic_ms() + timeout_ms;
-    let mut last = Errno::EHOSTUNREACH;
-    for target in targets.iter() {
-        let family = if target.addr.is_ipv4() {
-            libc::AF_INET
-        } else {
-            libc::AF_INET6
-        };
-        let fd = sys::tcp_socket(family)?;
-        match connect_one(fd, target, deadline) {
-            Ok(()) => {
-                sys::set_nonblocking(fd, false)?;
-                return Ok((fd, target));
+/// The addresses a connection could not reach, with why, in the order tried: for the report
+/// (which backends failed) and the log line (`failed=ADDR/ERRNO,...`). Fixed size, no heap.
+struct Failures {
+    /// (attempt: the address's index in the plan, its backend's index, the error)
+    list: [(u8, u8, Errno); PLAN_ADDRS],
+    len: usize,
+}
+
+impl Failures {
+    fn new() -> Failures {
+        Failures {
+            list: [(0, 0, Errno::UnknownErrno); PLAN_ADDRS],
+            len: 0,
+        }
+    }
+
+    fn push(&mut self, attempt: usize, backend: u8, error: Errno) {
+        if self.len < PLAN_ADDRS {
+            self.list[self.len] = (attempt as u8, backend, error);
+            self.len += 1;
+        }
+    }
+
+    /// Backends none of whose addresses were reached (bit i for backend i): every backend tried
+    /// but the one `used`.
+    fn backends(&self, used: Option<u8>) -> u16 {
+        let mut mask = 0u16;
+        for &(_, backend, _) in &self.list[..self.len] {
+            mask |= 1 << (backend & 15);
+        }
+        mask & !used.map_or(0, |u| 1 << (u & 15))
+    }
+
+    /// Appends ` failed=ADDR/ERRNO,...` when an address failed (a line that is full is cut).
+    fn log(&self, line: &mut Line, plan: &Plan) {
+        for (k, &(attempt, _, error)) in self.list[..self.len].iter().enumerate() {
+            if k == 0 {
+                line.key("failed");
+            } else {
+                line.push(b",");
             }
+            if let Some(a) = plan.targets.iter().nth(usize::from(attempt)) {
+                line.push(a.target.label().as_bytes());
+            }
+            // Errno's Debug is its symbolic name; formatting into the fixed buffer does not allocate.
+            let _ = write!(line, "/{error:?}");
+        }
+    }
+}
+
+/// Tries each address in turn: each backend's addresses within `connect_timeout` of its first
+/// try. Each failure is noted in `failures` (by attempt, whose backend the report names). Returns
+/// the blocking socket, with the PROXY header already sent when the plan has one.
+fn connect_any<'p>(plan: &'p Plan, failures: &mut Failures) -> Result<(RawFd, &'p Attempt), Errno> {
+    let mut last = Errno::EHOSTUNREACH;
+    let mut backend = None;
+    let mut deadline = 0;
+    for (k, attempt) in plan.targets.iter().enumerate() {
+        if backend != Some(attempt.backend) {
+            backend = Some(attempt.backend);
+            deadline = sys::monotonic_ms() + plan.connect_timeout_ms;
+        }
+        match try_one(plan, &attempt.target.addr, deadline) {
+            Ok(fd) => return Ok((fd, attempt)),
             Err(e) => {
-                sys::close(fd);
+                failures.push(k, attempt.backend, e);
                 last = e;
             }
         }
@@ -173,8 +249,46 @@ fn connect_any(targets: &Targets, timeout_ms: u64) -> Result<(RawFd, &Target), E
     Err(last)
 }
 
-fn connect_one(fd: RawFd, target: &Target, deadline: u64) -> Result<(), Errno> {
-    match sys::connect(fd, &target.addr) {
+/// One address: a socket (bound to the plan's source address if any), the connect, then the
+/// PROXY header. On any error the socket is closed.
+fn try_one(plan: &Plan, addr: &SocketAddr, deadline: u64) -> Result<RawFd, Errno> {
+    let family = if addr.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
+    let fd = sys::tcp_socket(family)?;
+    let done = (|| {
+        if let Some(source) = plan.source {
+            bind_source(fd, source, addr)?;
+        }
+        connect_one(fd, addr, deadline)?;
+        sys::set_nonblocking(fd, false)?;
+        if let Some(header) = &plan.proxy_header {
+            sys::write_all(fd, header.as_bytes())?;
+        }
+        Ok(())
+    })();
+    match done {
+        Ok(()) => Ok(fd),
+        Err(e) => {
+            sys::close(fd);
+            Err(e)
+        }
+    }
+}
+
+/// Binds an inward socket to `source` (any port) before it connects to `to`. The port is left to
+/// the connect (`IP_BIND_ADDRESS_NO_PORT`), so binding does not use up ephemeral ports that other
+/// destinations could share. An IPv4 source cannot reach an IPv6 address, nor the reverse
+/// (`EAFNOSUPPORT`); an IPv4 source serves an IPv4-mapped destination only on an IPv6 socket,
+/// which is not how portfwd connects to IPv4 addresses, so that case does not arise.
+fn bind_source(fd: RawFd, source: IpAddr, to: &SocketAddr) -> Result<(), Errno> {
+    if source.is_ipv4() != to.is_ipv4() {
+        return Err(Errno::EAFNOSUPPORT);
+    }
+    let _ = sys::setsockopt_int(fd, libc::IPPROTO_IP, libc::IP_BIND_ADDRESS_NO_PORT, 1);
+    sys::bind(fd, &SocketAddr::new(source, 0))
+}
+
+fn connect_one(fd: RawFd, addr: &SocketAddr, deadline: u64) -> Result<(), Errno> {
+    match sys::connect(fd, addr) {
         Ok(()) => return Ok(()),
         Err(Errno::EINPROGRESS) => {}
         Err(e) => return Err(e),

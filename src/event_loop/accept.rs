@@ -5,8 +5,10 @@
 use super::launcher::BACKOFF_MS;
 use super::token::Token;
 use super::{Conn, EventLoop, Routes, Service};
+use crate::access;
 use crate::handoff;
 use crate::log;
+use crate::metrics::RefuseReason;
 use crate::options::Dispatch;
 use nix::sys::epoll::{EpollEvent, EpollFlags};
 use socket2::Socket;
@@ -130,16 +132,28 @@ impl EventLoop {
         self.tally(slot, |s| s.accepted += 1);
         let options = &routes.listener().options;
         let service = self.services[slot].as_ref().expect("accepting service exists");
-        if let Err(refusal) = self.admission.check(&service.live, options, peer.ip()) {
+        // Behind a load balancer the sender is checked against proxy_from only: access rules and
+        // the per-source limit apply to the client its header names (`proxy_accept`).
+        let verdict = if options.accept_proxy {
+            let sender_ok = access::permits(&options.proxy_from, &[], peer.ip());
+            sender_ok
+                .then_some(())
+                .ok_or((RefuseReason::AccessDenied, "proxy-not-allowed"))
+        } else {
+            self.admission
+                .check(&service.live, options, peer.ip())
+                .map_err(|r| (r.into(), r.name()))
+        };
+        if let Err((metric, reason)) = verdict {
             if let Some(m) = &service.metrics {
-                m.refused(refusal.into());
+                m.refused(metric);
             }
             let port = service.local.port();
             self.tally(slot, |s| s.refused += 1);
             handoff::reset(&socket);
             self.log_left_out_refusals(now);
             if self.refusals_log.admit(now) {
-                log!("client={peer} listen={port} outcome=refused reason={}", refusal.name());
+                log!("client={peer} listen={port} outcome=refused reason={reason}");
             }
             return;
         }
@@ -153,10 +167,13 @@ impl EventLoop {
             peer,
             accepted_ms: now,
             bytes: None,
+            awaiting_header: options.accept_proxy,
+            via: None,
+            destination: None,
         };
         match options.dispatch {
-            Dispatch::Accept => self.dispatch(socket, conn),
-            Dispatch::Data => self.wait_for_data(socket, conn),
+            Dispatch::Accept if !conn.awaiting_header => self.dispatch(socket, conn),
+            _ => self.wait_for_data(socket, conn),
         }
     }
 
@@ -164,7 +181,7 @@ impl EventLoop {
     /// on a routed listener, until its bytes select a route, or its timeout route is due).
     /// Edge-triggered: an event comes for new bytes (or the FIN, flagged `EPOLLRDHUP`), so a
     /// client that sent part of what routing needs and stopped costs nothing while it waits.
-    fn wait_for_data(&mut self, socket: Socket, conn: Conn) {
+    pub(super) fn wait_for_data(&mut self, socket: Socket, conn: Conn) {
         let fd = socket.as_raw_fd();
         let mut flags = EpollFlags::EPOLLIN | EpollFlags::EPOLLET;
         if conn.routes.routed {

@@ -5,20 +5,23 @@
 //! counted and logged as fork-failed (with the error of the fork that failed): a queue of clients
 //! at the process limit learns it in one go instead of one or two per back-off.
 
-use super::Conn;
+use super::{Conn, Routes};
+use crate::backends::report::{Report, Reported, Reports};
 use crate::conn::Outcome;
 use crate::handoff::bytes::{ByteRecord, ByteRecords, RecordId};
 use crate::handoff::fork_fds::HandoffSlots;
 use crate::handoff::fork_memory::{Exclusions, LaunchPad};
-use crate::handoff::plan::{Plan, Targets, Totals};
+use crate::handoff::plan::{Plan, Totals};
 use crate::handoff::{self, hand_off};
 use crate::log;
 use crate::log::Throttle;
+use crate::proxy_protocol::Header;
 use crate::sys::{self, SharedPage};
 use nix::errno::Errno;
 use socket2::Socket;
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};
+use std::rc::Rc;
 
 /// How long forking pauses after a failed fork: processes or memory ran out, so let the system
 /// breathe before the next one.
@@ -42,13 +45,19 @@ pub(crate) struct Launcher {
     pub(crate) backoff: Backoff,
     /// Log lines of clients reset during a back-off.
     backoff_log: Throttle,
+    /// The words connection processes report their backends in.
+    reports: Reports,
+    /// Words handed out and not read yet: the word, the connection process that writes it (a
+    /// word read is free again at once, so its index alone may already name another
+    /// connection's), and the route whose backends it reports on (its routes, and which one).
+    unread: Vec<(u32, libc::pid_t, Rc<Routes>, usize)>,
 }
 
 impl Launcher {
     /// Call on the main thread, before the first accept, with the slots reserved before any
     /// listener was opened (so that their numbers stay low; see `fork_fds`). `max_connections`
-    /// live connections each get a byte record. From here on the main process forks only
-    /// through [`Launcher::launch`].
+    /// live connections each get a byte record and a report word. From here on the main process
+    /// forks only through [`Launcher::launch`].
     pub(crate) fn new(slots: HandoffSlots, max_connections: usize) -> io::Result<Launcher> {
         Ok(Launcher {
             totals: SharedPage::map()?,
@@ -58,7 +67,35 @@ impl Launcher {
             exclusions: Exclusions::start(),
             backoff: Backoff::new(),
             backoff_log: Throttle::new(BACKOFF_RESETS_LOGGED_PER_SEC),
+            reports: Reports::new(max_connections)?,
+            unread: Vec::new(),
         })
+    }
+
+    /// The reports written since last time (the eventfd said so), each with its route.
+    pub(crate) fn take_reports(&mut self) -> Vec<(Rc<Routes>, usize, Reported)> {
+        let mut out = Vec::new();
+        let reports = &mut self.reports;
+        self.unread
+            .retain(|(index, _, routes, chosen)| match reports.read(*index) {
+                Some(reported) => {
+                    out.push((Rc::clone(routes), *chosen, reported));
+                    reports.release(*index);
+                    false
+                }
+                None => true,
+            });
+        out
+    }
+
+    /// Connection process `pid` was reaped: its report if it wrote one that was not read yet;
+    /// its word is free again either way.
+    pub(crate) fn report_ended(&mut self, pid: libc::pid_t) -> Option<(Rc<Routes>, usize, Reported)> {
+        let at = self.unread.iter().position(|(_, p, _, _)| *p == pid)?;
+        let (index, _, routes, chosen) = self.unread.swap_remove(at);
+        let reported = self.reports.read(index);
+        self.reports.release(index);
+        reported.map(|r| (routes, chosen, r))
     }
 
     pub(crate) fn totals(&self) -> &Totals {
@@ -86,16 +123,26 @@ impl Launcher {
     }
 
     /// Forks the connection process for `socket` (blocking now), which gets a byte record (the
-    /// caller gives it back with [`Launcher::bytes_of`] at reap). On failure the client is reset,
-    /// the failure logged, and forking pauses for [`BACKOFF_MS`].
+    /// caller gives it back with [`Launcher::bytes_of`] at reap) and a word to report its
+    /// backends in. On failure the client is reset, the failure logged, and forking pauses for
+    /// [`BACKOFF_MS`].
     pub(crate) fn launch(&mut self, socket: &Socket, conn: &Conn) -> Result<(libc::pid_t, Option<RecordId>), Errno> {
         let lent = self.records.lend();
-        let plan = self.plan(socket, conn, lent.map(|(_, record)| record));
+        let issued = self.reports.issue();
+        let plan = self.plan(socket, conn, lent.map(|(_, record)| record), issued.map(|(_, r)| r));
         self.exclusions.refresh();
         let id = lent.map(|(id, _)| id);
         match hand_off(&mut self.pad, &mut self.slots, socket, plan) {
-            Ok(pid) => Ok((pid, id)),
+            Ok(pid) => {
+                if let Some((index, _)) = issued {
+                    self.unread.push((index, pid, Rc::clone(&conn.routes), conn.chosen));
+                }
+                Ok((pid, id))
+            }
             Err(e) => {
+                if let Some((index, _)) = issued {
+                    self.reports.release(index);
+                }
                 self.bytes_of(id);
                 handoff::reset(socket);
                 plan.log_unconnected(Outcome::ForkFailed, e);
@@ -113,7 +160,7 @@ impl Launcher {
         let now = sys::monotonic_ms();
         self.log_left_out(now);
         if self.backoff_log.admit(now) {
-            self.plan(socket, conn, None)
+            self.plan(socket, conn, None, None)
                 .log_unconnected(Outcome::ForkFailed, self.backoff.error);
         }
     }
@@ -134,23 +181,39 @@ impl Launcher {
         self.backoff_log.due_at()
     }
 
-    /// What the connection process of `conn` needs, as plain data.
-    fn plan(&self, socket: &Socket, conn: &Conn, bytes: Option<&'static ByteRecord>) -> Plan {
+    /// What the connection process of `conn` needs, as plain data: the backends in this
+    /// connection's order (balance and health), the PROXY header to send, where to count bytes
+    /// and report backends.
+    fn plan(&self, socket: &Socket, conn: &Conn, bytes: Option<&'static ByteRecord>, report: Option<Report>) -> Plan {
         let route = conn.route();
         let options = &route.mapping.options;
         let name = conn.routes.name(conn.chosen);
+        let now = sys::monotonic_ms();
+        let order = route.backends.order(options, conn.peer.ip(), now);
+        // The header names the client and the address it connected to: as a PROXY header that
+        // came in carried them, or this socket's own.
+        let proxy_header = options.proxy_protocol.map(|version| {
+            let local = || socket.local_addr().ok().and_then(|a| a.as_socket());
+            match conn.destination.or_else(local) {
+                Some(destination) => Header::new(version, conn.peer, destination),
+                None => Header::unknown(version),
+            }
+        });
         Plan {
             client: socket.as_raw_fd(),
             ticket: None,
-            targets: Targets::new(&route.targets),
+            targets: route.backends.attempts(&order),
             connect_timeout_ms: options.connect_timeout.as_millis().max(1) as u64,
-            line: Plan::describe(&conn.peer, route.mapping.bind.port(), name.as_deref()),
+            line: Plan::describe(&conn.peer, route.mapping.bind.port(), conn.via, name.as_deref()),
             accepted_ms: conn.accepted_ms,
             idle_timeout_ms: options.idle_timeout.map_or(0, |t| t.as_millis().max(1) as u64),
             keepalive_secs: options.keepalive.map_or(0, |t| t.as_secs().max(1) as u32),
             totals: self.totals,
             bytes,
             max_rate: options.max_rate.unwrap_or(0),
+            report,
+            proxy_header,
+            source: options.source,
         }
     }
 }

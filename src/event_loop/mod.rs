@@ -17,6 +17,7 @@ mod admission;
 mod launcher;
 mod live_view;
 mod metrics;
+mod proxy_accept;
 mod reload;
 mod routing;
 mod stats;
@@ -25,6 +26,8 @@ mod waiting;
 
 use crate::accept_pool::AcceptPool;
 use crate::access;
+use crate::backends::Backends;
+use crate::backends::report::Reported;
 use crate::config::Mapping;
 use crate::conn::Outcome;
 use crate::handoff::bytes::RecordId;
@@ -38,7 +41,6 @@ use crate::resolver::Resolver;
 use crate::route::Condition;
 use crate::signals::{Signal, Signals};
 use crate::sys;
-use crate::target::Target;
 use admission::{Admission, Live};
 use launcher::Launcher;
 use metrics::Observer;
@@ -56,10 +58,18 @@ use token::Token;
 use waiting::WaitingSet;
 
 /// Where one route's connections go, and how: one line of the configuration (its condition is
-/// `mapping.options.when`, its per-route options are the line's) and its resolved targets.
+/// `mapping.options.when`, its per-route options are the line's) and its backends (their
+/// resolved addresses, health and balancer state).
 pub(crate) struct Route {
     pub(crate) mapping: Mapping,
-    pub(crate) targets: Vec<Target>,
+    pub(crate) backends: Backends,
+}
+
+impl Route {
+    pub(crate) fn new(mapping: Mapping, resolved: crate::config::Resolved) -> Route {
+        let backends = Backends::new(&mapping, resolved);
+        Route { mapping, backends }
+    }
 }
 
 /// A listener's routes, in file order: shared by its listener, its waiting sockets and its
@@ -93,7 +103,19 @@ impl Routes {
         }
     }
 
-    /// The listener's own settings (address, dispatch, caps, access rules): its first line's.
+    /// Keeps the health and balancer state of `old` (the same listener before a reload): each
+    /// route takes those of the old route with the same `when=`.
+    pub(crate) fn carry_over(&mut self, old: &Routes) {
+        for route in &mut self.list {
+            let when = &route.mapping.options.when;
+            if let Some(o) = old.list.iter().find(|o| o.mapping.options.when == *when) {
+                route.backends.carry_over(&o.backends);
+            }
+        }
+    }
+
+    /// The listener's own settings (address, dispatch, caps, access rules, PROXY header
+    /// accepted): its first line's.
     pub(crate) fn listener(&self) -> &Mapping {
         &self.list[0].mapping
     }
@@ -104,9 +126,13 @@ impl Routes {
         self.routed.then(|| self.conditions[i].to_string())
     }
 
-    /// `target="HOST:PORT" addrs=ADDR,...`, or for a routed listener `routes="when=WHEN -> HOST:PORT (ADDR,...); ..."`.
+    /// `target="HOST:PORT" addrs=ADDR,...` (several backends: `target="HOST:PORT, HOST:PORT"`,
+    /// the addresses of all of them in that order), or for a routed listener `routes="when=WHEN -> HOST:PORT (ADDR,...); ..."`.
     pub(crate) fn describe(&self) -> String {
-        let addrs = |r: &Route| r.targets.iter().map(|t| t.label()).collect::<Vec<_>>().join(",");
+        let addrs = |r: &Route| {
+            let all = r.backends.iter().flat_map(|b| b.addrs.iter().map(|t| t.label()));
+            all.collect::<Vec<_>>().join(",")
+        };
         if !self.routed {
             let r = &self.list[0];
             return format!("target={} addrs={}", Quoted(r.mapping.target_label()), addrs(r));
@@ -174,10 +200,17 @@ pub(crate) struct Conn {
     /// While waiting on a routed listener: how many bytes the last peek saw, so that the
     /// decision (which reads from the start) is made again only when more have come.
     seen: usize,
+    /// The client: the peer of the socket, or the address its PROXY header carried.
     peer: SocketAddr,
     accepted_ms: u64,
     /// The byte record its process fills as it ends, once it has one.
     bytes: Option<RecordId>,
+    /// With `accept_proxy=on`: the header is still to be read.
+    awaiting_header: bool,
+    /// The sender of the PROXY header (the load balancer), once it was read.
+    via: Option<SocketAddr>,
+    /// The address the client connected to, as the PROXY header carried it.
+    destination: Option<SocketAddr>,
 }
 
 impl Conn {
@@ -238,6 +271,8 @@ pub(crate) struct EventLoop {
     reloads: u64,
     /// A reload is waiting for its targets: the newest one's number.
     reload_pending: Option<u64>,
+    /// Where PROXY headers are peeked into.
+    header_buf: Vec<u8>,
 }
 
 impl EventLoop {
@@ -279,6 +314,7 @@ impl EventLoop {
             resolver,
             reloads: 0,
             reload_pending: None,
+            header_buf: proxy_accept::buffer(),
         };
         let notify = EpollEvent::new(EpollFlags::EPOLLIN, Token::Handoff.encode());
         this.epoll.add(this.launcher.notify_fd(), notify)?;
@@ -310,8 +346,14 @@ impl EventLoop {
                     }
                     Token::Waiting(fd) => self.on_active(fd, flags),
                     Token::Signals => self.on_signals(),
-                    // Connection processes left the shared descriptor table: free their slots.
-                    Token::Handoff => self.launcher.reclaim(),
+                    // Connection processes left the shared descriptor table (free their slots),
+                    // or reported which backends they reached.
+                    Token::Handoff => {
+                        self.launcher.reclaim();
+                        for (routes, chosen, reported) in self.launcher.take_reports() {
+                            self.apply_report(&routes, chosen, reported);
+                        }
+                    }
                     Token::MetricsListener => self.on_metrics_listener(),
                     Token::MetricsClient(fd) => self.on_metrics_client(fd),
                     Token::Resolver => self.on_resolved(),
@@ -371,8 +413,12 @@ impl EventLoop {
     }
 
     /// A waiting socket became active (its first byte, or a FIN): out of the epoll set, hand off
-    /// (on a routed listener: once its bytes select a route, see `routing`).
+    /// (after its PROXY header, see `proxy_accept`; on a routed listener: once its bytes select a
+    /// route, see `routing`).
     fn on_active(&mut self, fd: RawFd, flags: EpollFlags) {
+        if self.waiting.get(fd).is_some_and(|(_, conn)| conn.awaiting_header) {
+            return self.on_header_bytes(fd);
+        }
         if self.waiting.get_mut(fd).is_some_and(|(_, conn)| conn.routes.routed) {
             return self.on_routed_active(fd, flags.contains(EpollFlags::EPOLLRDHUP));
         }
@@ -424,6 +470,13 @@ impl EventLoop {
         self.launcher.log_left_out(now);
         // Silent clients past their first-byte timeout (or a routed listener's timeout route).
         while let Some((fd, (socket, conn))) = self.waiting.pop_expired(now) {
+            if conn.awaiting_header {
+                // A refusal (counted and logged as one), not a silent client.
+                let _ = self.epoll.delete(socket.as_fd());
+                self.header_timed_out(&socket, &conn);
+                self.release(&conn);
+                continue;
+            }
             let Some((socket, conn)) = self.on_routed_deadline(fd, socket, conn, now) else {
                 continue;
             };
@@ -543,6 +596,10 @@ impl EventLoop {
             let Some(conn) = self.children.remove(&pid) else {
                 continue;
             };
+            // A report not read yet (its eventfd write still to come), or none: free its word.
+            if let Some((routes, chosen, reported)) = self.launcher.report_ended(pid) {
+                self.apply_report(&routes, chosen, reported);
+            }
             let outcome = Outcome::from_wait_status(status);
             self.tally(conn.slot, |s| s.outcomes.add(outcome));
             let (c2s, s2c) = self.launcher.bytes_of(conn.bytes);
@@ -562,5 +619,20 @@ impl EventLoop {
             }
             self.release(&conn);
         }
+    }
+
+    /// A connection process said which backends of its route it could not reach and which one
+    /// it used.
+    fn apply_report(&self, routes: &Routes, chosen: usize, reported: Reported) {
+        let route = &routes.list[chosen];
+        let name = routes.name(chosen);
+        let now = sys::monotonic_ms();
+        route.backends.apply(
+            reported,
+            &route.mapping.options,
+            route.mapping.bind,
+            name.as_deref(),
+            now,
+        );
     }
 }

@@ -93,7 +93,8 @@ impl EventLoop {
         // Names (not address literals) may keep the reload waiting for DNS: say so.
         let names = mappings
             .iter()
-            .filter(|m| crate::target::unbracket(&m.host).parse::<std::net::IpAddr>().is_err())
+            .flat_map(|m| &m.backends)
+            .filter(|b| crate::target::unbracket(&b.host).parse::<std::net::IpAddr>().is_err())
             .count();
         if names > 0 {
             log!("event=reload-resolving names={names} note=\"the current mappings serve meanwhile\"");
@@ -134,8 +135,8 @@ impl EventLoop {
         };
         let path = path.clone();
         let mappings: Vec<Mapping> = answer.mappings;
-        let targets = match answer.targets {
-            Ok(targets) => targets,
+        let resolved = match answer.targets {
+            Ok(resolved) => resolved,
             Err(errors) => return self.reject(&config::located(&path, &errors)),
         };
         let current: Vec<Option<SocketAddr>> = self
@@ -145,8 +146,8 @@ impl EventLoop {
             .collect();
         let routes = mappings
             .into_iter()
-            .zip(targets)
-            .map(|(mapping, targets)| Route { mapping, targets });
+            .zip(resolved)
+            .map(|(mapping, resolved)| Route::new(mapping, resolved));
         let listeners = grouping::group(routes.collect(), |r| r.mapping.bind)
             .into_iter()
             .map(|list| (list[0].mapping.bind, Routes::new(list)));
@@ -165,10 +166,12 @@ impl EventLoop {
             }
         }
         let kept = changes.kept.len();
-        for (slot, routes) in changes.kept {
+        for (slot, mut routes) in changes.kept {
             // New connections take the new targets, routes and options; those in flight (and
-            // those still waiting) keep theirs.
-            self.services[slot].as_mut().expect("compared as open").routes = Rc::new(routes);
+            // those still waiting) keep theirs. The backends still listed keep their health.
+            let service = self.services[slot].as_mut().expect("compared as open");
+            routes.carry_over(&service.routes);
+            service.routes = Rc::new(routes);
         }
         let removed = changes.removed.len();
         for slot in changes.removed {

@@ -20,7 +20,8 @@ use std::os::fd::{AsFd, RawFd};
 
 impl Conn {
     /// When the loop must look at this waiting client again: its first-byte timeout, or (while it
-    /// has sent nothing) its listener's timeout route, whichever comes first.
+    /// has sent nothing, once a PROXY header it had to send was read) its listener's timeout
+    /// route, whichever comes first.
     pub(super) fn deadline(&self) -> Option<u64> {
         let first_byte = self
             .routes
@@ -31,7 +32,7 @@ impl Conn {
         let timeout_route = self
             .routes
             .timeout
-            .filter(|_| self.seen == 0)
+            .filter(|_| self.seen == 0 && !self.awaiting_header)
             .map(|(_, ms)| self.accepted_ms + ms);
         first_byte.into_iter().chain(timeout_route).min()
     }

@@ -74,7 +74,8 @@ impl EventLoop {
 
     /// The process's `stats` line, then one `stats-mapping` line per listener:
     /// `event=stats-mapping listen=ADDR target=HOST:PORT live=N waiting=N accepted=N ...` (`live`:
-    /// connection processes, `waiting`: clients waiting for their first byte).
+    /// connection processes, `waiting`: clients waiting for their first byte), each followed by
+    /// one `stats-backend` line per backend of each of its routes (see `backends`).
     pub(super) fn log_stats(&self) {
         let totals = self.launcher.totals();
         log!(
@@ -87,8 +88,18 @@ impl EventLoop {
                 crate::log_sink::dropped(),
             )
         );
-        for line in self.mapping_lines("stats-mapping") {
+        let now = crate::sys::monotonic_ms();
+        let open = self.services.iter().flatten();
+        for (line, service) in self.mapping_lines("stats-mapping").into_iter().zip(open) {
             log!("{line}");
+            // Its backends, route by route: their health and what they served.
+            let routes = &service.routes;
+            for (i, route) in routes.list.iter().enumerate() {
+                let name = routes.name(i);
+                for line in route.backends.stats_lines(service.local, name.as_deref(), now) {
+                    log!("{line}");
+                }
+            }
         }
     }
 

@@ -52,6 +52,11 @@ impl<T> WaitingSet<T> {
         }
     }
 
+    /// The socket `fd`, if it waits here.
+    pub(crate) fn get(&self, fd: RawFd) -> Option<&T> {
+        self.entries.get(&fd).map(|(item, _)| item)
+    }
+
     /// Takes the socket `fd` out (it became active, or hung up).
     pub(crate) fn remove(&mut self, fd: RawFd) -> Option<T> {
         let item = self.take(fd)?;

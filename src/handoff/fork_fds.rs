@@ -63,6 +63,12 @@ pub(crate) struct Ticket {
 }
 
 impl Ticket {
+    /// The hand-off eventfd's number (below the slot, so the child's private table has it too):
+    /// a connection process writes it again when it sends its health report.
+    pub(crate) fn notify_fd(&self) -> RawFd {
+        self.notify
+    }
+
     /// The connection process's first act: a private descriptor table with the descriptors up to
     /// its slot only, then word to the main process. Runs in the connection process, after fork:
     /// async-signal-safe, three system calls. On an error (no memory for a new table) the child is still on the main process's table: it must

@@ -4,34 +4,49 @@
 //! in the connection process after fork; the connection's log line is completed from it on either
 //! side (by the child, or by the main process when the fork failed).
 
+use crate::backends::report::Report;
 use crate::conn::Outcome;
 use crate::handoff::bytes::ByteRecord;
 use crate::handoff::fork_fds::Ticket;
 use crate::log::Line;
+use crate::proxy_protocol::Header;
 use crate::sys::{self, SharedPage, SharedZeroed};
-use crate::target::{MAX_TARGETS, Target};
+use crate::target::Target;
 use nix::errno::Errno;
 use std::fmt::Write as _;
+use std::net::IpAddr;
 use std::os::fd::RawFd;
 use std::sync::atomic::AtomicU64;
 
 /// The longest route name a log line shows whole.
 pub(crate) const ROUTE_SHOWN: usize = 64;
 
-/// Inward addresses, tried in order, by value.
+/// Inward addresses a plan holds at most (all backends together).
+pub(crate) const PLAN_ADDRS: usize = 32;
+
+/// One inward address to try, and the backend (its index in the mapping) it belongs to.
 #[derive(Clone, Copy)]
-pub(crate) struct Targets([Option<Target>; MAX_TARGETS]);
+pub(crate) struct Attempt {
+    pub(crate) backend: u8,
+    pub(crate) target: Target,
+}
+
+/// Inward addresses, tried in order, by value: the connection's backend order, decided by the
+/// main process (balance, health), each backend's addresses together.
+#[derive(Clone, Copy)]
+pub(crate) struct Targets([Option<Attempt>; PLAN_ADDRS]);
 
 impl Targets {
-    pub(crate) fn new(targets: &[Target]) -> Targets {
-        let mut slots = [None; MAX_TARGETS];
-        for (slot, target) in slots.iter_mut().zip(targets) {
-            *slot = Some(*target);
+    /// The first [`PLAN_ADDRS`] of `attempts`.
+    pub(crate) fn new(attempts: impl IntoIterator<Item = Attempt>) -> Targets {
+        let mut slots = [None; PLAN_ADDRS];
+        for (slot, attempt) in slots.iter_mut().zip(attempts) {
+            *slot = Some(attempt);
         }
         Targets(slots)
     }
 
-    pub(crate) fn iter(&self) -> impl Iterator<Item = &Target> {
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &Attempt> {
         self.0.iter().flatten()
     }
 }
@@ -62,6 +77,12 @@ pub(crate) struct Plan {
     pub(crate) bytes: Option<&'static ByteRecord>,
     /// Bytes per second at most, each direction (0: no cap).
     pub(crate) max_rate: u64,
+    /// Where to say which backends failed and which one was used (`None`: no word was free).
+    pub(crate) report: Option<Report>,
+    /// The PROXY protocol header to send the backend before any client byte.
+    pub(crate) proxy_header: Option<Header>,
+    /// The local address inward connections are made from.
+    pub(crate) source: Option<IpAddr>,
 }
 
 /// Byte counters in a `MAP_SHARED` page made by the main process before any fork: each connection
@@ -77,12 +98,21 @@ pub(crate) struct Totals {
 unsafe impl SharedZeroed for Totals {}
 
 impl Plan {
-    /// Formats the middle of a connection's log line (`client=... listen=... [route=...]`), in
+    /// Formats the middle of a connection's log line (`client=... listen=... [via=...]
+    /// [route=...]`: `via`, the sender of the PROXY header that carried the client's address), in
     /// the parent. A route's name is cut to [`ROUTE_SHOWN`] bytes (a `prefix:` can be long), so
     /// that the rest of the line always fits.
-    pub(crate) fn describe(peer: &std::net::SocketAddr, listen_port: u16, route: Option<&str>) -> Line {
+    pub(crate) fn describe(
+        peer: &std::net::SocketAddr,
+        listen_port: u16,
+        via: Option<std::net::SocketAddr>,
+        route: Option<&str>,
+    ) -> Line {
         let mut line = Line::new();
         let _ = write!(line, "client={peer} listen={listen_port}");
+        if let Some(proxy) = via {
+            let _ = write!(line, " via={proxy}");
+        }
         if let Some(name) = route {
             // Names are ASCII (`Condition`'s Display escapes everything else).
             let cut = &name.as_bytes()[..name.len().min(ROUTE_SHOWN)];
@@ -103,7 +133,7 @@ impl Plan {
 
     /// The target named in the log line of a connection that never reached one.
     pub(crate) fn first_target_label(&self) -> &[u8] {
-        self.targets.iter().next().map_or("-", Target::label).as_bytes()
+        self.targets.iter().next().map_or("-", |a| a.target.label()).as_bytes()
     }
 
     /// Completes and writes a connection's log line:

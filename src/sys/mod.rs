@@ -17,8 +17,9 @@ pub(crate) use memory::{
     SharedArray, SharedPage, SharedZeroed, exclude_from_children, map_with_guard, page_size, program_break, trim_heap,
 };
 pub(crate) use socket::{
-    TCP_CLOSE, connect, peek, peek_waiting, pipe, poll_one, send_nowait, set_abortive_close, set_nonblocking,
-    set_recv_timeout, set_send_timeout, setsockopt_int, shutdown, splice, take_socket_error, tcp_socket, tcp_state,
+    TCP_CLOSE, TCP_CLOSE_WAIT, bind, connect, peek, peek_waiting, pipe, poll_one, recv_queued, send_nowait,
+    set_abortive_close, set_nonblocking, set_recv_timeout, set_send_timeout, setsockopt_int, shutdown, splice,
+    take_socket_error, tcp_socket, tcp_state,
 };
 
 use nix::errno::Errno;
@@ -91,6 +92,19 @@ pub(crate) fn leave_shared_fd_table(first: RawFd) -> SysResult<()> {
     // SAFETY: unshare with CLONE_FILES only replaces this task's descriptor table by a copy.
     check(unsafe { libc::unshare(libc::CLONE_FILES) })?;
     close_from(first);
+    Ok(())
+}
+
+/// `write(2)` of the whole buffer, retrying on short writes and `EINTR` (a PROXY header sent to a
+/// backend before any client byte).
+pub(crate) fn write_all(fd: RawFd, mut buf: &[u8]) -> SysResult<()> {
+    while !buf.is_empty() {
+        match write(fd, buf) {
+            Ok(n) => buf = &buf[n..],
+            Err(Errno::EINTR) => {}
+            Err(e) => return Err(e),
+        }
+    }
     Ok(())
 }
 

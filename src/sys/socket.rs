@@ -18,6 +18,15 @@ pub(crate) fn peek(fd: RawFd) -> SysResult<usize> {
     check_size(unsafe { libc::recv(fd, probe.as_mut_ptr().cast(), 1, libc::MSG_PEEK) })
 }
 
+/// `recv(fd, buf, MSG_DONTWAIT)`: takes at most `buf.len()` queued bytes off a socket.
+pub(crate) fn recv_queued(fd: RawFd, buf: &mut [u8]) -> SysResult<usize> {
+    // SAFETY: `buf` is a live, writable slice of `buf.len()` bytes.
+    check_size(unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) })
+}
+
+/// `TCP_CLOSE_WAIT` of the kernel's TCP states: the peer's FIN is in, no more bytes will come.
+pub(crate) const TCP_CLOSE_WAIT: u8 = 8;
+
 /// `recv(MSG_PEEK | MSG_DONTWAIT)` into `buf`: what a waiting client has sent so far, left queued
 /// for its connection process (the main process's look before routing). 0 at end-of-file,
 /// `EAGAIN` when nothing is queued. (socket2's `peek` takes an uninitialised buffer, which the
@@ -168,6 +177,13 @@ pub(crate) fn connect(fd: RawFd, addr: &std::net::SocketAddr) -> SysResult<()> {
     let addr = socket2::SockAddr::from(*addr);
     // SAFETY: `addr` is a live, initialised socket address of `addr.len()` bytes.
     check(unsafe { libc::connect(fd, addr.as_ptr().cast(), addr.len()) }).map(drop)
+}
+
+/// `bind(2)` to an address prepared before the fork (the `sockaddr` is built on the stack).
+pub(crate) fn bind(fd: RawFd, addr: &std::net::SocketAddr) -> SysResult<()> {
+    let addr = socket2::SockAddr::from(*addr);
+    // SAFETY: `addr` is a live, initialised socket address of `addr.len()` bytes.
+    check(unsafe { libc::bind(fd, addr.as_ptr().cast(), addr.len()) }).map(drop)
 }
 
 /// `poll(2)` on one descriptor; returns the revents, or 0 on timeout.

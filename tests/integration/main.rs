@@ -7,12 +7,14 @@
 
 mod util;
 
+mod backends;
 mod cli;
 mod forwarding;
 mod lifecycle;
 mod limits;
 mod logging;
 mod operations;
+mod proxy;
 mod real_peers;
 mod routing;
 mod scripts;

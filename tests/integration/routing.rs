@@ -256,8 +256,10 @@ fn ssh_and_tls_by_server_name_share_one_port() {
         let got = curl(&["-k", "--resolve", &resolve, &format!("https://{name}:{port}/")]);
         assert_eq!(got, format!("{body}\n"), "{name}");
     }
+    // Six routed connections: ssh, ssh-keyscan (timeout) and the four TLS ones; each line is
+    // written when its connection ends, so wait for all of them.
     assert!(
-        fwd.wait_log_count(" route=", 5, Duration::from_secs(10)),
+        fwd.wait_log_count(" route=", 6, Duration::from_secs(10)),
         "{}",
         fwd.log_text()
     );
