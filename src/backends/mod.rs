@@ -17,7 +17,7 @@ use crate::log::Quoted;
 use crate::options::Options;
 use crate::target::{MAX_TARGETS, Target};
 use balance::Order;
-use health::{Change, Health};
+use health::{Change, Health, State};
 use report::Reported;
 use std::cell::{Cell, RefCell};
 use std::net::{IpAddr, SocketAddr};
@@ -132,6 +132,14 @@ impl Backends {
                 None => {}
             }
         }
+    }
+
+    /// Each backend's label and whether it is taken now (up, or retrying after its down time):
+    /// `portfwd_backend_up`.
+    pub(crate) fn states(&self, now: u64) -> impl Iterator<Item = (&str, bool)> + '_ {
+        self.list
+            .iter()
+            .map(move |b| (b.label.as_str(), b.health.borrow().state(now) != State::Down))
     }
 
     /// One line per backend for `SIGUSR1`, after its listener's `stats-mapping` line:

@@ -3,7 +3,8 @@
 //! through each listener's handle. Main process; see `metrics` for the families.
 
 use super::token::Token;
-use super::{Conn, EventLoop};
+use super::{Conn, EventLoop, Routes};
+use crate::backends::report::Reported;
 use crate::conn::Outcome;
 use crate::event_loop::admission::Refusal;
 use crate::log;
@@ -141,6 +142,34 @@ impl EventLoop {
             match conn.routes.name(conn.chosen) {
                 Some(name) if outcome != Outcome::NoRoute => m.route(&name).connection_ended(outcome, c2s, s2c, ms),
                 _ => m.connection_ended(outcome, c2s, s2c, ms),
+            }
+        }
+    }
+
+    /// A connection process reported its backends: each backend's `portfwd_backend_up`, and a
+    /// failure for each one it could not connect to.
+    pub(super) fn record_backends(&self, routes: &Routes, chosen: usize, reported: Reported) {
+        let bind = routes.listener().bind;
+        let Some(m) = self
+            .services
+            .iter()
+            .flatten()
+            .find(|s| s.routes.listener().bind == bind)
+        else {
+            return;
+        };
+        let Some(m) = &m.metrics else {
+            return;
+        };
+        let route = match routes.name(chosen) {
+            Some(name) => m.route(&name),
+            None => m.default_route().clone(),
+        };
+        let now = sys::monotonic_ms();
+        for (i, (label, up)) in routes.list[chosen].backends.states(now).enumerate() {
+            let backend = route.backend(label, up);
+            if reported.failed & (1 << i) != 0 {
+                backend.failure();
             }
         }
     }

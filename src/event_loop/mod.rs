@@ -634,5 +634,6 @@ impl EventLoop {
             name.as_deref(),
             now,
         );
+        self.record_backends(routes, chosen, reported);
     }
 }

@@ -351,7 +351,6 @@ impl ListenerMetrics {
     }
 
     /// The default route's handle.
-    #[expect(dead_code, reason = "for the routing work to wire")]
     pub fn default_route(&self) -> &RouteMetrics {
         &self.default_route
     }
@@ -468,13 +467,6 @@ pub struct BackendMetrics {
     failures: Counter,
 }
 
-#[cfg_attr(
-    not(test),
-    expect(
-        dead_code,
-        reason = "wired by the routing, backends and logging work; registered and empty until then"
-    )
-)]
 impl BackendMetrics {
     pub fn set_up(&self, up: bool) {
         self.up.set(i64::from(up));

@@ -318,8 +318,12 @@ fn metrics_count_per_listener_and_promtool_accepts_them() {
     );
     assert_eq!(sample(&body, "portfwd_fork_failures_total"), Some(0.0), "{body}");
     assert!(body.contains("\nprocess_resident_memory_bytes "), "{body}");
-    // The backend families are registered but have no series yet: the encoder leaves them out.
-    assert!(!body.contains("portfwd_backend_up"), "{body}");
+    // The listener's one backend, as its connection process reported it.
+    let up = format!(
+        "portfwd_backend_up{{{l1},route=\"\",backend=\"127.0.0.1:{}\"}}",
+        backend.port
+    );
+    assert_eq!(sample(&body, &up), Some(1.0), "{body}");
     assert_eq!(http_get(metrics, "/other").0.split(' ').nth(1), Some("404"));
 
     let promtool = "/usr/bin/promtool";
@@ -619,4 +623,50 @@ fn metrics_name_the_route_a_connection_took_on_a_routed_listener() {
     });
     assert!(counted, "{body}");
     assert_eq!(sample(&body, "portfwd_log_lines_dropped_total"), Some(0.0), "{body}");
+}
+
+#[test]
+fn metrics_show_each_backends_state_and_failures() {
+    let backend = Backend::start(echo);
+    // A port nothing listens on: connecting to it is refused.
+    let dead = free_port();
+    let dir = TempDir::new("metrics-backends");
+    let file = dir.join("setup.config");
+    let (_forwarder, metrics, port) = retry_ports(|| {
+        let (p, m) = (free_port(), free_port());
+        std::fs::write(
+            &file,
+            format!("127.0.0.1:{p} -> 127.0.0.1:{dead}, 127.0.0.1:{}\n", backend.port),
+        )
+        .unwrap();
+        let metrics = SocketAddr::from(([127, 0, 0, 1], m));
+        let args = [
+            "--metrics".to_string(),
+            metrics.to_string(),
+            "--config".to_string(),
+            file.display().to_string(),
+        ];
+        Forwarder::spawn(BIN, &args, p).map(|f| (f, metrics, p))
+    })
+    .unwrap_or_else(|e| panic!("portfwd did not start: {e}"));
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    round_trip(&mut s, b"failed over");
+    let labels = |b: u16| format!("{{listen=\"127.0.0.1:{port}\",route=\"\",backend=\"127.0.0.1:{b}\"}}");
+    let mut body = String::new();
+    let reported = wait_until(Duration::from_secs(10), || {
+        body = http_get(metrics, "/metrics").1;
+        sample(&body, &format!("portfwd_backend_failures_total{}", labels(dead))) == Some(1.0)
+    });
+    assert!(reported, "{body}");
+    assert_eq!(
+        sample(&body, &format!("portfwd_backend_up{}", labels(dead))),
+        Some(0.0),
+        "{body}"
+    );
+    assert_eq!(
+        sample(&body, &format!("portfwd_backend_up{}", labels(backend.port))),
+        Some(1.0),
+        "{body}"
+    );
 }
