@@ -227,17 +227,13 @@ fn sample(body: &str, series: &str) -> Option<f64> {
         .and_then(|v| v.parse().ok())
 }
 
-/// A forwarder with `--metrics` on a fresh port and two listeners: the first to an echo
-/// backend, the second denying 127.0.0.1. Returns it, the metrics address and both ports.
-fn start_with_metrics(dir: &TempDir, backend: u16) -> (Forwarder, SocketAddr, u16, u16) {
+/// A forwarder with `--metrics` on a fresh port and the config `config(port, other)` wrote, for
+/// two fresh ports (the first is waited on). Returns it, the metrics address and both ports.
+fn start_config_with_metrics(dir: &TempDir, config: impl Fn(u16, u16) -> String) -> (Forwarder, SocketAddr, u16, u16) {
     let file = dir.join("setup.config");
     retry_ports(|| {
         let (p1, p2, m) = (free_port(), free_port(), free_port());
-        std::fs::write(
-            &file,
-            format!("127.0.0.1:{p1} -> 127.0.0.1:{backend}\n127.0.0.1:{p2} -> 127.0.0.1:{backend} deny=127.0.0.1\n"),
-        )
-        .unwrap();
+        std::fs::write(&file, config(p1, p2)).unwrap();
         let metrics = SocketAddr::from(([127, 0, 0, 1], m));
         let args = [
             "--metrics".to_string(),
@@ -248,6 +244,14 @@ fn start_with_metrics(dir: &TempDir, backend: u16) -> (Forwarder, SocketAddr, u1
         Forwarder::spawn(BIN, &args, p1).map(|f| (f, metrics, p1, p2))
     })
     .unwrap_or_else(|e| panic!("portfwd did not start: {e}"))
+}
+
+/// A forwarder with `--metrics` and two listeners: the first to an echo backend, the second
+/// denying 127.0.0.1.
+fn start_with_metrics(dir: &TempDir, backend: u16) -> (Forwarder, SocketAddr, u16, u16) {
+    start_config_with_metrics(dir, |p1, p2| {
+        format!("127.0.0.1:{p1} -> 127.0.0.1:{backend}\n127.0.0.1:{p2} -> 127.0.0.1:{backend} deny=127.0.0.1\n")
+    })
 }
 
 /// One connection of `len` bytes each way through `port`, then a refused one through `denied`;
@@ -585,25 +589,10 @@ fn a_passed_socket_no_mapping_claims_stops_start_up() {
 fn metrics_name_the_route_a_connection_took_on_a_routed_listener() {
     let backend = Backend::start(echo);
     let dir = TempDir::new("metrics-routes");
-    let file = dir.join("setup.config");
-    let (_forwarder, metrics, port) = retry_ports(|| {
-        let (p, m) = (free_port(), free_port());
-        let b = backend.port;
-        std::fs::write(
-            &file,
-            format!("127.0.0.1:{p} -> 127.0.0.1:{b} when=prefix:PING\n127.0.0.1:{p} -> 127.0.0.1:{b} when=http\n"),
-        )
-        .unwrap();
-        let metrics = SocketAddr::from(([127, 0, 0, 1], m));
-        let args = [
-            "--metrics".to_string(),
-            metrics.to_string(),
-            "--config".to_string(),
-            file.display().to_string(),
-        ];
-        Forwarder::spawn(BIN, &args, p).map(|f| (f, metrics, p))
-    })
-    .unwrap_or_else(|e| panic!("portfwd did not start: {e}"));
+    let b = backend.port;
+    let (_forwarder, metrics, port, _) = start_config_with_metrics(&dir, |p, _| {
+        format!("127.0.0.1:{p} -> 127.0.0.1:{b} when=prefix:PING\n127.0.0.1:{p} -> 127.0.0.1:{b} when=http\n")
+    });
     for request in [&b"PING\n"[..], b"GET / HTTP/1.0\r\n\r\n", b"GET / HTTP/1.0\r\n\r\n"] {
         let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
@@ -631,24 +620,10 @@ fn metrics_show_each_backends_state_and_failures() {
     // A port nothing listens on: connecting to it is refused.
     let dead = free_port();
     let dir = TempDir::new("metrics-backends");
-    let file = dir.join("setup.config");
-    let (_forwarder, metrics, port) = retry_ports(|| {
-        let (p, m) = (free_port(), free_port());
-        std::fs::write(
-            &file,
-            format!("127.0.0.1:{p} -> 127.0.0.1:{dead}, 127.0.0.1:{}\n", backend.port),
-        )
-        .unwrap();
-        let metrics = SocketAddr::from(([127, 0, 0, 1], m));
-        let args = [
-            "--metrics".to_string(),
-            metrics.to_string(),
-            "--config".to_string(),
-            file.display().to_string(),
-        ];
-        Forwarder::spawn(BIN, &args, p).map(|f| (f, metrics, p))
-    })
-    .unwrap_or_else(|e| panic!("portfwd did not start: {e}"));
+    let b = backend.port;
+    let (_forwarder, metrics, port, _) = start_config_with_metrics(&dir, |p, _| {
+        format!("127.0.0.1:{p} -> 127.0.0.1:{dead}, 127.0.0.1:{b}\n")
+    });
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     round_trip(&mut s, b"failed over");
