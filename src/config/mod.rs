@@ -162,7 +162,7 @@ impl Error {
 
 /// Parses a whole file's text. `defaults` are the options a line starts from (the command line's).
 /// Lines with the same listen address are the routes of one listener, checked together (see
-/// `grouping`). Does not resolve host names; see [`resolve`].
+/// `grouping`). Does not resolve host names; see [`resolve()`].
 pub fn parse(text: &str, defaults: &Options) -> Result<Vec<Mapping>, Vec<Error>> {
     // A byte order mark is not part of line 1 (editors on Windows write one).
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
