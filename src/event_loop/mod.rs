@@ -7,10 +7,11 @@
 //! deadline (a silent client's first-byte timeout, a paused listener's retry, the drain deadline,
 //! a count of log lines left out), and it is the only thread that forks.
 //!
-//! Its concerns, each a small type: [`admission`] (who may come in, and how many), [`waiting`]
-//! (sockets waiting for their first byte), [`launcher`] (forking connection processes, with the
-//! back-off after a failure), [`reload`] (old listeners against a new configuration) and
-//! [`stats`]. Accepting is in [`accept`]. Runs in the main process only.
+//! Its concerns, each a small type: [`routes`] (a listener's lines and their backends),
+//! [`admission`] (who may come in, and how many), [`waiting`] (sockets waiting for their first
+//! byte), [`launcher`] (forking connection processes, with the back-off after a failure),
+//! [`reload`] (old listeners against a new configuration) and [`stats`]. Accepting is in
+//! [`accept`]. Runs in the main process only.
 
 mod accept;
 mod admission;
@@ -19,26 +20,24 @@ mod live_view;
 mod metrics;
 mod proxy_accept;
 mod reload;
+mod routes;
 mod routing;
 mod stats;
+mod stop;
 mod token;
 mod waiting;
 
 use crate::accept_pool::AcceptPool;
 use crate::access;
-use crate::backends::Backends;
 use crate::backends::report::Reported;
-use crate::config::Mapping;
 use crate::conn::Outcome;
 use crate::handoff::bytes::RecordId;
 use crate::handoff::fork_fds::HandoffSlots;
 use crate::listener;
 use crate::log;
-use crate::log::Quoted;
 use crate::metrics::{ListenerMetrics, MetricsServer};
 use crate::options::Options;
 use crate::resolver::Resolver;
-use crate::route::Condition;
 use crate::signals::{Signal, Signals};
 use crate::sys;
 use admission::{Admission, Live};
@@ -57,101 +56,7 @@ use std::rc::Rc;
 use token::Token;
 use waiting::WaitingSet;
 
-/// Where one route's connections go, and how: one line of the configuration (its condition is
-/// `mapping.options.when`, its per-route options are the line's) and its backends (their
-/// resolved addresses, health and balancer state).
-pub(crate) struct Route {
-    pub(crate) mapping: Mapping,
-    pub(crate) backends: Backends,
-}
-
-impl Route {
-    pub(crate) fn new(mapping: Mapping, resolved: crate::config::Resolved) -> Route {
-        let backends = Backends::new(&mapping, resolved);
-        Route { mapping, backends }
-    }
-}
-
-/// A listener's routes, in file order: shared by its listener, its waiting sockets and its
-/// connection processes, so a reload can replace them without touching those in flight (a
-/// waiting client keeps the route set it was accepted with).
-pub(crate) struct Routes {
-    /// At least one. Listener-wide options agree on every line (see `grouping`), so the first
-    /// line speaks for the listener.
-    pub(crate) list: Vec<Route>,
-    /// Each route's `when=`, for `route::decide`.
-    conditions: Vec<Condition>,
-    /// Whether clients are routed by what they send; if not, the one route takes every client
-    /// on its first byte, as a plain listener always did.
-    routed: bool,
-    /// The route a silent client gets, and after how many ms.
-    timeout: Option<(usize, u64)>,
-}
-
-impl Routes {
-    /// `list` holds the lines of one listen address, in file order (at least one).
-    pub(crate) fn new(list: Vec<Route>) -> Routes {
-        let lines: Vec<&Mapping> = list.iter().map(|r| &r.mapping).collect();
-        let routed = crate::grouping::routed(&lines);
-        let conditions: Vec<Condition> = list.iter().map(|r| r.mapping.options.when.clone()).collect();
-        let timeout = crate::route::timeout_route(&conditions).map(|(i, d)| (i, d.as_millis() as u64));
-        Routes {
-            list,
-            conditions,
-            routed,
-            timeout,
-        }
-    }
-
-    /// Keeps the health and balancer state of `old` (the same listener before a reload): each
-    /// route takes those of the old route with the same `when=`.
-    pub(crate) fn carry_over(&mut self, old: &Routes) {
-        for route in &mut self.list {
-            let when = &route.mapping.options.when;
-            if let Some(o) = old.list.iter().find(|o| o.mapping.options.when == *when) {
-                route.backends.carry_over(&o.backends);
-            }
-        }
-    }
-
-    /// The listener's own settings (address, dispatch, caps, access rules, PROXY header
-    /// accepted): its first line's.
-    pub(crate) fn listener(&self) -> &Mapping {
-        &self.list[0].mapping
-    }
-
-    /// Route `i`'s name for the log and the stats line (`tls:*.example.com`), if the listener
-    /// is routed.
-    pub(crate) fn name(&self, i: usize) -> Option<String> {
-        self.routed.then(|| self.conditions[i].to_string())
-    }
-
-    /// `target="HOST:PORT" addrs=ADDR,...` (several backends: `target="HOST:PORT, HOST:PORT"`,
-    /// the addresses of all of them in that order), or for a routed listener `routes="when=WHEN -> HOST:PORT (ADDR,...); ..."`.
-    pub(crate) fn describe(&self) -> String {
-        let addrs = |r: &Route| {
-            let all = r.backends.iter().flat_map(|b| b.addrs.iter().map(|t| t.label()));
-            all.collect::<Vec<_>>().join(",")
-        };
-        if !self.routed {
-            let r = &self.list[0];
-            return format!("target={} addrs={}", Quoted(r.mapping.target_label()), addrs(r));
-        }
-        let routes: Vec<String> = self
-            .list
-            .iter()
-            .map(|r| {
-                format!(
-                    "when={} -> {} ({})",
-                    r.mapping.options.when,
-                    r.mapping.target_label(),
-                    addrs(r)
-                )
-            })
-            .collect();
-        format!("routes={}", Quoted(routes.join("; ")))
-    }
-}
+pub(crate) use routes::{Route, Routes};
 
 /// A listening port and its live connections.
 pub(crate) struct Service {
@@ -528,64 +433,6 @@ impl EventLoop {
                 }
                 Signal::Reopen => self.reopen_log(),
             }
-        }
-    }
-
-    /// Closes every listener and waiting socket. With a drain time, the loop goes on reaping
-    /// until the connections end or the time is up; without, it returns at once.
-    fn stop(&mut self, drain_ms: Option<u64>) {
-        for service in self.services.iter_mut() {
-            if let Some(s) = service.take() {
-                let _ = self.epoll.delete(s.listener.as_fd());
-            }
-        }
-        for (socket, _) in self.waiting.drain() {
-            let _ = self.epoll.delete(socket.as_fd());
-        }
-        let now = sys::monotonic_ms();
-        let deadline = match drain_ms {
-            Some(ms) => now + ms,
-            None => now, // with no children to wait for, the loop ends at once
-        };
-        let live = self.children.len();
-        match drain_ms {
-            None => {
-                log!(
-                    "event=stopping live={live} drain=none note=\"listeners closed; connections go on in their own processes\""
-                );
-                self.children.clear(); // not ours to wait for
-            }
-            Some(0) => {
-                log!("event=stopping live={live} drain_ms=0 note=\"listeners closed; ending the connections now\"")
-            }
-            Some(ms) => {
-                log!("event=stopping live={live} drain_ms={ms} note=\"listeners closed; waiting for the connections\"")
-            }
-        }
-        self.draining = Some(self.draining.map_or(deadline, |d| d.min(deadline)));
-    }
-
-    /// Ends the connections still open: SIGTERM to each connection's process group (both of its
-    /// processes), then, after a bounded wait, SIGKILL to any that remain.
-    fn end_connections(&mut self) {
-        use nix::sys::signal::{Signal::SIGKILL, Signal::SIGTERM, killpg};
-        use nix::unistd::Pid;
-        if self.children.is_empty() {
-            return;
-        }
-        log!("event=ending-connections live={}", self.children.len());
-        for &pid in self.children.keys() {
-            let _ = killpg(Pid::from_raw(pid), SIGTERM);
-        }
-        let until = sys::monotonic_ms() + 2000;
-        while !self.children.is_empty() && sys::monotonic_ms() < until {
-            let _ = self
-                .epoll
-                .wait(&mut [EpollEvent::empty(); 4], EpollTimeout::from(20u16));
-            self.reap();
-        }
-        for &pid in self.children.keys() {
-            let _ = killpg(Pid::from_raw(pid), SIGKILL);
         }
     }
 

@@ -49,6 +49,8 @@ mod parse_v1;
 mod parse_v2;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_interop;
 
 pub use decode::{DEFAULT_MAX_HEADER_LEN, Invalid, Parse, parse};
 pub use encode::Header;
