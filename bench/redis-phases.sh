@@ -35,8 +35,8 @@ trap cleanup EXIT
 sleep 0.5
 LPORT=$(free_port)
 case "$MODE" in
-    data) setsid "$PF" --bind 127.0.0.1 "$LPORT" 127.0.0.1 "$RPORT" 2>"$TMP/fwd.log" & ;;
-    accept) setsid "$PF" --bind 127.0.0.1 --dispatch accept "$LPORT" 127.0.0.1 "$RPORT" 2>"$TMP/fwd.log" & ;;
+    data) setsid "$PF" --bind 127.0.0.1 --max-per-source off "$LPORT" 127.0.0.1 "$RPORT" 2>"$TMP/fwd.log" & ;;
+    accept) setsid "$PF" --bind 127.0.0.1 --max-per-source off --dispatch accept "$LPORT" 127.0.0.1 "$RPORT" 2>"$TMP/fwd.log" & ;;
     socat) setsid socat "TCP-LISTEN:$LPORT,bind=127.0.0.1,fork,reuseaddr,backlog=4096" \
         "TCP:127.0.0.1:$RPORT" 2>"$TMP/fwd.log" & ;;
     *) echo "usage: $0 [data|accept|socat]" >&2; exit 2 ;;
