@@ -263,18 +263,22 @@ mod tests {
     use crate::handoff::fork_memory::LaunchPad;
     use std::time::{Duration, Instant};
 
-    /// The child of the test: sleeps, leaves the table, and exits 0 only if its slot holds a
-    /// socket and the descriptor above its slot (the test's other socket) is not in its table.
+    /// The read end of the pipe the test's children wait on before they leave the table (set
+    /// before they are forked; they share the parent's table, so its closing the write end is
+    /// their signal).
+    static GATE: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
+
+    /// The child of the test: waits for the gate, leaves the table, and exits 0 only if its slot
+    /// holds a socket and the descriptor above its slot (the test's other socket) is not in its
+    /// table.
     extern "C" fn child(arg: *mut libc::c_void) -> libc::c_int {
         // SAFETY: `arg` points at the ticket in this process's copy of the launch pad.
         let ticket = unsafe { &*(arg as *const Ticket) };
-        let nap = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 100_000_000,
-        };
-        // SAFETY: nanosleep and fstat on a local timespec and stat buffer (async-signal-safe).
+        let mut byte = 0u8;
+        // SAFETY: read into a local byte, fstat into a local stat buffer (async-signal-safe).
         unsafe {
-            libc::nanosleep(&nap, std::ptr::null_mut());
+            // Blocks until the test closes the write end (EOF); -1 (no gate) returns at once.
+            libc::read(GATE.load(Ordering::SeqCst), (&raw mut byte).cast(), 1);
             if ticket.leave_shared_table().is_err() {
                 sys::exit(2);
             }
@@ -309,21 +313,34 @@ mod tests {
         let mut slots = HandoffSlots::reserve().unwrap();
         let mut pad = LaunchPad::<Ticket>::new().unwrap();
         let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let (gate, opener) = nix::unistd::pipe2(OFlag::O_CLOEXEC).unwrap();
+        GATE.store(gate.as_raw_fd(), Ordering::SeqCst);
         let mut children = Vec::new();
-        let mut slow_load = Duration::ZERO;
-        for _ in 0..SLOTS + 1 {
-            let started = Instant::now();
-            let (index, ticket) = slots.load(a.as_fd()).unwrap();
-            slow_load = slow_load.max(started.elapsed());
-            assert!(target(ticket.slot).starts_with("socket:"), "{}", target(ticket.slot));
+        let fork_child = |slots: &mut HandoffSlots, pad: &mut LaunchPad<Ticket>, index, ticket| {
             let arg = pad.load(ticket) as *const Ticket as *mut libc::c_void;
             // SAFETY: the child runs `child` on the pad's stack, makes raw syscalls and exits.
             let pid = unsafe { sys::fork_onto(pad.stack_top(), child, arg, true) }.unwrap();
             slots.forked(index, Some(pid));
-            children.push(pid);
+            pid
+        };
+        for _ in 0..SLOTS {
+            let (index, ticket) = slots.load(a.as_fd()).unwrap();
+            assert!(target(ticket.slot).starts_with("socket:"), "{}", target(ticket.slot));
+            children.push(fork_child(&mut slots, &mut pad, index, ticket));
         }
-        // Every slot was taken by a child still asleep: the last load waited for one to leave.
-        assert!(slow_load >= Duration::from_millis(50), "{slow_load:?}");
+        // Every slot is taken by a child that cannot leave before the gate opens: one more load
+        // must wait for that. Another thread opens the gate a little later and notes when.
+        let opened = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            let at = Instant::now();
+            drop(opener);
+            at
+        });
+        let (index, ticket) = slots.load(a.as_fd()).unwrap();
+        let loaded = Instant::now();
+        let opened = opened.join().unwrap();
+        assert!(loaded >= opened, "a slot was loaded again before its child could leave");
+        children.push(fork_child(&mut slots, &mut pad, index, ticket));
         for pid in children {
             let status = sys::wait_for(pid).unwrap();
             assert!(
