@@ -68,6 +68,7 @@ fn nginx() -> Option<Server> {
     let server = start_server("nginx", NGINX, |port, dir| {
         let text = format!(
             "worker_processes 1;\n\
+             master_process off;\n\
              events {{ worker_connections 64; }}\n\
              http {{\n\
                access_log off;\n\
