@@ -18,6 +18,7 @@ mod launcher;
 mod live_view;
 mod metrics;
 mod proxy_accept;
+mod refresh;
 mod reload;
 mod routing;
 mod stats;
@@ -130,7 +131,10 @@ impl Routes {
     /// the addresses of all of them in that order), or for a routed listener `routes="when=WHEN -> HOST:PORT (ADDR,...); ..."`.
     pub(crate) fn describe(&self) -> String {
         let addrs = |r: &Route| {
-            let all = r.backends.iter().flat_map(|b| b.addrs.iter().map(|t| t.label()));
+            let all = r.backends.iter().flat_map(|b| {
+                let addrs: Vec<String> = b.addrs.borrow().iter().map(|t| t.label().to_string()).collect();
+                addrs
+            });
             all.collect::<Vec<_>>().join(",")
         };
         if !self.routed {
@@ -271,6 +275,8 @@ pub(crate) struct EventLoop {
     reloads: u64,
     /// A reload is waiting for its targets: the newest one's number.
     reload_pending: Option<u64>,
+    /// When the routes with `resolve=` have their names resolved again.
+    refresh: refresh::Schedule<refresh::RouteKey>,
     /// Where PROXY headers are peeked into.
     header_buf: Vec<u8>,
 }
@@ -294,7 +300,9 @@ impl EventLoop {
         // The accept threads exclude their own stacks as they start.
         let launcher = Launcher::new(slots, settings.max_connections)?;
         let observer = metrics.map(|server| Observer::new(server, &epoll)).transpose()?;
-        let resolver = settings.config.is_some().then(Resolver::start).transpose()?;
+        let routes: Vec<&Routes> = services.iter().map(|s| &*s.routes).collect();
+        let wanted = settings.config.is_some() || Self::wants_refresh(&routes);
+        let resolver = wanted.then(Resolver::start).transpose()?;
         let mut this = EventLoop {
             epoll,
             services: Vec::new(),
@@ -314,6 +322,7 @@ impl EventLoop {
             resolver,
             reloads: 0,
             reload_pending: None,
+            refresh: refresh::Schedule::new(),
             header_buf: proxy_accept::buffer(),
         };
         let notify = EpollEvent::new(EpollFlags::EPOLLIN, Token::Handoff.encode());
@@ -325,6 +334,7 @@ impl EventLoop {
         for service in services {
             this.add_service(service)?;
         }
+        this.schedule_refreshes();
         Ok(this)
     }
 
@@ -381,6 +391,7 @@ impl EventLoop {
             self.launcher.due_at(),
             self.refusals_log.due_at(),
             self.observer.as_ref().and_then(Observer::next_deadline),
+            self.refresh_deadline(),
         ]
         .into_iter()
         .flatten()
@@ -468,6 +479,7 @@ impl EventLoop {
         self.log_left_out_refusals(now);
         self.expire_metrics_clients(now);
         self.launcher.log_left_out(now);
+        self.send_refreshes(now);
         // Silent clients past their first-byte timeout (or a routed listener's timeout route).
         while let Some((fd, (socket, conn))) = self.waiting.pop_expired(now) {
             if conn.awaiting_header {
