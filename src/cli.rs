@@ -188,6 +188,11 @@ pub struct Cli {
     /// 10^9), or `off` [default: off].
     #[arg(long, value_name = "RATE", value_parser = checked(options::parse_rate_or_off))]
     pub max_rate: Option<String>,
+
+    /// Re-resolve each named backend every SECS (in the main process, off the event loop), or
+    /// `off` [default: off: names are resolved once].
+    #[arg(long, value_name = "SECS", value_parser = checked(options::parse_secs_or_off))]
+    pub resolve: Option<String>,
 }
 
 /// The two forms of the command line, shown after an argument error so a user who swapped or
@@ -272,6 +277,7 @@ impl Cli {
             ("fail_timeout", &self.fail_timeout),
             ("proxy_protocol", &self.proxy_protocol),
             ("source", &self.source),
+            ("resolve", &self.resolve),
         ];
         for (key, value) in flags {
             if let Some(v) = value {

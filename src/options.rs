@@ -105,6 +105,9 @@ pub struct Options {
     pub proxy_from: Vec<Rule>,
     /// The local address inward connections are made from.
     pub source: Option<IpAddr>,
+    /// Re-resolve the named backends this often, in the main process (`None`: resolved once, at
+    /// start-up or reload).
+    pub resolve: Option<Duration>,
 }
 
 impl Default for Options {
@@ -128,6 +131,7 @@ impl Default for Options {
             source: None,
             reuseport: false,
             max_rate: None,
+            resolve: None,
         }
     }
 }
@@ -144,7 +148,7 @@ impl Options {
 }
 
 /// The keys a `setup.config` line accepts, in the order `--check-config` prints them.
-pub const KEYS: [&str; 19] = [
+pub const KEYS: [&str; 20] = [
     "dispatch",
     "connect_timeout",
     "max_connections",
@@ -164,6 +168,7 @@ pub const KEYS: [&str; 19] = [
     "accept_proxy",
     "proxy_from",
     "source",
+    "resolve",
 ];
 
 impl Options {
@@ -195,6 +200,7 @@ impl Options {
             "accept_proxy" => self.accept_proxy = parse_on_off("accept_proxy", value)?,
             "proxy_from" => self.proxy_from.push(Rule::parse(RuleKind::Allow, value)?),
             "source" => self.source = Some(parse_source(value)?),
+            "resolve" => self.resolve = parse_secs_or_off(value)?,
             _ => return Err(format!("unknown option '{key}' (known: {})", KEYS.join(", "))),
         }
         Ok(())
@@ -266,6 +272,9 @@ impl Options {
                 "source={}",
                 self.source.map_or("off".into(), |a| a.to_string())
             ));
+        }
+        if self.resolve != base.resolve {
+            out.push(format!("resolve={}", self.resolve.map_or("off".into(), secs)));
         }
         out
     }
@@ -494,6 +503,7 @@ mod tests {
             ("accept_proxy", "on"),
             ("proxy_from", "10.0.0.0/8"),
             ("source", "[::1]"),
+            ("resolve", "30"),
         ] {
             o.set(k, v).unwrap();
         }
@@ -502,7 +512,7 @@ mod tests {
             "dispatch=accept connect_timeout=0.5 max_connections=7 max_per_source=3 first_byte_timeout=off \
              idle_timeout=30 keepalive=off allow=127.0.0.0/8 deny=::/0 when=tls:*.example.com reuseport=on \
              max_rate=2500K balance=source max_fails=3 fail_timeout=2.5 proxy_protocol=v2 accept_proxy=on \
-             proxy_from=10.0.0.0/8 source=::1"
+             proxy_from=10.0.0.0/8 source=::1 resolve=30"
         );
         assert!(Options::default().diff(&Options::default()).is_empty());
     }
@@ -544,6 +554,7 @@ mod tests {
         assert!(o.set("source", "host.example").unwrap_err().contains("IP address"));
         assert!(o.set("proxy_from", "10.0.0.0/40").is_err());
         assert!(o.set("reuseport", "yes").unwrap_err().contains("'on' or 'off'"));
+        assert!(o.set("resolve", "-5").unwrap_err().contains("greater than 0"));
         for bad in ["", "M", "-1M", "1.5M", "2T", "99999999999G"] {
             assert!(
                 o.set("max_rate", bad).unwrap_err().contains("bytes per second"),

@@ -4,8 +4,12 @@
 //! and more); on the loop's thread that froze every client of every mapping. Main process.
 //!
 //! Requests go to the thread over a channel; answers come back over another, and an eventfd in
-//! the loop's epoll set says one is there. The thread takes the newest request waiting (an older
+//! the loop's epoll set says one is there. The thread takes the newest reload waiting (an older
 //! one was superseded by a later `SIGHUP`), and the loop applies only the answer to its newest.
+//!
+//! It also re-resolves the named backends of routes with `resolve=` ([`Kind::Refresh`], asked by
+//! `event_loop::refresh`): each backend on its own, so one name that fails leaves the others'
+//! new addresses. A refresh is never superseded (the loop keeps one per route in flight).
 //!
 //! Fork rules: the thread never forks and blocks every signal; its stack and alternate signal
 //! stack are kept out of connection processes like the accept threads' (`fork_memory`). A
@@ -23,17 +27,31 @@ use std::sync::mpsc::{self, Receiver, Sender};
 /// touches cost nothing.
 const STACK: usize = 512 * 1024;
 
+/// What a request is for; reloads and refreshes number their requests each on their own.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) enum Kind {
+    /// A new configuration's mappings: all or nothing, the newest one superseding the others.
+    Reload,
+    /// Backends to re-resolve (one mapping each), each on its own.
+    Refresh,
+}
+
 /// Mappings whose targets are to be resolved, numbered by the loop.
 pub(crate) struct Request {
     pub(crate) id: u64,
+    pub(crate) kind: Kind,
     pub(crate) mappings: Vec<Mapping>,
 }
 
 /// A request's mappings with their targets, or every target that did not resolve.
 pub(crate) struct Answer {
     pub(crate) id: u64,
+    pub(crate) kind: Kind,
     pub(crate) mappings: Vec<Mapping>,
+    /// A reload's: every mapping's targets, or every error.
     pub(crate) targets: Result<Vec<config::Resolved>, Vec<config::Error>>,
+    /// A refresh's: each mapping's targets or errors, in order (empty for a reload).
+    pub(crate) each: Vec<Result<config::Resolved, Vec<config::Error>>>,
 }
 
 pub(crate) struct Resolver {
@@ -97,24 +115,43 @@ impl Resolver {
     }
 }
 
-/// The thread: resolves the newest request waiting, answers, says so; ends when the loop is gone.
+/// The thread: resolves the requests waiting (of the reloads, the newest only), answers each, says
+/// so; ends when the loop is gone.
 fn serve(inbox: &Receiver<Request>, outbox: &Sender<Answer>, notify: &EventFd) {
-    while let Ok(mut request) = inbox.recv() {
-        // Superseded requests are not worth a lookup.
-        while let Ok(newer) = inbox.try_recv() {
-            request = newer;
+    while let Ok(first) = inbox.recv() {
+        let mut waiting = vec![first];
+        waiting.extend(inbox.try_iter());
+        // Superseded reloads are not worth a lookup.
+        let newest_reload = waiting.iter().rposition(|r| r.kind == Kind::Reload);
+        for (i, request) in waiting.into_iter().enumerate() {
+            if request.kind == Kind::Reload && Some(i) != newest_reload {
+                continue;
+            }
+            let (targets, each) = match request.kind {
+                Kind::Reload => (config::resolve(&request.mappings), Vec::new()),
+                Kind::Refresh => {
+                    let each = request.mappings.iter();
+                    (Ok(Vec::new()), each.map(one).collect())
+                }
+            };
+            let answer = Answer {
+                id: request.id,
+                kind: request.kind,
+                mappings: request.mappings,
+                targets,
+                each,
+            };
+            if outbox.send(answer).is_err() {
+                return;
+            }
+            let _ = notify.write(1);
         }
-        let targets = config::resolve(&request.mappings);
-        let answer = Answer {
-            id: request.id,
-            mappings: request.mappings,
-            targets,
-        };
-        if outbox.send(answer).is_err() {
-            return;
-        }
-        let _ = notify.write(1);
     }
+}
+
+/// One mapping's targets, resolved on their own.
+fn one(mapping: &Mapping) -> Result<config::Resolved, Vec<config::Error>> {
+    config::resolve(std::slice::from_ref(mapping)).map(|mut r| r.remove(0))
 }
 
 #[cfg(test)]
@@ -144,6 +181,7 @@ mod tests {
         resolver
             .ask(Request {
                 id: 7,
+                kind: Kind::Reload,
                 mappings: vec![mapping("127.0.0.1"), mapping("[::1]")],
             })
             .unwrap();
@@ -155,6 +193,7 @@ mod tests {
         resolver
             .ask(Request {
                 id: 8,
+                kind: Kind::Reload,
                 mappings: vec![mapping("")],
             })
             .unwrap();
@@ -162,5 +201,25 @@ mod tests {
         assert_eq!(answer.id, 8);
         assert!(answer.targets.unwrap_err()[0].message.contains("empty host name"));
         assert!(resolver.answers().is_empty());
+    }
+
+    #[test]
+    fn a_refresh_answers_each_mapping_on_its_own() {
+        let resolver = Resolver::start().unwrap();
+        resolver
+            .ask(Request {
+                id: 1,
+                kind: Kind::Refresh,
+                mappings: vec![mapping(""), mapping("[::1]")],
+            })
+            .unwrap();
+        let answer = wait_answer(&resolver);
+        assert_eq!((answer.id, answer.kind), (1, Kind::Refresh));
+        assert!(
+            answer.each[0].as_ref().unwrap_err()[0]
+                .message
+                .contains("empty host name")
+        );
+        assert_eq!(answer.each[1].as_ref().unwrap()[0][0].label(), "[::1]:8005");
     }
 }

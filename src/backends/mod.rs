@@ -23,11 +23,14 @@ use std::cell::{Cell, RefCell};
 use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 
-/// One backend: its name as written, its addresses (resolved at start-up), its health.
+/// One backend: its name as written, its addresses (resolved at start-up or reload, and again
+/// every `resolve=` seconds for a name), its health.
 pub(crate) struct Backend {
     /// `HOST:PORT` as written (IPv6 in brackets).
     pub(crate) label: String,
-    pub(crate) addrs: Vec<Target>,
+    /// Replaced in place by a re-resolution: the connections that start next take the new ones
+    /// (those in flight have theirs in their plan).
+    pub(crate) addrs: RefCell<Vec<Target>>,
     /// Shared with the same backend of the mapping before and after a reload, so reports from
     /// connections that started under the old configuration still count.
     health: Rc<RefCell<Health>>,
@@ -48,7 +51,7 @@ impl Backends {
             .zip(resolved)
             .map(|(b, addrs)| Backend {
                 label: b.label(),
-                addrs,
+                addrs: RefCell::new(addrs),
                 health: Rc::default(),
             })
             .collect();
@@ -88,13 +91,49 @@ impl Backends {
     pub(crate) fn attempts(&self, order: &Order) -> Targets {
         let n = order.as_slice().len().max(1);
         let each = (PLAN_ADDRS / n).clamp(1, MAX_TARGETS);
-        Targets::new(order.as_slice().iter().flat_map(|&i| {
-            self.list[usize::from(i)]
-                .addrs
-                .iter()
-                .take(each)
-                .map(move |&target| Attempt { backend: i, target })
-        }))
+        let mut attempts = Vec::with_capacity(PLAN_ADDRS);
+        for &i in order.as_slice() {
+            let addrs = self.list[usize::from(i)].addrs.borrow();
+            attempts.extend(addrs.iter().take(each).map(|&target| Attempt { backend: i, target }));
+        }
+        Targets::new(attempts)
+    }
+
+    /// Takes the new addresses of backend `i` (a re-resolution of its name), if they are not the
+    /// same set as before (a DNS server that rotates its answers changes nothing); says whether
+    /// they changed. In the log: `event=backend-resolved listen=ADDR [route=WHEN]
+    /// backend=HOST:PORT addrs=A,B`.
+    pub(crate) fn resolved(&self, i: usize, new: Vec<Target>, listen: SocketAddr, route: Option<&str>) -> bool {
+        let Some(b) = self.list.get(i) else {
+            return false;
+        };
+        let set = |t: &[Target]| {
+            let mut a: Vec<SocketAddr> = t.iter().map(|t| t.addr).collect();
+            a.sort_unstable();
+            a
+        };
+        if new.is_empty() || set(&b.addrs.borrow()) == set(&new) {
+            return false;
+        }
+        let labels: Vec<&str> = new.iter().map(Target::label).collect();
+        log!(
+            "event=backend-resolved {} addrs={}",
+            Where(listen, route, &b.label),
+            labels.join(",")
+        );
+        *b.addrs.borrow_mut() = new;
+        true
+    }
+
+    /// A re-resolution of backend `i` failed: logged, and its addresses are kept.
+    pub(crate) fn resolve_failed(&self, i: usize, error: &str, listen: SocketAddr, route: Option<&str>) {
+        if let Some(b) = self.list.get(i) {
+            log!(
+                "event=backend-resolve-failed {} error={} note=\"keeping the old addresses\"",
+                Where(listen, route, &b.label),
+                Quoted(error)
+            );
+        }
     }
 
     /// Counts a connection process's report, and logs a backend going down or coming back:
@@ -253,6 +292,29 @@ mod tests {
             8_000,
         );
         assert!(again.stats_lines(listen, None, 8_000)[1].contains("backend=127.0.0.1:1 state=down"));
+    }
+
+    #[test]
+    fn new_addresses_are_taken_only_when_the_set_changed() {
+        let (b, o) = backends("7 -> 127.0.0.1:1, 127.0.0.2:2");
+        let listen: SocketAddr = "127.0.0.1:7".parse().unwrap();
+        let t = |a: &str| Target::new(a.parse().unwrap());
+        let client: IpAddr = "127.0.0.1".parse().unwrap();
+        assert!(!b.resolved(1, vec![t("127.0.0.2:2")], listen, None), "the same");
+        assert!(!b.resolved(1, Vec::new(), listen, None), "nothing is not an answer");
+        assert!(b.resolved(1, vec![t("127.0.0.3:2"), t("127.0.0.4:2")], listen, None));
+        assert!(
+            !b.resolved(1, vec![t("127.0.0.4:2"), t("127.0.0.3:2")], listen, None),
+            "rotated"
+        );
+        assert_eq!(
+            tried(&b.attempts(&b.order(&o, client, 0))),
+            [
+                (0, "127.0.0.1:1".into()),
+                (1, "127.0.0.3:2".into()),
+                (1, "127.0.0.4:2".into())
+            ]
+        );
     }
 
     #[test]

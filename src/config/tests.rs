@@ -99,7 +99,7 @@ fn every_error_kind_with_line_and_column() {
     assert_eq!(
         errs("1 -> h:1 colour=red"),
         [
-            "1:10: unknown option 'colour' (known: dispatch, connect_timeout, max_connections, max_per_source, first_byte_timeout, idle_timeout, keepalive, allow, deny, when, reuseport, max_rate, balance, max_fails, fail_timeout, proxy_protocol, accept_proxy, proxy_from, source)"
+            "1:10: unknown option 'colour' (known: dispatch, connect_timeout, max_connections, max_per_source, first_byte_timeout, idle_timeout, keepalive, allow, deny, when, reuseport, max_rate, balance, max_fails, fail_timeout, proxy_protocol, accept_proxy, proxy_from, source, resolve)"
         ]
     );
     assert_eq!(

@@ -19,6 +19,7 @@ mod launcher;
 mod live_view;
 mod metrics;
 mod proxy_accept;
+mod refresh;
 mod reload;
 mod routes;
 mod routing;
@@ -176,6 +177,8 @@ pub(crate) struct EventLoop {
     reloads: u64,
     /// A reload is waiting for its targets: the newest one's number.
     reload_pending: Option<u64>,
+    /// When the routes with `resolve=` have their names resolved again.
+    refresh: refresh::Schedule<refresh::RouteKey>,
     /// Where PROXY headers are peeked into.
     header_buf: Vec<u8>,
 }
@@ -199,7 +202,9 @@ impl EventLoop {
         // The accept threads exclude their own stacks as they start.
         let launcher = Launcher::new(slots, settings.max_connections)?;
         let observer = metrics.map(|server| Observer::new(server, &epoll)).transpose()?;
-        let resolver = settings.config.is_some().then(Resolver::start).transpose()?;
+        let routes: Vec<&Routes> = services.iter().map(|s| &*s.routes).collect();
+        let wanted = settings.config.is_some() || Self::wants_refresh(&routes);
+        let resolver = wanted.then(Resolver::start).transpose()?;
         let mut this = EventLoop {
             epoll,
             services: Vec::new(),
@@ -219,6 +224,7 @@ impl EventLoop {
             resolver,
             reloads: 0,
             reload_pending: None,
+            refresh: refresh::Schedule::new(),
             header_buf: proxy_accept::buffer(),
         };
         let notify = EpollEvent::new(EpollFlags::EPOLLIN, Token::Handoff.encode());
@@ -230,6 +236,7 @@ impl EventLoop {
         for service in services {
             this.add_service(service)?;
         }
+        this.schedule_refreshes();
         Ok(this)
     }
 
@@ -286,6 +293,7 @@ impl EventLoop {
             self.launcher.due_at(),
             self.refusals_log.due_at(),
             self.observer.as_ref().and_then(Observer::next_deadline),
+            self.refresh_deadline(),
         ]
         .into_iter()
         .flatten()
@@ -373,6 +381,7 @@ impl EventLoop {
         self.log_left_out_refusals(now);
         self.expire_metrics_clients(now);
         self.launcher.log_left_out(now);
+        self.send_refreshes(now);
         // Silent clients past their first-byte timeout (or a routed listener's timeout route).
         while let Some((fd, (socket, conn))) = self.waiting.pop_expired(now) {
             if conn.awaiting_header {

@@ -19,7 +19,7 @@ use super::{EventLoop, Route, Routes, Service};
 use crate::config::{self, Mapping};
 use crate::log::Quoted;
 use crate::log_sink::{self, Destination};
-use crate::resolver::{Answer, Request};
+use crate::resolver::{Answer, Kind, Request};
 use crate::{grouping, listener, log};
 use socket2::Socket;
 use std::net::SocketAddr;
@@ -101,6 +101,7 @@ impl EventLoop {
         }
         let request = Request {
             id: self.reloads,
+            kind: Kind::Reload,
             mappings,
         };
         match self.resolver.as_ref().map(|r| r.ask(request)) {
@@ -110,11 +111,14 @@ impl EventLoop {
         }
     }
 
-    /// The resolver answered: applies the newest reload's answer (older ones were superseded).
+    /// The resolver answered: applies the newest reload's answer (older ones were superseded), and
+    /// the new addresses of refreshed backends.
     pub(super) fn on_resolved(&mut self) {
         let answers = self.resolver.as_ref().map(|r| r.answers()).unwrap_or_default();
         for answer in answers {
-            if self.reload_pending == Some(answer.id) && self.draining.is_none() {
+            if answer.kind == Kind::Refresh {
+                self.on_refreshed(answer);
+            } else if self.reload_pending == Some(answer.id) && self.draining.is_none() {
                 self.reload_pending = None;
                 self.apply(answer);
             }
@@ -199,6 +203,8 @@ impl EventLoop {
                 Err(e) => log!("event=reload-add-failed target={} error={}", Quoted(label), Quoted(e)),
             }
         }
+        // The new routes' names were just resolved: their next refresh is `resolve=` from now.
+        self.schedule_refreshes();
         log!("event=reload-done added={added} removed={removed} kept={kept}");
     }
 

@@ -78,7 +78,10 @@ impl Routes {
     /// the addresses of all of them in that order), or for a routed listener `routes="when=WHEN -> HOST:PORT (ADDR,...); ..."`.
     pub(crate) fn describe(&self) -> String {
         let addrs = |r: &Route| {
-            let all = r.backends.iter().flat_map(|b| b.addrs.iter().map(|t| t.label()));
+            let all = r.backends.iter().flat_map(|b| {
+                let addrs: Vec<String> = b.addrs.borrow().iter().map(|t| t.label().to_string()).collect();
+                addrs
+            });
             all.collect::<Vec<_>>().join(",")
         };
         if !self.routed {

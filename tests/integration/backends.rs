@@ -302,3 +302,115 @@ fn inward_connections_come_from_the_source_address() {
     let plain = Forwarder::start(BIN, &[], "127.0.0.1", peer.port);
     assert_eq!(ask(&plain, None), "127.0.0.1");
 }
+
+/// Moves the calling thread (and what it starts from now on) to network and mount namespaces of
+/// its own, loopback up, with `hosts` bind-mounted on /etc/hosts: names resolve from that file,
+/// never from a DNS server. `Err` says why that cannot be done here.
+fn isolate_with_hosts(hosts: &std::path::Path) -> Result<(), String> {
+    if !is_root() {
+        return Err("needs root for network and mount namespaces of its own".into());
+    }
+    let c = |p: &std::path::Path| std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+    let (root, from, to) = (
+        c(std::path::Path::new("/")),
+        c(hosts),
+        c(std::path::Path::new("/etc/hosts")),
+    );
+    // SAFETY: unshare and mount change only this thread's namespaces and the mounts of its new
+    // mount namespace; every string is a live NUL-terminated CString.
+    unsafe {
+        if libc::unshare(libc::CLONE_NEWNET | libc::CLONE_NEWNS) != 0 {
+            return Err(format!("unshare: {}", std::io::Error::last_os_error()));
+        }
+        let private = libc::MS_REC | libc::MS_PRIVATE;
+        let null = std::ptr::null();
+        if libc::mount(null, root.as_ptr(), null, private, std::ptr::null()) != 0 {
+            return Err(format!("making / private: {}", std::io::Error::last_os_error()));
+        }
+        if libc::mount(from.as_ptr(), to.as_ptr(), null, libc::MS_BIND, std::ptr::null()) != 0 {
+            return Err(format!("bind-mounting /etc/hosts: {}", std::io::Error::last_os_error()));
+        }
+    }
+    let up = std::process::Command::new("ip")
+        .args(["link", "set", "lo", "up"])
+        .status();
+    if !up.is_ok_and(|s| s.success()) {
+        return Err("`ip link set lo up` failed (iproute2 missing?)".into());
+    }
+    Ok(())
+}
+
+/// Rewrites the hosts file in place with text of the same length: the bind mount holds its inode,
+/// and a reader never sees it truncated (one write at offset 0).
+fn rewrite_hosts(hosts: &std::path::Path, text: &str) {
+    use std::os::unix::fs::FileExt;
+    let file = std::fs::OpenOptions::new().write(true).open(hosts).unwrap();
+    assert_eq!(file.metadata().unwrap().len(), text.len() as u64, "same length");
+    file.write_all_at(text.as_bytes(), 0).unwrap();
+}
+
+#[test]
+fn a_named_backend_is_resolved_again_and_the_next_connection_takes_its_new_address() {
+    let dir = TempDir::new("resolve");
+    let hosts = dir.join("hosts");
+    let text = |ip: &str, name: &str| format!("127.0.0.1 localhost\n{ip} {name}.portfwd.test\n");
+    std::fs::write(&hosts, text("127.0.0.2", "backend")).unwrap();
+    if let Err(why) = isolate_with_hosts(&hosts) {
+        return skip(why);
+    }
+    // The same port on two addresses: the name says which one is reached.
+    let two = Backend::bind("127.0.0.2:0".parse().unwrap(), named("two")).expect("bind 127.0.0.2");
+    let b = two.port;
+    let three = Backend::bind(SocketAddr::from(([127, 0, 0, 3], b)), named("three")).expect("bind 127.0.0.3");
+    let name = format!("backend.portfwd.test:{b}");
+    // The flag (no configuration file: the resolver thread is started for it) and the config key.
+    let by_flag = Forwarder::start(
+        BIN,
+        &["--bind", "127.0.0.1", "--resolve", "0.5"],
+        "backend.portfwd.test",
+        b,
+    );
+    let file = dir.join("resolve.config");
+    let by_key = retry_ports(|| {
+        let port = free_port();
+        std::fs::write(&file, format!("127.0.0.1:{port} -> {name} resolve=0.5\n")).unwrap();
+        Forwarder::spawn(BIN, &["--config".into(), file.display().to_string()], port)
+    })
+    .expect("start with --config");
+    for fwd in [&by_flag, &by_key] {
+        assert_eq!(ask(fwd, None), "two", "{}", fwd.log_text());
+    }
+
+    // The name moves: each forwarder says so, and its next connection goes to the new address.
+    rewrite_hosts(&hosts, &text("127.0.0.3", "backend"));
+    for fwd in [&by_flag, &by_key] {
+        let resolved = format!(
+            "event=backend-resolved listen=127.0.0.1:{} backend={name} addrs=127.0.0.3:{b}",
+            fwd.port
+        );
+        assert!(
+            fwd.wait_log_count(&resolved, 1, Duration::from_secs(10)),
+            "{}",
+            fwd.log_text()
+        );
+        assert_eq!(ask(fwd, None), "three", "{}", fwd.log_text());
+        assert_eq!(fwd.count_lines("event=backend-resolved"), 1, "{}", fwd.log_text());
+    }
+
+    // The name is gone: the failure is logged and the last addresses kept.
+    rewrite_hosts(&hosts, &text("127.0.0.2", "nothing"));
+    for fwd in [&by_flag, &by_key] {
+        let failed = format!(
+            "event=backend-resolve-failed listen=127.0.0.1:{} backend={name} error=",
+            fwd.port
+        );
+        assert!(
+            fwd.wait_log_count(&failed, 1, Duration::from_secs(10)),
+            "{}",
+            fwd.log_text()
+        );
+        assert_eq!(ask(fwd, None), "three", "{}", fwd.log_text());
+    }
+    drop(three);
+    drop(two);
+}
