@@ -1062,7 +1062,7 @@ def main():
             notes.append(f"{r}: target/release/portfwd missing, row skipped")
             rows.remove(r)
     if "cref" in rows and not os.access(CREF, os.X_OK):
-        notes.append("cref: tests/reference/server.c not built (source missing or build "
+        notes.append("cref: harness/reference/server.c not built (source missing or build "
                      "failed), row skipped")
         rows.remove("cref")
     if "floor" in rows:

@@ -275,7 +275,7 @@ def main():
     A("    bench/redis-phases.sh data|accept|socat   # where the 2,000-client test's time goes")
     A("")
     A("`run.sh` installs the missing peers with apt-get, builds portfwd "
-      "(`cargo build --release`) and the C reference (`tests/reference/server.c`), runs "
+      "(`cargo build --release`) and the C reference (`harness/reference/server.c`, through `portfwd-compare --build-reference`), runs "
       "`bench/bench.py` (a folder per run: `bench/results/<stamp>/raw.csv`, `raw.json`, profiles) "
       "and then `bench/report.py` (this file, `docs/bench-*.png`, "
       "`bench/results/<stamp>/summary.csv`).")
@@ -512,6 +512,47 @@ def main():
         f.write("\n".join(L) + "\n" + kept)
     print("wrote docs/benchmarks.md,", ", ".join("docs/" + p for p in pngs),
           "and", os.path.relpath(summary, ROOT))
+    if tradeoff_in_readme(s, os.path.relpath(run_dir, ROOT)):
+        print("wrote the trade-off paragraph of README.md")
+
+
+def tradeoff_in_readme(s, run):
+    """Writes README.md's paragraph on what this design costs, between its two markers, from this
+    run's figures: the README states them without keeping a second copy to drift."""
+    path = os.path.join(ROOT, "README.md")
+    begin, end = "<!-- tradeoff: written by bench/report.py -->", "<!-- /tradeoff -->"
+    try:
+        text = open(path).read()
+    except OSError:
+        return False
+    if begin not in text or end not in text:
+        return False
+    g = lambda r, m: s.get((r, m))
+    pf, hp = g("portfwd", "connrate_rps"), g("haproxy", "connrate_rps")
+    mem, mem_hp = g("portfwd", "mem_sys_kib_per_conn"), g("haproxy", "mem_sys_kib_per_conn")
+    tput, tput_hp = g("portfwd", "tput1_gbps"), g("haproxy", "tput1_gbps")
+    floor = g("floor", "connrate_rps")
+    if None in (pf, hp, mem, tput, tput_hp):
+        return False
+    para = (
+        f"**The trade-off.** A process per connection costs what an event loop does not. In the "
+        f"last full benchmark run ([{run}]({run}/), 2 CPUs, loopback, "
+        f"[docs/benchmarks.md](docs/benchmarks.md)) portfwd accepted {pf:,.0f} new connections a "
+        f"second where haproxy took {hp:,.0f} ({pf / hp:.2f}×)"
+        + (f"; the least any forwarder of this shape can cost, a bare C program that forks twice "
+           f"per connection, reached {floor:,.0f}" if floor else "")
+        + f". Each held connection cost {mem:,.0f} KiB of the system's memory (two processes)"
+        + (f" where haproxy needs {mem_hp:,.0f} KiB" if mem_hp else "")
+        + f". In exchange every connection runs apart from the others, bytes move with `splice(2)` "
+        f"({tput:.1f} Gbit/s on one stream, haproxy {tput_hp:.1f}), a FIN and a reset are passed "
+        f"on exactly, and nothing one client does can stall another. For tens of thousands of new "
+        f"connections a second per core, use an event loop; for isolation, exact TCP semantics "
+        f"and bulk streams, portfwd."
+    )
+    a, b = text.index(begin) + len(begin), text.index(end)
+    with open(path, "w") as f:
+        f.write(text[:a] + "\n" + para + "\n" + text[b:])
+    return True
 
 
 if __name__ == "__main__":
