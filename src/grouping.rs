@@ -180,16 +180,9 @@ fn copy(keys: &[&str], from: &Options, to: &mut Options) {
 
 #[cfg(test)]
 mod tests {
+    use crate::config::tests::errs;
     use crate::config::{Mapping, parse};
     use crate::options::Options;
-
-    fn errs(text: &str) -> Vec<String> {
-        parse(text, &Options::default())
-            .unwrap_err()
-            .iter()
-            .map(|e| e.to_string())
-            .collect()
-    }
 
     /// The canonical lines, printed against this host's defaults as --check-config does.
     fn lines(text: &str) -> Vec<String> {

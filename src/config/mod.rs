@@ -16,7 +16,7 @@ mod read;
 mod resolve;
 mod shown;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 pub use resolve::{Resolved, resolve};
 

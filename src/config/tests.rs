@@ -3,7 +3,8 @@
 use super::read::read_capped;
 use super::*;
 
-fn errs(text: &str) -> Vec<String> {
+/// Every error `parse` finds in `text`, as `LINE:COL: message` (also used by `grouping`'s tests).
+pub(crate) fn errs(text: &str) -> Vec<String> {
     parse(text, &Options::default())
         .unwrap_err()
         .iter()

@@ -119,8 +119,8 @@ fn a_backend_that_times_out_is_left_for_the_next_within_connect_timeout() {
     );
 }
 
-#[test]
-fn round_robin_gives_each_backend_an_even_share() {
+/// Backends answering "A", "B" and "C", and a forwarder to the three with `--balance balance`.
+fn three_backends(balance: &str) -> ([Backend; 3], Forwarder) {
     let backends = [
         Backend::start(named("A")),
         Backend::start(named("B")),
@@ -129,10 +129,16 @@ fn round_robin_gives_each_backend_an_even_share() {
     let more: Vec<String> = backends[1..].iter().map(|b| at(b.port)).collect();
     let fwd = Forwarder::start(
         BIN,
-        &["--balance", "roundrobin", "--backend", &more[0], "--backend", &more[1]],
+        &["--balance", balance, "--backend", &more[0], "--backend", &more[1]],
         "127.0.0.1",
         backends[0].port,
     );
+    (backends, fwd)
+}
+
+#[test]
+fn round_robin_gives_each_backend_an_even_share() {
+    let (_backends, fwd) = three_backends("roundrobin");
     let mut counts = std::collections::HashMap::new();
     for _ in 0..100 {
         *counts.entry(ask(&fwd, None)).or_insert(0) += 1;
@@ -145,18 +151,7 @@ fn round_robin_gives_each_backend_an_even_share() {
 
 #[test]
 fn source_hash_keeps_each_client_address_on_one_backend() {
-    let backends = [
-        Backend::start(named("A")),
-        Backend::start(named("B")),
-        Backend::start(named("C")),
-    ];
-    let more: Vec<String> = backends[1..].iter().map(|b| at(b.port)).collect();
-    let fwd = Forwarder::start(
-        BIN,
-        &["--balance", "source", "--backend", &more[0], "--backend", &more[1]],
-        "127.0.0.1",
-        backends[0].port,
-    );
+    let (_backends, fwd) = three_backends("source");
     let mut used = std::collections::HashSet::new();
     // Clients on 127.0.0.2-127.0.0.41 look like 40 hosts.
     for host in 2..=41u8 {
