@@ -515,6 +515,14 @@ impl Activated {
 
     /// Connects once the launcher listens (it starts portfwd on the first connection).
     fn connect(&self, port: u16) -> TcpStream {
+        // Not before the launcher says it listens: until then the port is anyone's (another test
+        // may hold it a moment), and a connection there would never reach the launcher.
+        let listening = format!("Listening on 127.0.0.1:{port} ");
+        assert!(
+            wait_until(Duration::from_secs(10), || self.log().contains(&listening)),
+            "the launcher did not listen: {}",
+            self.log()
+        );
         let mut s = None;
         wait_until(Duration::from_secs(10), || {
             s = TcpStream::connect(("127.0.0.1", port)).ok();
