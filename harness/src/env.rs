@@ -130,3 +130,32 @@ pub fn is_root() -> bool {
     // SAFETY: geteuid cannot fail and has no preconditions.
     unsafe { libc::geteuid() == 0 }
 }
+
+/// `promtool check metrics` (Debian package prometheus) on a scrape's text: `None` when promtool
+/// is not installed; otherwise `Err` with what it printed unless it exited 0 and printed nothing
+/// (it prints lint findings and still exits 0 for some).
+pub fn promtool_check(text: &str) -> Option<Result<(), String>> {
+    let promtool = "/usr/bin/promtool";
+    if !Path::new(promtool).exists() {
+        return None;
+    }
+    let mut check = std::process::Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run promtool");
+    check.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let out = check.wait_with_output().unwrap();
+    let printed = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some(if out.status.success() && printed.trim().is_empty() {
+        Ok(())
+    } else {
+        Err(format!("{}: {printed}", out.status))
+    })
+}

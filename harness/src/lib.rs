@@ -19,7 +19,7 @@ pub mod procs;
 pub mod reference;
 
 pub use backend::Backend;
-pub use env::{KillOnDrop, TempDir, is_root, need_descriptors, serial, skip, wait_child, wait_until};
+pub use env::{KillOnDrop, TempDir, is_root, need_descriptors, promtool_check, serial, skip, wait_child, wait_until};
 pub use forwarder::{Forwarder, field};
 pub use net::{
     abort, assert_reset, connect_from, echo, echo_check, exchange, free_port, ipv6_loopback, listen, local, port_taken,

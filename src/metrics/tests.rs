@@ -448,36 +448,14 @@ fn route_and_backend_series_can_be_added_and_a_listener_removed() {
     assert_eq!(sample(&out, &s), 0.0);
 }
 
-fn promtool() -> Option<&'static str> {
-    let path = "/usr/bin/promtool";
-    std::path::Path::new(path).exists().then_some(path)
-}
-
 #[test]
 fn promtool_accepts_a_scrape() {
-    let Some(promtool) = promtool() else {
-        println!("SKIP: promtool not installed (/usr/bin/promtool; Debian package prometheus)");
-        return;
-    };
     let d = Driver::start(recorded());
     let body = scrape(d.addr).body;
-    let mut child = Command::new(promtool)
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(body.as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    println!("promtool check metrics: {} {text}", out.status);
-    assert!(out.status.success(), "promtool: {text}\n{body}");
-    assert!(text.trim().is_empty(), "promtool found problems: {text}");
+    match harness::env::promtool_check(&body) {
+        None => harness::skip("/usr/bin/promtool not installed (Debian package prometheus)"),
+        Some(verdict) => assert_eq!(verdict, Ok(()), "promtool found problems in\n{body}"),
+    }
 }
 
 /// A real Prometheus scraping the server; run with `--ignored` (it takes a few seconds).
